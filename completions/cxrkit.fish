@@ -1,0 +1,1 @@
+complete --command cxrkit --no-files --arguments "(env _CXRKIT_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) cxrkit)" --condition "env _CXRKIT_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) cxrkit"

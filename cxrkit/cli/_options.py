@@ -1,0 +1,222 @@
+"""Options shared by every per-item command, and the per-item loop (DESIGN.md §3).
+
+The loop owns inputs (paths or stdin), output naming, ``--overwrite``/``--resume``,
+``--keep-going``, sharding under ``accelerate launch``, progress on a TTY's stderr and the record
+stream on stdout. A command supplies one function that turns a record into a new record.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cxrkit.errors import CxrkitError, ExitCode, InputError, OutputError
+from cxrkit.pipe import (
+    Record,
+    RecordWriter,
+    UniqueIds,
+    expand_paths,
+    new_record,
+    read_stdin_records,
+    shard,
+    take_shard,
+)
+
+log = logging.getLogger("cxrkit.cli")
+
+Inputs = Annotated[
+    list[str] | None,
+    typer.Argument(help="Input files, folders or globs; '-' or none reads stdin (JSON records, "
+                        "paths one per line, or one raw image).", show_default=False),
+]
+Out = Annotated[
+    Path | None,
+    typer.Option("--out", "-o", help="Output folder, or one file when there is one item "
+                                     "(its suffix picks the format). Default: ./cxrkit-out/",
+                 show_default=False),
+]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
+Resume = Annotated[bool, typer.Option(
+    "--resume", help="Skip items whose output already exists, re-emitting their stored record.")]
+KeepGoing = Annotated[bool, typer.Option(
+    "--keep-going", "-k", help="Go on after an item fails; exit 3 at the end if any failed.")]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed (recorded); per item it is "
+                                                  "combined with the item id.")]
+Format = Annotated[str, typer.Option(
+    "--format", "-f", help="Image format of the outputs: tiff (float32, default), png (16-bit) "
+                           "or dicom.")]
+
+DEFAULT_OUT = Path("cxrkit-out")
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".dcm")
+
+
+@dataclass
+class Outputs:
+    """Where one run writes: a folder, or a single file named by ``-o``."""
+
+    out: Path | None
+    suffix: str = ".tiff"
+    overwrite: bool = False
+    _used: set[str] = field(default_factory=set)
+
+    @property
+    def single_file(self) -> bool:
+        """True when ``-o`` names a file rather than a folder."""
+        return self.out is not None and self.out.suffix.lower() in IMAGE_SUFFIXES
+
+    def path(self, item_id: str, tag: str = "") -> Path:
+        """The primary output of an item: ``<out>/<id>[_tag]<suffix>`` or the ``-o`` file."""
+        if self.single_file:
+            assert self.out is not None
+            if self._used and item_id not in self._used:
+                raise InputError("-o names one file but there are several inputs",
+                                 path=str(self.out), hint="give a folder to -o")
+            self._used.add(item_id)
+            return self.out
+        folder = self.out or DEFAULT_OUT
+        return folder / f"{item_id}{'_' + tag if tag else ''}{self.suffix}"
+
+    def companion(self, primary: Path, name: str) -> Path:
+        """A file that belongs to a primary output: ``<primary stem>.<name>``."""
+        stem = primary.name[: -len(primary.suffix)] if primary.suffix else primary.name
+        return primary.with_name(f"{stem}.{name}")
+
+
+def format_suffix(fmt: str) -> str:
+    """``tiff``/``png``/``dicom`` → file suffix."""
+    suffixes = {"tiff": ".tiff", "tif": ".tiff", "png": ".png", "dicom": ".dcm", "dcm": ".dcm"}
+    if fmt.lower() not in suffixes:
+        raise typer.BadParameter(f"unknown format '{fmt}'; use tiff, png or dicom",
+                                 param_hint="--format")
+    return suffixes[fmt.lower()]
+
+
+def iter_inputs(inputs: list[str] | None, *, is_item_dir: Callable[[Path], bool] | None = None,
+                patterns: tuple[str, ...] = ("*",)) -> Iterator[Record]:
+    """Records from positional inputs, or from stdin when there are none (or only '-')."""
+    args = [a for a in (inputs or []) if a != "-"]
+    if args:
+        for p in expand_paths(args, is_item_dir=is_item_dir, patterns=patterns):
+            yield new_record(p)
+        return
+    if sys.stdin is None or sys.stdin.isatty():
+        raise typer.BadParameter("no input given and stdin is a terminal",
+                                 param_hint="INPUTS")
+    spool = Path(tempfile.mkdtemp(prefix="cxrkit-stdin-"))
+    yield from read_stdin_records(sys.stdin.buffer, spool_dir=spool)
+
+
+def run_items(
+    records: Iterator[Record],
+    process: Callable[[Record], Record],
+    *,
+    done: Callable[[Record], Record | None] | None = None,
+    keep_going: bool = False,
+    label: str = "items",
+) -> int:
+    """Process records one by one and emit each result on stdout as soon as it is ready.
+
+    Args:
+        records: input records (already expanded).
+        process: turns an input record into the output record (writes the files itself).
+        done: for ``--resume``: returns the stored output record when an item is already done.
+        keep_going: log failed items and go on, returning :data:`ExitCode.PARTIAL`.
+        label: noun for the progress display.
+
+    Returns:
+        The exit code: OK, or PARTIAL when some items failed under ``keep_going``.
+    """
+    writer = RecordWriter()
+    rank, world = shard()
+    unique = UniqueIds()
+    failed = 0
+    with _Progress(label) as advance:
+        for record in take_shard((unique(r) for r in records), rank, world):
+            try:
+                result = done(record) if done else None
+                if result is None:
+                    result = process(record)
+            except (CxrkitError, OSError) as exc:
+                if not keep_going or isinstance(exc, OutputError):
+                    raise
+                failed += 1
+                log.error("%s: %s", record.get("id"), exc)
+                advance(failed=True)
+                continue
+            writer.write(result)
+            advance(failed=False)
+    return ExitCode.PARTIAL if failed else ExitCode.OK
+
+
+class _Progress:
+    """A rich spinner/counter on stderr, only when stderr is a TTY (and not -q or NO_COLOR)."""
+
+    def __init__(self, label: str) -> None:
+        from cxrkit.cli import state
+
+        self.label = label
+        self.enabled = (sys.stderr.isatty() and state["verbose"] >= 0
+                        and "NO_COLOR" not in os.environ)
+        self._progress: Any = None
+
+    def __enter__(self) -> Callable[..., None]:
+        if not self.enabled:
+            return lambda failed=False: None
+        from rich.console import Console
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}"),
+                                  TextColumn("{task.completed} {task.fields[label]}"),
+                                  TimeElapsedColumn(), console=Console(stderr=True),
+                                  transient=True)
+        self._progress.start()
+        task = self._progress.add_task("working", total=None, label=self.label)
+
+        def advance(failed: bool = False) -> None:
+            self._progress.advance(task)
+
+        return advance
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def exit_with(code: int) -> None:
+    """End a command with ``code`` (no-op for OK)."""
+    if code:
+        raise typer.Exit(code)
+
+
+def parse_pair(text: str, name: str, kind: Callable[[str], Any] = float) -> tuple[Any, Any]:
+    """``"512"`` → (512, 512); ``"512,384"`` or ``"512x384"`` → (512, 384)."""
+    parts = text.lower().replace("x", ",").split(",")
+    try:
+        values = [kind(p) for p in parts if p.strip()]
+    except ValueError as exc:
+        raise typer.BadParameter(f"'{text}' is not a number or a pair", param_hint=name) from exc
+    if len(values) == 1:
+        return (values[0], values[0])
+    if len(values) != 2:
+        raise typer.BadParameter(f"'{text}' must be one or two values", param_hint=name)
+    return (values[0], values[1])
+
+
+def parse_triple(text: str, name: str) -> tuple[float, float, float]:
+    """``"0,10,0"`` → (0.0, 10.0, 0.0)."""
+    try:
+        values = [float(p) for p in text.split(",")]
+    except ValueError as exc:
+        raise typer.BadParameter(f"'{text}' is not three numbers", param_hint=name) from exc
+    if len(values) != 3:
+        raise typer.BadParameter(f"'{text}' must be three comma-separated numbers",
+                                 param_hint=name)
+    return (values[0], values[1], values[2])

@@ -1,0 +1,284 @@
+"""The record stream that connects cxrkit commands (DESIGN.md §3).
+
+stdout carries JSON Lines, one record per produced item; images are files. A record is a plain dict:
+
+- ``id``: stable item id (derived from the first input's file name and kept by every later tool);
+- ``path``: the current image; ``source``: the original input;
+- ``spacing_mm``: ``[row, col]`` pixel size of ``path`` in mm (or null);
+- ``kind``: what the pixels of ``path`` are (``display``, ``line_integral``, ``intensity``, …);
+- companions (``reference``, ``mask``, ``labels``, …) as paths;
+- one key per tool that touched it (``"project": {...}``), holding its resolved options, seed,
+  model hash and the cxrkit version. Tools pass every key they do not own through unchanged.
+
+This module imports no torch: it is used while the CLI starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import glob
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from cxrkit import __version__
+from cxrkit.errors import InputError, OutputError
+
+Record = dict[str, Any]
+
+# Magic bytes of the raw images a command accepts on stdin, and the suffix they are spooled under.
+_MAGIC: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"II*\x00", ".tiff"),
+    (0, b"MM\x00*", ".tiff"),
+    (0, b"\x89PNG\r\n\x1a\n", ".png"),
+    (128, b"DICM", ".dcm"),
+    (0, b"\x1f\x8b", ".nii.gz"),
+    (344, b"n+1\x00", ".nii"),
+    (0, b"NRRD", ".nrrd"),
+    (0, b"ObjectType", ".mha"),
+)
+_GLOB_CHARS = set("*?[")
+
+
+def sniff_suffix(head: bytes) -> str | None:
+    """The file suffix matching the magic bytes at the start of a file, or None if unknown."""
+    for offset, magic, suffix in _MAGIC:
+        if head[offset : offset + len(magic)] == magic:
+            return suffix
+    return None
+
+
+def stem_of(path: str | Path) -> str:
+    """A file's name without its (possibly double) image suffix: ``ct.nii.gz`` → ``ct``."""
+    name = Path(path).name
+    for suffix in (".nii.gz", ".tar.gz"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem if Path(name).suffix else name
+
+
+def new_record(path: str | Path, *, item_id: str | None = None) -> Record:
+    """A fresh record for an input file given by path."""
+    p = str(path)
+    return {"id": item_id or stem_of(p), "path": p, "source": p}
+
+
+def parse_line(line: str, *, where: str = "stdin") -> Record | None:
+    """One stdin line → a record: a JSON object, or a plain path. Blank lines give None."""
+    text = line.strip()
+    if not text:
+        return None
+    if text.startswith("{"):
+        try:
+            rec = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"bad JSON record: {exc.msg} at column {exc.colno}",
+                             path=where) from exc
+        if not isinstance(rec, dict) or "path" not in rec:
+            raise InputError("record has no 'path'", path=where,
+                             hint="records are JSON objects with at least 'path'")
+        rec.setdefault("id", stem_of(rec["path"]))
+        rec.setdefault("source", rec["path"])
+        return rec
+    return new_record(text)
+
+
+def expand_paths(
+    args: Iterable[str], *, is_item_dir: Callable[[Path], bool] | None = None,
+    patterns: tuple[str, ...] = ("*",),
+) -> Iterator[Path]:
+    """Expand positional path arguments: files, globs (expanded here too) and directories.
+
+    Args:
+        args: the positional arguments, in order.
+        is_item_dir: for tools whose item can be a folder (a DICOM series), a predicate telling an
+            item folder from a folder of items.
+        patterns: ``fnmatch`` patterns of the file names taken from a folder of items.
+
+    Raises:
+        InputError: a path that does not exist and matches nothing.
+    """
+    for arg in args:
+        p = Path(arg)
+        if not p.exists() and _GLOB_CHARS & set(arg):
+            matches = sorted(glob.glob(arg, recursive=True))
+            if not matches:
+                raise InputError("no file matches the pattern", path=arg)
+            yield from (Path(m) for m in matches)
+        elif p.is_dir() and not (is_item_dir and is_item_dir(p)):
+            found = sorted(
+                c for c in p.iterdir()
+                if any(fnmatch.fnmatch(c.name.lower(), pat) for pat in patterns)
+                and (c.is_file() or (is_item_dir is not None and c.is_dir() and is_item_dir(c)))
+            )
+            if not found:
+                raise InputError("folder holds no input this command reads", path=arg)
+            yield from found
+        elif p.exists():
+            yield p
+        else:
+            raise InputError("no such file or folder", path=arg)
+
+
+def read_stdin_records(stream: IO[bytes], *, spool_dir: Path) -> Iterator[Record]:
+    """Records from stdin: JSON Lines, plain paths one per line, or one raw image.
+
+    A raw image (detected by its magic bytes) is spooled to a file in ``spool_dir``, because the
+    image readers need a seekable file; it becomes one record with ``id`` ``stdin``.
+    """
+    head = stream.peek(512)[:512] if hasattr(stream, "peek") else b""
+    suffix = sniff_suffix(head)
+    if suffix is not None:
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        target = spool_dir / f"stdin{suffix}"
+        with open(target, "wb") as fh:
+            while chunk := stream.read(1 << 20):
+                fh.write(chunk)
+        rec = new_record(target, item_id="stdin")
+        rec["source"] = "-"
+        yield rec
+        return
+    for number, raw in enumerate(stream, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError("stdin is neither records, paths nor a known image format",
+                             path=f"stdin line {number}") from exc
+        rec = parse_line(line, where=f"stdin line {number}")
+        if rec is not None:
+            yield rec
+
+
+class UniqueIds:
+    """Keeps item ids unique within one run: a repeated id gets a short hash of its source."""
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+
+    def __call__(self, record: Record) -> Record:
+        item_id = str(record["id"])
+        if item_id in self._seen:
+            digest = hashlib.sha1(str(record.get("source", record["path"])).encode()).hexdigest()
+            item_id = f"{item_id}-{digest[:8]}"
+            record = {**record, "id": item_id}
+        self._seen.add(item_id)
+        return record
+
+
+def shard() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process under ``accelerate launch``/torchrun, else (0, 1)."""
+    try:
+        rank = int(os.environ.get("RANK", "0"))
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return (0, 1)
+    return (rank, world) if 0 <= rank < world else (0, 1)
+
+
+def take_shard(items: Iterable[Record], rank: int, world: int) -> Iterator[Record]:
+    """The items of one process: item ``i`` goes to process ``i % world``."""
+    for index, item in enumerate(items):
+        if index % world == rank:
+            yield item
+
+
+def provenance(tool: str, options: dict[str, Any], *, seed: int | None = None,
+               model: str | None = None, inputs: dict[str, str] | None = None) -> dict[str, Any]:
+    """The value of a tool's own key in a record: how this tool made the item."""
+    entry: dict[str, Any] = {"version": __version__, "options": options}
+    if seed is not None:
+        entry["seed"] = seed
+    if model is not None:
+        entry["model"] = model
+    if inputs:
+        entry["inputs"] = inputs
+    return entry
+
+
+def file_sha256(path: str | Path, *, limit_bytes: int | None = None) -> str:
+    """sha256 of a file (or of a folder's files, sorted by name), hex."""
+    h = hashlib.sha256()
+    p = Path(path)
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    for f in files:
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+                if limit_bytes is not None and fh.tell() >= limit_bytes:
+                    break
+    return h.hexdigest()
+
+
+class RecordWriter:
+    """Writes records to a binary stream as JSON Lines, one ``write`` per record, flushed.
+
+    When several processes share stdout (``accelerate launch``), each record is written under an
+    advisory lock on the stream so that lines never interleave.
+    """
+
+    def __init__(self, stream: IO[bytes] | None = None) -> None:
+        self._stream = stream if stream is not None else sys.stdout.buffer
+
+    def write(self, record: Record) -> None:
+        """Emit one record."""
+        data = (to_json(record) + "\n").encode()
+        with _locked(self._stream):
+            self._stream.write(data)
+            self._stream.flush()
+
+
+@contextlib.contextmanager
+def _locked(stream: IO[bytes]) -> Iterator[None]:
+    try:
+        import fcntl
+
+        fd = stream.fileno()
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except (OSError, ValueError, AttributeError, ImportError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def to_json(value: Any) -> str:
+    """JSON text of a record or metadata (numpy values and paths allowed)."""
+    return json.dumps(value, separators=(",", ":"), default=_json_default)
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path, *, overwrite: bool) -> Iterator[Path]:
+    """A temporary path beside ``target`` that is renamed onto it when the block succeeds.
+
+    Raises:
+        OutputError: ``target`` exists and ``overwrite`` is False.
+    """
+    if target.exists() and not overwrite:
+        raise OutputError("output exists", path=str(target),
+                          hint="pass --overwrite to replace it or --resume to skip finished items")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if target.name.endswith(".nii.gz") else target.suffix
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)

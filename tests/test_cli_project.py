@@ -1,0 +1,130 @@
+"""`cxrkit project` end to end: records, files, labels, resume, errors, stdin, sharding."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cxrkit.io import read_meta, read_radiograph, read_stack
+from tests.test_cli import run_cli
+
+SMALL = ("--size", "48", "--pixel-mm", "1.2")
+
+
+def records(stdout: bytes) -> list[dict]:
+    return [json.loads(line) for line in stdout.decode().splitlines()]
+
+
+def test_project_writes_image_and_record(phantom_path: Path, tmp_path: Path) -> None:
+    result = run_cli("project", str(phantom_path), *SMALL, "-o", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr.decode()
+    (rec,) = records(result.stdout)
+    assert rec["id"] == "phantom" and rec["source"] == str(phantom_path)
+    assert rec["kind"] == "display" and rec["path"].endswith("phantom_drr.tiff")
+    assert rec["project"]["options"]["geometry"]["view"] == "PA"
+    assert len(rec["project"]["inputs"]["ct_sha256"]) == 64
+    img = read_radiograph(rec["path"])
+    assert img.pixels.shape == (48, 48) and img.pixels.min() >= 0 and img.pixels.max() <= 1
+    assert img.meta["project"] == rec["project"]  # the file alone says how it was made
+    assert img.spacing_mm == pytest.approx((1.2, 1.2))
+
+
+def test_line_integral_kind_and_labels(phantom_path: Path, tmp_path: Path) -> None:
+    from cxrkit.volume import read_volume, write_volume
+
+    vol = read_volume(phantom_path)
+    labels = vol.with_array((vol.array > 500).astype(np.float32) * 3)  # the bone rod, label 3
+    write_volume(labels, tmp_path / "rod.nii.gz")
+    result = run_cli("project", str(phantom_path), *SMALL, "--kind", "line_integral",
+                     "--labels", str(tmp_path / "rod.nii.gz"), "-o", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr.decode()
+    (rec,) = records(result.stdout)
+    assert rec["kind"] == "line_integral" and rec["labels"]["label_ids"] == [3]
+    drr = read_radiograph(rec["path"]).pixels
+    masks, _ = read_stack(rec["mask"])
+    assert masks.shape == (1, 48, 48) and set(np.unique(masks)) == {0.0, 1.0}
+    # the rod is the densest thing: the DRR is higher inside its mask than outside, in the body
+    inside = drr[masks[0] > 0]
+    body = drr[(masks[0] == 0) & (drr > 0.5 * drr.max())]
+    assert inside.mean() > body.mean()
+
+
+def test_overwrite_and_resume(phantom_path: Path, tmp_path: Path) -> None:
+    out = str(tmp_path / "out")
+    first = run_cli("project", str(phantom_path), *SMALL, "-o", out)
+    assert first.returncode == 0
+    again = run_cli("project", str(phantom_path), *SMALL, "-o", out)
+    assert again.returncode == 1 and b"output exists" in again.stderr and again.stdout == b""
+    resumed = run_cli("project", str(phantom_path), *SMALL, "-o", out, "--resume")
+    assert resumed.returncode == 0 and records(resumed.stdout) == records(first.stdout)
+    forced = run_cli("project", str(phantom_path), *SMALL, "-o", out, "--overwrite")
+    assert forced.returncode == 0
+
+
+def test_keep_going_partial_exit(phantom_path: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(phantom_path.read_bytes()[:200])
+    out = tmp_path / "out"
+    stop = run_cli("project", str(bad), str(phantom_path), *SMALL, "-o", str(out))
+    assert stop.returncode == 1 and stop.stdout == b""
+    assert not out.exists() or not any(out.iterdir())  # nothing half-written
+    going = run_cli("project", str(bad), str(phantom_path), *SMALL, "-o", str(out), "-k")
+    assert going.returncode == 3
+    assert [r["id"] for r in records(going.stdout)] == ["phantom"]
+    assert b"bad" in going.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(("--sid-mm", "0"), b"sid_mm"), (("--sod-mm", "1900"), b"smaller than sid_mm"),
+     (("--translation-mm", "0,0,5000"), b"crosses the body"), (("--view", "XY"), b"unknown view")],
+)
+def test_bad_geometry_one_line_no_output(phantom_path: Path, tmp_path: Path, args: tuple,
+                                         message: bytes) -> None:
+    result = run_cli("project", str(phantom_path), *SMALL, *args, "-o", str(tmp_path / "o"))
+    assert result.returncode in (1, 2) and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_raw_volume_on_stdin_and_records_from_stdin(phantom_path: Path, tmp_path: Path) -> None:
+    raw = run_cli("project", *SMALL, "-o", str(tmp_path / "a"), stdin=phantom_path.read_bytes())
+    assert raw.returncode == 0, raw.stderr.decode()
+    assert records(raw.stdout)[0]["id"] == "stdin"
+    line = json.dumps({"path": str(phantom_path), "id": "p1", "note": "kept"}) + "\n"
+    rec = run_cli("project", *SMALL, "-o", str(tmp_path / "b"), stdin=line)
+    (out,) = records(rec.stdout)
+    assert out["id"] == "p1" and out["note"] == "kept"  # unknown keys pass through
+
+
+def test_single_output_file_and_png(phantom_path: Path, tmp_path: Path) -> None:
+    target = tmp_path / "one.png"
+    result = run_cli("project", str(phantom_path), *SMALL, "-o", str(target))
+    assert result.returncode == 0 and target.is_file()
+    assert read_meta(target)["id"] == "phantom"
+
+
+def test_accelerate_shards_two_processes(phantom_path: Path, tmp_path: Path) -> None:
+    if shutil.which("accelerate") is None and not Path(sys.executable).with_name(
+            "accelerate").exists():
+        pytest.skip("accelerate launcher not installed")
+    for k in range(4):
+        shutil.copy(phantom_path, tmp_path / f"ct{k}.nii.gz")
+    launcher = str(Path(sys.executable).with_name("accelerate"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    result = subprocess.run(
+        [launcher, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "cxrkit", "project",
+         *[str(tmp_path / f"ct{k}.nii.gz") for k in range(4)], *SMALL, "-o",
+         str(tmp_path / "out")], capture_output=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    got = records(result.stdout)
+    assert sorted(r["id"] for r in got) == ["ct0", "ct1", "ct2", "ct3"]  # each once, complete
+    assert len(list((tmp_path / "out").glob("*.tiff"))) == 4
