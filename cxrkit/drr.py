@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
@@ -108,7 +108,11 @@ def attenuation_coefficients(kev: float) -> tuple[float, float]:
         BONE_DENSITY_G_CM3 / 10.0)
 
 
-def hu_to_mu(hu: torch.Tensor | np.ndarray, kev: float = 60.0) -> Any:
+@overload
+def hu_to_mu(hu: np.ndarray, kev: float = ...) -> np.ndarray: ...
+@overload
+def hu_to_mu(hu: torch.Tensor, kev: float = ...) -> torch.Tensor: ...
+def hu_to_mu(hu: torch.Tensor | np.ndarray, kev: float = 60.0) -> torch.Tensor | np.ndarray:
     """Convert Hounsfield units to linear attenuation with a bilinear water/bone model.
 
     ``μ = μw (1 + HU/1000)`` for HU ≤ 0 and ``μw + (μb - μw) HU / HU_bone`` above, clamped at 0,
@@ -162,15 +166,18 @@ def _coarse_body(hu: np.ndarray, *, remove_table: bool) -> np.ndarray:
     coarse = (block[0, 0] > BODY_THRESHOLD_HU).numpy()
     if not remove_table or not coarse.any():
         return coarse
-    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane = np.zeros((3, 3, 3), dtype=bool)  # 4-connectivity within axial slices only
     in_plane[1] = ndimage.generate_binary_structure(2, 1)
-    coarse = ndimage.binary_fill_holes(coarse, structure=in_plane)  # lungs, airways, gas
+    # Fill holes slice by slice (lungs, airways, bowel gas): background regions of a slice that
+    # do not touch that slice's border.
+    background, _ = ndimage.label(~coarse, structure=in_plane)
+    edges = np.concatenate([background[:, [0, -1], :].ravel(), background[:, :, [0, -1]].ravel()])
+    coarse = ~np.isin(background, edges[edges > 0])
     opened = ndimage.binary_opening(coarse, structure=in_plane)  # cut leads and thin contacts
     labels, _ = ndimage.label(opened if opened.any() else coarse)
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    body = ndimage.binary_fill_holes(labels == int(sizes.argmax()), structure=in_plane)
-    return ndimage.binary_dilation(body, structure=in_plane)
+    return ndimage.binary_dilation(labels == int(sizes.argmax()), structure=in_plane)
 
 
 def _coarse_ranges(coarse: np.ndarray, shape: tuple[int, ...]) -> list[tuple[int, int]]:
@@ -256,7 +263,7 @@ def render_slabs(
     source, dirs = index_space_rays(index_to_world, geometry)
     centre = np.linalg.solve(index_to_world[:3, :3], geometry.beam_direction)
     axis = int(np.argmax(np.abs(centre)))
-    t_in, t_out = ray_box_interval(source, dirs, sizes)
+    t_in, t_out = ray_box_interval(source, dirs, sizes, margin=0.5)  # bilinear: -1 to N
     hit = np.flatnonzero(t_out > t_in)
     if len(hit) == 0:
         return out.reshape(rows, cols), {"slab_planes": 0, "axis": "whd"[axis]}
@@ -292,23 +299,25 @@ def render_slabs(
     scale = 2.0 / np.array([sizes[bx], sizes[by]], dtype=np.float64)
     base = (at_zero + drift * (k - 1) / 2.0 + 0.5) * scale - 1.0
     step = drift * k * scale
-    f32 = {"dtype": torch.float32, "device": device}
-    base_t, step_t = torch.as_tensor(base, **f32), torch.as_tensor(step, **f32)
+    def f32(values: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(values, dtype=torch.float32, device=device)
+
+    base_t, step_t = f32(base), f32(step)
 
     # Rays whose segment ends inside the volume cover only part of some slabs.
     lo = source[axis] + np.minimum(0.0, da)  # (n,) plane-index range of the segment
     hi = source[axis] + np.maximum(0.0, da)
     partial = bool(np.any(lo > -0.5) or np.any(hi < n_axis - 0.5))
-    lo_t, hi_t = torch.as_tensor(lo, **f32), torch.as_tensor(hi, **f32)
+    lo_t, hi_t = f32(lo), f32(hi)
 
     n = len(hit)
     threads = max(1, torch.get_num_threads())
     rays_per_call = min(n, max(4096, CHUNK_SAMPLES // threads))
     slabs_per_call = max(threads, CHUNK_SAMPLES // rays_per_call)
-    acc = torch.zeros(n, **f32)
+    acc = torch.zeros(n, dtype=torch.float32, device=device)
     for j0 in range(0, n_slabs, slabs_per_call):
         j1 = min(n_slabs, j0 + slabs_per_call)
-        j = torch.arange(j0, j1, **f32)[:, None, None]  # (s, 1, 1)
+        j = f32(np.arange(j0, j1))[:, None, None]  # (s, 1, 1)
         for r0 in range(0, n, rays_per_call):
             r1 = min(n, r0 + rays_per_call)
             grid = torch.addcmul(base_t[None, r0:r1], j, step_t[None, r0:r1])  # (s, r, 2)
@@ -322,7 +331,7 @@ def render_slabs(
                 samples = samples * cover
             acc[r0:r1] += samples.sum(0)
     path_mm = np.linalg.norm((d / da[:, None]) @ index_to_world[:3, :3].T, axis=1)  # per plane
-    acc *= torch.as_tensor(path_mm * k, **f32)
+    acc *= f32(path_mm * k)
     out[torch.as_tensor(hit, device=device)] = acc
     return out.reshape(rows, cols), {"slab_planes": k, "axis": "whd"[axis]}
 

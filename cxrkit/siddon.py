@@ -40,19 +40,29 @@ def index_space_rays(
     world_to_index = np.linalg.inv(index_to_world)
     lin, off = world_to_index[:3, :3], world_to_index[:3, 3]
     source = lin @ geometry.source_mm + off
-    pixels = geometry.pixel_centers_mm().reshape(-1, 3) @ lin.T + off  # (n, 3)
-    return source, pixels - source
+    # Pixel centres are affine in (row, col), so map the origin and the two steps only.
+    to_origin = lin @ (geometry.detector_origin_mm - geometry.source_mm)
+    row_step = lin @ (geometry.row_direction * geometry.pixel_mm[0])
+    col_step = lin @ (geometry.col_direction * geometry.pixel_mm[1])
+    rows, cols = geometry.detector_px
+    dirs = (to_origin + np.arange(rows, dtype=np.float64)[:, None, None] * row_step
+            + np.arange(cols, dtype=np.float64)[None, :, None] * col_step)  # (rows, cols, 3)
+    return source, dirs.reshape(-1, 3)
 
 
 def ray_box_interval(
-    source: np.ndarray, directions: np.ndarray, shape_whd: tuple[int, int, int]
+    source: np.ndarray,
+    directions: np.ndarray,
+    shape_whd: tuple[int, int, int],
+    margin: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Where each ray segment is inside the voxel box ``[-0.5, N - 0.5]`` per index axis.
+    """Where each ray segment is inside the voxel box ``[-0.5 - margin, N - 0.5 + margin]``.
 
     Args:
         source: ``(3,)`` ray origin in index units.
         directions: ``(n, 3)`` ray directions in index units (segment ``t ∈ [0, 1]``).
         shape_whd: box size in voxels along ``(w, h, d)``.
+        margin: extra voxels on every side (e.g. 0.5 for interpolation reaching past the edge).
 
     Returns:
         ``t_in`` and ``t_out``, ``(n,)`` float64 within ``[0, 1]``; a ray misses where
@@ -63,9 +73,9 @@ def ray_box_interval(
     with np.errstate(divide="ignore", invalid="ignore"):
         for axis, size in enumerate(shape_whd):
             d = directions[:, axis]
-            lo = (-0.5 - source[axis]) / d
-            hi = (size - 0.5 - source[axis]) / d
-            inside = -0.5 <= source[axis] <= size - 0.5
+            lo = (-0.5 - margin - source[axis]) / d
+            hi = (size - 0.5 + margin - source[axis]) / d
+            inside = -0.5 - margin <= source[axis] <= size - 0.5 + margin
             near = np.where(d == 0, -np.inf if inside else np.inf, np.minimum(lo, hi))
             far = np.where(d == 0, np.inf if inside else -np.inf, np.maximum(lo, hi))
             t_in = np.maximum(t_in, near)
@@ -105,15 +115,17 @@ def render_siddon(
     length_mm = np.linalg.norm(dirs @ lin.T, axis=1)  # (n,) source-to-pixel distance
     flat = mu.reshape(-1)
     out = torch.zeros(len(dirs), dtype=torch.float64, device=device)
-    f64 = {"dtype": torch.float64, "device": device}
-    src = torch.as_tensor(source, **f64)
-    planes = [torch.arange(n + 1, **f64) - 0.5 for n in (W, H, D)]  # voxel boundaries
+    def f64(values: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(values, dtype=torch.float64, device=device)
+
+    src = f64(source)
+    planes = [f64(np.arange(n + 1) - 0.5) for n in (W, H, D)]  # voxel boundaries
     strides = (1, W, W * H)
     for start in range(0, len(hit), rays_per_chunk):
         idx = hit[start:start + rays_per_chunk]
-        d = torch.as_tensor(dirs[idx], **f64)  # (n, 3)
-        a0 = torch.as_tensor(t_in[idx], **f64)[:, None]  # (n, 1)
-        a1 = torch.as_tensor(t_out[idx], **f64)[:, None]
+        d = f64(dirs[idx])  # (n, 3)
+        a0 = f64(t_in[idx])[:, None]  # (n, 1)
+        a1 = f64(t_out[idx])[:, None]
         alphas = [a0, a1]
         for axis in range(3):
             da = d[:, axis:axis + 1]
@@ -133,6 +145,6 @@ def render_siddon(
         del mid
         values = flat[flat_idx].double()  # (n, L - 1)
         out[torch.as_tensor(idx, device=device)] = (seg * values * valid).sum(1)
-    out *= torch.as_tensor(length_mm, **f64)
+    out *= f64(length_mm)
     rows, cols = geometry.detector_px
     return out.float().reshape(rows, cols), {"rays_per_chunk": rays_per_chunk}
