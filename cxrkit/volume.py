@@ -18,6 +18,7 @@ import gzip
 import logging
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,8 +134,12 @@ def read_volume(path: str | Path, *, series: str | None = None) -> Volume:
             image = _read_dicom_series(p, series)
             fmt = "dicom"
         else:
-            _check_not_truncated(p)
-            image = sitk.ReadImage(str(p))
+            # SimpleITK silently reads a truncated .gz as zeros: verify the stream meanwhile
+            # (zlib releases the GIL, so this costs no wall time on a multi-core machine).
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                check = pool.submit(_check_not_truncated, p)
+                image = sitk.ReadImage(str(p))
+                check.result()
             fmt = p.suffix.lower().lstrip(".")
     except RuntimeError as exc:  # SimpleITK reports every read problem this way
         first = str(exc).strip().splitlines()
@@ -155,15 +160,32 @@ def volume_from_sitk(image: Any, *, meta: dict[str, Any] | None = None) -> Volum
     """Convert a 3-D SimpleITK image to a :class:`Volume` in the LPS frame."""
     import SimpleITK as sitk
 
-    oriented = sitk.DICOMOrient(image, "LPS")
-    array = sitk.GetArrayFromImage(oriented).astype(np.float32, copy=False)  # (D, H, W)
-    sx, sy, sz = oriented.GetSpacing()
-    direction = np.array(oriented.GetDirection(), dtype=np.float64).reshape(3, 3)
+    direction = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    spacing = np.array(image.GetSpacing(), dtype=np.float64)  # (x, y, z) index axes
+    signed_permutation = np.allclose(np.abs(direction).max(0), 1.0, atol=1e-6)
+    if not signed_permutation:  # oblique: let ITK pick the closest LPS axes, keep the rest
+        image = sitk.DICOMOrient(image, "LPS")
+        direction = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+        spacing = np.array(image.GetSpacing(), dtype=np.float64)
+    # Reorient in numpy (views of one copy): index axis i runs along world axis axes[i].
+    array = sitk.GetArrayFromImage(image)  # (z, y, x) index order
+    axes = np.abs(direction).argmax(0) if signed_permutation else np.arange(3)
+    signs = np.sign(direction[axes, np.arange(3)]) if signed_permutation else np.ones(3)
+    size = np.array(image.GetSize())
+    origin = np.array(image.GetOrigin(), dtype=np.float64)
+    for i in range(3):  # flip reversed axes; the origin moves to the other end
+        if signs[i] < 0:
+            origin = origin + direction[:, i] * spacing[i] * (size[i] - 1)
+            array = np.flip(array, axis=2 - i)
+    order = np.argsort(axes)  # index axis that runs along world x, y, z
+    array = np.transpose(array, [2 - order[2], 2 - order[1], 2 - order[0]])  # (D, H, W)
+    new_spacing = spacing[order]
+    new_direction = direction[:, order] * signs[order][None, :]
     return Volume(
-        array=array,
-        spacing_mm=(float(sz), float(sy), float(sx)),
-        origin_mm=tuple(float(v) for v in oriented.GetOrigin()),  # type: ignore[arg-type]
-        direction=direction,
+        array=np.ascontiguousarray(array, dtype=np.float32),
+        spacing_mm=(float(new_spacing[2]), float(new_spacing[1]), float(new_spacing[0])),
+        origin_mm=(float(origin[0]), float(origin[1]), float(origin[2])),
+        direction=new_direction,
         meta=dict(meta or {}),
     )
 
