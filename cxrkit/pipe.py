@@ -171,6 +171,16 @@ class UniqueIds:
         return record
 
 
+def item_seed(seed: int, item_id: str) -> int:
+    """The seed of one item: the first 8 bytes of ``sha256("<seed>:<item id>")``, an integer.
+
+    It depends on the run's seed and the item's id only, so results do not depend on the batch
+    order, the batch size or sharding across processes.
+    """
+    digest = hashlib.sha256(f"{seed}:{item_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
 def shard() -> tuple[int, int]:
     """``(rank, world_size)`` of this process under ``accelerate launch``/torchrun, else (0, 1)."""
     try:
@@ -249,6 +259,12 @@ def _locked(stream: IO[bytes]) -> Iterator[None]:
         fcntl.flock(fd, fcntl.LOCK_UN)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _json_default(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
@@ -279,6 +295,7 @@ def atomic_path(target: Path, *, overwrite: bool) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

@@ -271,3 +271,12 @@ def test_bootstrap_ci_stratified_auc() -> None:
     low, high = bootstrap_ci(rows, seed=2, n=200, statistic=lambda r: auc(r[:, 0], r[:, 1]),
                              strata=labels)
     assert 0.5 < low < auc(scores, labels) < high <= 1.0
+
+
+def test_froc_without_any_candidate_is_zero_sensitivity() -> None:
+    import numpy as np
+
+    from cxrkit.metrics import froc
+
+    curve = froc([np.array([[0, 0, 10, 10]])], [np.zeros((0, 4))], [np.zeros(0)])
+    assert list(curve.sensitivity_at([0.125, 0.25, 0.5])) == [0.0, 0.0, 0.0]

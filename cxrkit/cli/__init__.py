@@ -62,9 +62,12 @@ def _root(
 
 
 def _register() -> None:
-    from cxrkit.cli import project, sample_data
+    """Add the commands; each module imports only typer at its top, so this stays fast."""
+    from cxrkit.cli import degrade, evaluate, project, sample_data
 
     app.command("project")(project.project)
+    app.command("degrade")(degrade.degrade)
+    app.command("eval")(evaluate.evaluate)
     app.command("sample-data")(sample_data.sample_data)
 
 

@@ -158,6 +158,8 @@ def froc(truth: Sequence[np.ndarray], boxes: Sequence[np.ndarray], scores: Seque
         pooled_scores.append(np.asarray(score, dtype=np.float64).reshape(-1)[labels >= 0])
         pooled_labels.append(labels[labels >= 0])
     all_scores, all_labels = np.concatenate(pooled_scores), np.concatenate(pooled_labels)
+    if all_scores.size == 0:  # no candidate anywhere: one operating point, nothing found
+        return FrocCurve(np.array([np.inf]), np.zeros(1), np.zeros(1), n_images, n_lesions)
     order = np.argsort(-all_scores, kind="stable")
     all_scores, all_labels = all_scores[order], all_labels[order]
     last_of_score = np.flatnonzero(np.r_[all_scores[1:] != all_scores[:-1], True])

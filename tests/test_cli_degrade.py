@@ -1,0 +1,189 @@
+"""`cxrkit degrade` end to end: records and files, provenance, determinism by seed, options,
+errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cxrkit.cli import app
+from cxrkit.pipe import item_seed
+from cxrkit.io import Radiograph, read_radiograph, write_radiograph
+from tests.test_cli import run_cli
+
+runner = CliRunner()
+
+
+def records(stdout: str | bytes) -> list[dict]:
+    text = stdout.decode() if isinstance(stdout, bytes) else stdout
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def invoke(*args: str, stdin: str | None = None) -> tuple[int, list[dict], str]:
+    """The command in-process: exit code, stdout records, and the text of any exception."""
+    result = runner.invoke(app, ["degrade", *args], input=stdin)
+    error = f"{type(result.exception).__name__}: {result.exception}" if result.exception else ""
+    return result.exit_code, records(result.stdout) if result.exit_code == 0 else [], error
+
+
+@pytest.fixture
+def second_path(tmp_path: Path) -> Path:
+    """Another 64×64 radiograph (PNG, so without pixel size)."""
+    rng = np.random.default_rng(3)
+    pixels = np.clip(0.5 + 0.1 * rng.standard_normal((64, 64)), 0, 1).astype(np.float32)
+    path = tmp_path / "other.png"
+    write_radiograph(path, Radiograph(pixels, None, "display"))
+    return path
+
+
+def test_help_and_list() -> None:
+    result = runner.invoke(app, ["degrade", "--help"])
+    assert result.exit_code == 0 and "Example" in result.output and "--preset" in result.output
+    listing = runner.invoke(app, ["degrade", "--list"])
+    assert listing.exit_code == 0
+    for name in ("physics", "bicubic", "drr-like", "low-dose", "portable", "realistic", "custom",
+                 "quantum-noise", "dose=0.05..0.5", "slice-blur(slice_mm=2.5..5"):
+        assert name in listing.output
+
+
+def test_degrade_writes_lq_and_record(radiograph_path: Path, tmp_path: Path) -> None:
+    code, (rec,), error = invoke(str(radiograph_path), "--preset", "drr-like", "--scale", "2",
+                                 "-o", str(tmp_path / "lq"))
+    assert code == 0, error
+    assert rec["id"] == "cxr" and rec["path"].endswith("cxr_lq.tiff")
+    assert rec["reference"] == str(radiograph_path) and rec["source"] == str(radiograph_path)
+    assert rec["spacing_mm"] == pytest.approx([1.0, 1.0])  # 0.5 mm in the file, ×2
+    entry = rec["degrade"]
+    assert entry["options"]["preset"] == "drr-like" and entry["options"]["scale"] == 2
+    assert entry["options"]["pixel_mm"] == 0.5 and entry["options"]["pixel_mm_from"] == "file"
+    assert entry["seed"] == 0 and entry["item_seed"] == item_seed(0, "cxr")
+    assert [s["name"] for s in entry["steps"]] == ["slice-blur", "gamma", "resize"]
+    assert entry["version"]
+    image = read_radiograph(rec["path"])
+    assert image.pixels.shape == (32, 32) and image.spacing_mm == pytest.approx((1.0, 1.0))
+    assert image.meta["degrade"] == entry  # the file alone says how it was made
+
+
+def test_same_seed_same_bytes_whatever_the_order(radiograph_path: Path, second_path: Path,
+                                                 tmp_path: Path) -> None:
+    args = ("--preset", "realistic", "--scale", "2", "--seed", "7")
+    out = tmp_path / "a"
+    assert invoke(str(radiograph_path), str(second_path), *args, "-o", str(out))[0] == 0
+    first = (out / "cxr_lq.tiff").read_bytes()
+    assert invoke(str(radiograph_path), str(second_path), *args, "-o", str(out),
+                  "--overwrite")[0] == 0
+    assert (out / "cxr_lq.tiff").read_bytes() == first
+    # Reversed order, other folder: the same pixels per item (the seed is per item id).
+    code, reversed_recs, _ = invoke(str(second_path), str(radiograph_path), *args,
+                                    "-o", str(tmp_path / "b"))
+    assert code == 0 and [r["id"] for r in reversed_recs] == ["other", "cxr"]
+    for name in ("cxr_lq.tiff", "other_lq.tiff"):
+        np.testing.assert_array_equal(read_radiograph(out / name).pixels,
+                                      read_radiograph(tmp_path / "b" / name).pixels)
+    other_seed = invoke(str(radiograph_path), "--preset", "realistic", "--scale", "2",
+                        "--seed", "8", "-o", str(tmp_path / "c"))
+    assert other_seed[0] == 0
+    assert not np.array_equal(read_radiograph(tmp_path / "c" / "cxr_lq.tiff").pixels,
+                              read_radiograph(out / "cxr_lq.tiff").pixels)
+
+
+def test_item_seed_depends_on_seed_and_id_only() -> None:
+    assert item_seed(0, "a") == item_seed(0, "a")
+    assert len({item_seed(0, "a"), item_seed(1, "a"), item_seed(0, "b")}) == 3
+    assert 0 <= item_seed(123, "x") < 2**64
+
+
+def test_records_on_stdin_pass_through_and_scale_spacing(radiograph_path: Path,
+                                                         tmp_path: Path) -> None:
+    line = json.dumps({"id": "p1", "path": str(radiograph_path), "source": "ct.nii.gz",
+                       "spacing_mm": [0.4, 0.6], "boxes": [], "project": {"view": "PA"},
+                       "reference": "older.tiff"})
+    code, (rec,), error = invoke("--preset", "bicubic", "--scale", "2", "-o", str(tmp_path),
+                                 stdin=line + "\n")
+    assert code == 0, error
+    assert rec["id"] == "p1" and rec["source"] == "ct.nii.gz" and rec["boxes"] == []
+    assert rec["project"] == {"view": "PA"}  # keys of other tools pass through
+    assert rec["reference"] == str(radiograph_path)  # always the image this command degraded
+    assert rec["spacing_mm"] == pytest.approx([0.8, 1.2])
+    assert rec["degrade"]["options"]["pixel_mm"] == pytest.approx(0.5)  # mean of row and col
+    assert rec["degrade"]["options"]["pixel_mm_from"] == "record"
+
+
+def test_pixel_pitch_from_option_or_default(second_path: Path, tmp_path: Path) -> None:
+    code, (rec,), _ = invoke(str(second_path), "--scale", "2", "-o", str(tmp_path / "a"))
+    assert code == 0 and rec["spacing_mm"] is None  # unknown pitch: assumed, not recorded
+    assert rec["degrade"]["options"]["pixel_mm_from"] == "default"
+    assert rec["degrade"]["options"]["pixel_mm"] == pytest.approx(0.35)
+    code, (rec,), _ = invoke(str(second_path), "--scale", "2", "--pixel-mm", "0.2",
+                             "-o", str(tmp_path / "b"))
+    assert code == 0 and rec["spacing_mm"] == pytest.approx([0.4, 0.4])
+    assert rec["degrade"]["options"]["pixel_mm_from"] == "option"
+
+
+def test_set_overrides_and_custom_chain(radiograph_path: Path, tmp_path: Path) -> None:
+    code, (rec,), error = invoke(str(radiograph_path), "--preset", "low-dose",
+                                 "--set", "quantum-noise.dose=0.05", "-o", str(tmp_path / "a"))
+    assert code == 0, error
+    steps = {s["name"]: s["params"] for s in rec["degrade"]["steps"]}
+    assert steps["quantum-noise"]["dose"] == 0.05
+    assert rec["degrade"]["options"]["overrides"] == {"quantum-noise": {"dose": 0.05}}
+    code, (rec,), error = invoke(str(radiograph_path), "--preset", "custom", "--set",
+                                 "gamma.gamma=2", "-o", str(tmp_path / "b"))
+    assert code == 0, error
+    assert rec["degrade"]["steps"] == [{"name": "gamma", "params": {"gamma": 2}}]
+    source = read_radiograph(radiograph_path).pixels
+    np.testing.assert_allclose(read_radiograph(rec["path"]).pixels, source**2, rtol=1e-6)
+
+
+@pytest.mark.parametrize("args", [
+    ("--preset", "no-such-preset"),
+    ("--method", "munit"),
+    ("--model", "models/x"),  # physics takes no model
+    ("--set", "gamma=1.2"),
+    ("--set", "no-such-op.x=1"),
+    ("--set", "gamma.no_such_param=1"),
+    ("--preset", "bicubic", "--set", "gamma.gamma=1.2"),  # the preset has no gamma step
+    ("--preset", "custom"),
+    ("--scale", "0"),
+])
+def test_bad_options_are_usage_errors(radiograph_path: Path, tmp_path: Path,
+                                      args: tuple[str, ...]) -> None:
+    result = runner.invoke(app, ["degrade", str(radiograph_path), "-o", str(tmp_path), *args])
+    assert result.exit_code == 2, result.output
+    assert not any(tmp_path.glob("*_lq.tiff"))
+
+
+def test_missing_file_is_one_line_error(tmp_path: Path) -> None:
+    result = run_cli("degrade", str(tmp_path / "missing.png"), "-o", str(tmp_path))
+    assert result.returncode == 1 and result.stdout == b""
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cxrkit degrade: error: no such file")
+
+
+def test_raw_image_on_stdin(radiograph_path: Path, tmp_path: Path) -> None:
+    result = run_cli("degrade", "--preset", "bicubic", "--scale", "2", "-o", str(tmp_path),
+                     stdin=radiograph_path.read_bytes())
+    assert result.returncode == 0, result.stderr.decode()
+    (rec,) = records(result.stdout)
+    assert rec["id"] == "stdin" and rec["source"] == "-"
+    assert read_radiograph(rec["path"]).pixels.shape == (32, 32)
+
+
+def test_resume_reemits_the_stored_record(radiograph_path: Path, tmp_path: Path) -> None:
+    args = (str(radiograph_path), "--scale", "2", "-o", str(tmp_path))
+    code, first, _ = invoke(*args)
+    assert code == 0
+    assert invoke(*args)[0] == 1  # exists, no --overwrite
+    code, again, _ = invoke(*args, "--resume")
+    assert code == 0 and again == first
+
+
+def test_line_integrals_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "li.tiff"
+    write_radiograph(path, Radiograph(np.full((32, 32), 3.0, np.float32), None, "line_integral"))
+    code, _, error = invoke(str(path), "-o", str(tmp_path / "out"))
+    assert code == 1 and "display" in error
