@@ -119,3 +119,13 @@ def test_real_nih_png(shared_data: Path) -> None:
         img = read_radiograph(f)
         assert img.pixels.shape == (1024, 1024) and img.pixels.dtype == np.float32
         assert img.pixels.min() >= 0 and img.pixels.max() <= 1 and img.spacing_mm is None
+
+
+def test_mha_radiograph(tmp_path: Path) -> None:
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(_ramp())
+    image.SetSpacing((0.25, 0.5))  # (x = col, y = row)
+    sitk.WriteImage(image, str(tmp_path / "r.mha"))
+    back = read_radiograph(tmp_path / "r.mha")
+    assert np.allclose(back.pixels, _ramp()) and back.spacing_mm == (0.5, 0.25)
