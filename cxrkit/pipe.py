@@ -156,7 +156,8 @@ def read_stdin_records(stream: IO[bytes], *, spool_dir: Path) -> Iterator[Record
 
 
 class UniqueIds:
-    """Keeps item ids unique within one run: a repeated id gets a short hash of its source."""
+    """Keeps item ids unique within one run: a repeated id gets a short hash of its source (and a
+    counter if the same source is given twice)."""
 
     def __init__(self) -> None:
         self._seen: set[str] = set()
@@ -165,7 +166,11 @@ class UniqueIds:
         item_id = str(record["id"])
         if item_id in self._seen:
             digest = hashlib.sha1(str(record.get("source", record["path"])).encode()).hexdigest()
-            item_id = f"{item_id}-{digest[:8]}"
+            item_id = base = f"{item_id}-{digest[:8]}"
+            count = 1
+            while item_id in self._seen:
+                count += 1
+                item_id = f"{base}-{count}"
             record = {**record, "id": item_id}
         self._seen.add(item_id)
         return record

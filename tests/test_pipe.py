@@ -113,3 +113,9 @@ def test_atomic_path_no_half_written_file(tmp_path: Path) -> None:
     with atomic_path(target, overwrite=True) as tmp:
         tmp.write_bytes(b"new")
     assert target.read_bytes() == b"new"
+
+
+def test_unique_ids_same_source_twice() -> None:
+    unique = UniqueIds()
+    ids = [unique({"id": "a", "path": "a.png", "source": "a.png"})["id"] for _ in range(3)]
+    assert len(set(ids)) == 3
