@@ -63,10 +63,11 @@ def _root(
 
 def _register() -> None:
     """Add the commands; each module imports only typer at its top, so this stays fast."""
-    from cxrkit.cli import degrade, evaluate, project, sample_data
+    from cxrkit.cli import degrade, evaluate, project, sample_data, synth
 
     app.command("project")(project.project)
     app.command("degrade")(degrade.degrade)
+    app.command("synth")(synth.synth)
     app.command("eval")(evaluate.evaluate)
     app.command("sample-data")(sample_data.sample_data)
 
