@@ -84,6 +84,14 @@ class Outputs:
         folder = self.out or DEFAULT_OUT
         return folder / f"{item_id}{'_' + tag if tag else ''}{self.suffix}"
 
+    def finished(self, item_id: str, tag: str = "") -> Record | None:
+        """The record stored in an item's primary output if it was written (for --resume)."""
+        from cxrkit.io import read_meta
+
+        primary = self.path(item_id, tag)
+        meta = read_meta(primary) if primary.exists() else {}
+        return meta if meta.get("path") == str(primary) else None
+
     def companion(self, primary: Path, name: str) -> Path:
         """A file that belongs to a primary output: ``<primary stem>.<name>``."""
         stem = primary.name[: -len(primary.suffix)] if primary.suffix else primary.name

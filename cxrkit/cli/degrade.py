@@ -119,11 +119,7 @@ class DegradeJob:
 
     def done(self, record: Record) -> Record | None:
         """The stored record of an item already degraded (for --resume), else None."""
-        from cxrkit.io import read_meta
-
-        primary = self.outputs.path(record["id"], "lq")
-        meta = read_meta(primary) if primary.exists() else {}
-        return meta if meta.get("path") == str(primary) else None
+        return self.outputs.finished(record["id"], "lq")
 
     def __call__(self, record: Record) -> Record:
         import numpy as np

@@ -153,11 +153,7 @@ class ProjectJob:
 
     def done(self, record: Record) -> Record | None:
         """The stored record of an item already rendered (for --resume), else None."""
-        from cxrkit.io import read_meta
-
-        primary = self.outputs.path(record["id"], "drr")
-        meta = read_meta(primary) if primary.exists() else {}
-        return meta if meta.get("path") == str(primary) else None
+        return self.outputs.finished(record["id"], "drr")
 
     def __call__(self, record: Record) -> Record:
         from cxrkit import drr

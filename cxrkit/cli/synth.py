@@ -328,11 +328,7 @@ class SynthJob:
 
     def done(self, record: Record) -> Record | None:
         """The stored record of a sample already written (for --resume), else None."""
-        from cxrkit.io import read_meta
-
-        primary = self.outputs.path(record["id"])
-        meta = read_meta(primary) if primary.exists() else {}
-        return meta if meta.get("path") == str(primary) else None
+        return self.outputs.finished(record["id"])
 
     def __call__(self, record: Record) -> Record:
         from cxrkit.synth.sampling import sample_seed, synthesize
