@@ -120,14 +120,16 @@ def test_accelerate_shards_two_processes(phantom_path: Path, tmp_path: Path) -> 
     launcher = str(Path(sys.executable).with_name("accelerate"))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     result = subprocess.run(
-        [launcher, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "cxrkit", "project",
+        [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "cxrkit", "-v", "project",
          *[str(tmp_path / f"ct{k}.nii.gz") for k in range(4)], *SMALL, "-o",
          str(tmp_path / "out")], capture_output=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     got = records(result.stdout)
     assert sorted(r["id"] for r in got) == ["ct0", "ct1", "ct2", "ct3"]  # each once, complete
     assert len(list((tmp_path / "out").glob("*.tiff"))) == 4
+    err = result.stderr.decode()
+    assert "process 1 of 2" in err and "process 2 of 2" in err  # really two processes
 
 
 def test_closed_pipe_exits_quietly(phantom_path: Path, tmp_path: Path) -> None:

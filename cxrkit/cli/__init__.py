@@ -63,10 +63,20 @@ def _root(
 
 def _register() -> None:
     """Add the commands; each module imports only typer at its top, so this stays fast."""
-    from cxrkit.cli import degrade, evaluate, project, sample_data, synth
+    from cxrkit.cli import (
+        degrade,
+        enhance,
+        evaluate,
+        project,
+        sample_data,
+        synth,
+        train_enhance,
+    )
 
     app.command("project")(project.project)
     app.command("degrade")(degrade.degrade)
+    app.command("enhance")(enhance.enhance)
+    app.command("train-enhance")(train_enhance.train_enhance)
     app.command("synth")(synth.synth)
     app.command("eval")(evaluate.evaluate)
     app.command("sample-data")(sample_data.sample_data)

@@ -144,6 +144,8 @@ def run_items(
     """
     writer = RecordWriter()
     rank, world = shard()
+    if world > 1:
+        log.info("process %d of %d: every %d-th item", rank + 1, world, world)
     unique = UniqueIds()
     failed = 0
     with _Progress(label) as advance:

@@ -108,7 +108,9 @@ def project(
 
     Several CTs are sharded across processes with accelerate:
 
-        accelerate launch --cpu --num_processes 2 -m cxrkit project cts/*.nii.gz -o drr/
+        accelerate launch --multi_gpu --num_processes 2 -m cxrkit project cts/*.nii.gz -o drr/
+
+    (--multi_gpu starts the processes on a CPU-only machine too; accelerate's --cpu starts one.)
     """
     from cxrkit import drr
     from cxrkit.geometry import Geometry

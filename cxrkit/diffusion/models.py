@@ -1,0 +1,298 @@
+"""The conditional diffusion enhancer: a diffusers ``UNet2DModel`` that denoises the HQ residual.
+
+Formulation (SR3, Saharia et al. 2021, https://arxiv.org/abs/2104.07636, with the residual target
+of SRDiff, Li et al. 2022, https://arxiv.org/abs/2104.14951):
+
+- ``up = bicubic(LQ)`` brings the low-quality image to the output size (identity for ×1);
+- the diffused variable is the residual ``x0 = residual_scale · (HQ - up)``, so a model that
+  outputs zero already gives the bicubic baseline, and the network only learns what bicubic
+  misses (contrast, slice blur, detail);
+- the UNet sees ``[x_t, 2·up - 1]`` (2 channels), rearranged space-to-depth by ``unshuffle``
+  (pixel unshuffle, as Real-ESRGAN's ×2 model does): a 1024² image is processed at 512² with
+  ``2·r²`` channels, which makes every step 4× cheaper for the same widths;
+- it predicts ``v`` (Salimans & Ho 2022, https://arxiv.org/abs/2202.00512) or ``ε`` under a
+  cosine schedule (``squaredcos_cap_v2``, Nichol & Dhariwal 2021), trained with MSE.
+
+A model directory (diffusers ``save_pretrained`` layout)::
+
+    model_index.json        diffusers component list
+    enhancer.json           cxrkit's settings (kind, scale, unshuffle, residual_scale, defaults)
+    unet/                   config.json + diffusion_pytorch_model.safetensors
+    scheduler/              scheduler_config.json (DDPMScheduler: schedule and prediction type)
+    run.json                how it was trained (written by :mod:`cxrkit.train`)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cxrkit.errors import InputError, ModelError
+
+ENHANCER_KIND = "cxrkit-enhancer"
+PREDICTION_TYPES = ("v_prediction", "epsilon")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class EnhancerSettings:
+    """Architecture and formulation of an enhancer (stored as ``enhancer.json``).
+
+    Attributes:
+        scale: output size / input size: 1 (restore) or 2 (super-resolve 512² → 1024²).
+        block_out_channels: UNet widths per resolution level.
+        layers_per_block: ResNet blocks per level.
+        unshuffle: space-to-depth factor ``r`` in front of the UNet (1 disables it).
+        prediction_type: ``v_prediction`` or ``epsilon``.
+        num_train_timesteps: length ``T`` of the training schedule.
+        residual_scale: ``s`` in ``x0 = s·(HQ - up)``; brings residuals (std ~0.025) to ~0.5.
+        default_steps: sampling steps used when the caller gives none.
+        default_sampler: sampler used when the caller gives none (a key of ``SAMPLERS``).
+    """
+
+    scale: int = 2
+    block_out_channels: tuple[int, ...] = (32, 64, 128)
+    layers_per_block: int = 1
+    unshuffle: int = 2
+    prediction_type: str = "v_prediction"
+    num_train_timesteps: int = 1000
+    residual_scale: float = 20.0
+    default_steps: int = 10
+    default_sampler: str = "ddim"
+    kind: str = field(default=ENHANCER_KIND)
+
+    def __post_init__(self) -> None:
+        if self.scale not in (1, 2, 4):
+            raise InputError(f"enhancer scale must be 1, 2 or 4, got {self.scale}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise InputError(f"prediction type must be one of {PREDICTION_TYPES}, "
+                             f"got {self.prediction_type!r}")
+        if self.unshuffle < 1 or not self.block_out_channels:
+            raise InputError("unshuffle must be ≥ 1 and block_out_channels non-empty")
+
+    @property
+    def multiple(self) -> int:
+        """Image sides must be multiples of this (unshuffle × the UNet's total downsampling)."""
+        return self.unshuffle * 2 ** (len(self.block_out_channels) - 1)
+
+
+class Enhancer(nn.Module):
+    """UNet + formulation: predicts ``v`` (or ``ε``) of the residual given the upsampled LQ.
+
+    Args:
+        unet: a diffusers ``UNet2DModel`` with ``2·r²`` input and ``r²`` output channels.
+        scheduler_config: the ``DDPMScheduler`` config (schedule, prediction type).
+        settings: the enhancer's settings.
+    """
+
+    def __init__(self, unet: nn.Module, scheduler_config: dict[str, Any],
+                 settings: EnhancerSettings) -> None:
+        super().__init__()
+        self.unet = unet
+        self.scheduler_config = dict(scheduler_config)
+        self.settings = settings
+
+    @classmethod
+    def new(cls, settings: EnhancerSettings, *, generator: torch.Generator) -> Enhancer:
+        """A freshly initialised enhancer (weights drawn from ``generator``)."""
+        from diffusers import DDPMScheduler, UNet2DModel
+
+        r2 = settings.unshuffle**2
+        levels = len(settings.block_out_channels)
+        state = torch.random.get_rng_state()
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        try:  # diffusers initialises layers from the global RNG; scope it to this call
+            unet = UNet2DModel(
+                sample_size=64, in_channels=2 * r2, out_channels=r2,
+                block_out_channels=settings.block_out_channels,
+                layers_per_block=settings.layers_per_block,
+                down_block_types=("DownBlock2D",) * levels, up_block_types=("UpBlock2D",) * levels,
+                norm_num_groups=min(8, settings.block_out_channels[0]), add_attention=False)
+        finally:
+            torch.random.set_rng_state(state)
+        scheduler = DDPMScheduler(
+            num_train_timesteps=settings.num_train_timesteps, beta_schedule="squaredcos_cap_v2",
+            prediction_type=settings.prediction_type, clip_sample=False,
+            timestep_spacing="trailing")
+        return cls(unet, dict(scheduler.config), settings)  # type: ignore[arg-type, attr-defined]
+
+    def forward(self, x_t: torch.Tensor, cond: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The model output for noisy residuals.
+
+        Args:
+            x_t: ``(B, 1, H, W)`` noisy residual; ``H, W`` multiples of ``settings.multiple``.
+            cond: ``(B, 1, H, W)`` upsampled LQ mapped to [-1, 1].
+            t: ``(B,)`` integer timesteps in ``[0, T)``.
+
+        Returns:
+            ``(B, 1, H, W)`` predicted ``v`` (or ``ε``), float32.
+        """
+        r = self.settings.unshuffle
+        inputs = F.pixel_unshuffle(torch.cat([x_t, cond], dim=1), r)  # (B, 2r², H/r, W/r)
+        out = self.unet(inputs.to(self.dtype), t).sample  # (B, r², H/r, W/r)
+        return F.pixel_shuffle(out, r).float()  # (B, 1, H, W)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the weights."""
+        return next(self.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the weights."""
+        return next(self.parameters()).device
+
+    def save_pretrained(self, directory: str | Path, *, dtype: str = "fp32") -> None:
+        """Write the model directory (see the module docstring), weights in ``dtype``."""
+        from diffusers import DDPMScheduler
+        from safetensors.torch import save_file
+
+        out = Path(directory)
+        (out / "unet").mkdir(parents=True, exist_ok=True)
+        self.unet.save_config(out / "unet")  # type: ignore[operator]
+        state = {k: v.detach().to(DTYPES[dtype]).contiguous()
+                 for k, v in self.unet.state_dict().items()}
+        save_file(state, out / "unet" / "diffusion_pytorch_model.safetensors",
+                  metadata={"format": "pt"})
+        DDPMScheduler.from_config(self.scheduler_config).save_pretrained(out / "scheduler")
+        import diffusers
+
+        index = {"_class_name": "CxrkitEnhancer", "_diffusers_version": diffusers.__version__,
+                 "unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "DDPMScheduler"]}
+        (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        (out / "enhancer.json").write_text(json.dumps(asdict(self.settings), indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32) -> Enhancer:
+        """Load a model directory written by :meth:`save_pretrained` (safetensors only).
+
+        Raises:
+            ModelError: the folder is missing, is not a cxrkit enhancer, or is incomplete.
+        """
+        from diffusers import DDPMScheduler, UNet2DModel
+
+        folder = Path(directory)
+        settings = read_settings(folder)
+        weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+        if not weights.is_file():
+            raise ModelError("enhancer has no unet safetensors weights", path=str(folder),
+                             hint="a model directory holds unet/diffusion_pytorch_model."
+                                  "safetensors (pickled .bin weights are never loaded)")
+        try:
+            unet = UNet2DModel.from_pretrained(folder / "unet", use_safetensors=True,
+                                               torch_dtype=dtype)
+            scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelError(f"cannot load the enhancer: {exc}"[:300], path=str(folder)) from exc
+        model = cls(unet, dict(scheduler.config), settings)
+        return model.to(device).eval().requires_grad_(False)
+
+
+def read_settings(folder: Path) -> EnhancerSettings:
+    """The settings in ``folder/enhancer.json``, checking the folder is a cxrkit enhancer.
+
+    Raises:
+        ModelError: not a folder, no ``enhancer.json``, another kind of model, or bad values.
+    """
+    if not folder.is_dir():
+        raise ModelError("no such model folder", path=str(folder))
+    meta = folder / "enhancer.json"
+    if not meta.is_file():
+        raise ModelError("not a cxrkit enhancer (no enhancer.json)", path=str(folder),
+                         hint="give a folder written by `cxrkit train-enhance`")
+    try:
+        raw = json.loads(meta.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"unreadable enhancer.json: {exc}", path=str(meta)) from exc
+    if not isinstance(raw, dict) or raw.get("kind") != ENHANCER_KIND:
+        kind = raw.get("kind") if isinstance(raw, dict) else None
+        raise ModelError(f"model is of kind {kind!r}, not {ENHANCER_KIND!r}", path=str(folder))
+    known = set(EnhancerSettings.__dataclass_fields__)
+    values = {k: v for k, v in raw.items() if k in known}
+    values["block_out_channels"] = tuple(values.get("block_out_channels", ()))
+    try:
+        return EnhancerSettings(**values)
+    except (InputError, TypeError) as exc:
+        raise ModelError(f"bad enhancer.json: {exc}", path=str(meta)) from exc
+
+
+# ---- the training loss (wired to cxrkit.train.train by `cxrkit train-enhance`) ----------------
+
+
+def diffusion_loss(model: nn.Module, batch: dict[str, torch.Tensor],
+                   generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """MSE between the model output and the true ``v`` (or ``ε``) at a random timestep.
+
+    Args:
+        model: an :class:`Enhancer` (possibly wrapped by accelerate/DDP).
+        batch: ``hq`` and ``lq_up``, each ``(B, 1, h, w)`` float32 in [0, 1].
+        generators: one CPU generator per sample; each draws that sample's timestep and noise,
+            so the loss of a sample does not depend on how the batch is split across processes.
+
+    Returns:
+        The scalar loss, averaged over the batch.
+    """
+    settings: EnhancerSettings = unwrap_enhancer(model).settings
+    hq, lq_up = batch["hq"], batch["lq_up"]
+    x0 = settings.residual_scale * (hq - lq_up)  # (B, 1, h, w)
+    T = settings.num_train_timesteps
+    t = torch.stack([torch.randint(0, T, (), generator=g) for g in generators])  # (B,)
+    noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in generators])
+    noise, t = noise.to(x0.device), t.to(x0.device)
+    alphas = train_alphas_cumprod(unwrap_enhancer(model).scheduler_config).to(x0.device)
+    a = alphas[t].sqrt().view(-1, 1, 1, 1)
+    b = (1 - alphas[t]).sqrt().view(-1, 1, 1, 1)
+    x_t = a * x0 + b * noise
+    target = a * noise - b * x0 if settings.prediction_type == "v_prediction" else noise
+    pred = model(x_t, 2 * lq_up - 1, t)
+    return F.mse_loss(pred.float(), target)
+
+
+def train_alphas_cumprod(scheduler_config: dict[str, Any]) -> torch.Tensor:
+    """``ᾱ_t`` for ``t = 0 … T-1`` of the training schedule, ``(T,)`` float32."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(scheduler_config).alphas_cumprod.float()
+
+
+def unwrap_enhancer(model: nn.Module) -> Enhancer:
+    """The :class:`Enhancer` inside ``model`` (itself, or the module a DDP wrapper holds)."""
+    inner = getattr(model, "module", model)
+    if not isinstance(inner, Enhancer):
+        raise ModelError(f"expected an Enhancer, got {type(inner).__name__}")
+    return inner
+
+
+# ---- images ------------------------------------------------------------------------------------
+
+
+def bicubic_upsample(image: torch.Tensor, scale: int) -> torch.Tensor:
+    """Bicubic upsampling by an integer factor, clipped to [0, 1] (the ``bicubic`` baseline).
+
+    Args:
+        image: ``(..., h, w)`` float in [0, 1].
+        scale: integer factor ≥ 1 (1 returns the input).
+
+    Returns:
+        ``(..., h·scale, w·scale)`` float32 in [0, 1].
+    """
+    if scale == 1:
+        return image.float()
+    lead = image.shape[:-2]
+    flat = image.float().reshape(-1, 1, *image.shape[-2:])  # (N, 1, h, w)
+    up = F.interpolate(flat, scale_factor=scale, mode="bicubic", align_corners=False)
+    return up.clamp(0, 1).reshape(*lead, *up.shape[-2:])
+
+
+def bicubic_enhance(lq: np.ndarray, scale: int) -> np.ndarray:
+    """The honest baseline: ``(h, w)`` float32 in [0, 1] → ``(h·scale, w·scale)`` bicubic."""
+    return bicubic_upsample(torch.from_numpy(np.ascontiguousarray(lq, np.float32)), scale).numpy()

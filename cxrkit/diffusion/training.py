@@ -1,0 +1,273 @@
+"""Training the enhancer: pairs made on the fly, a patient-wise split, and :func:`train_enhancer`.
+
+A pair is ``hq`` ``(1, c, c)`` and ``lq_up`` ``(1, c, c)`` (the LQ crop bicubic-upsampled back to
+the HQ size), float32 in [0, 1]. Degrading a crop equals degrading the whole image and then
+cropping: the crop is taken with a ``margin`` of context (aligned to the scale) that covers the
+blur kernels and the resampling filters, degraded, upsampled, and only then cut to size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from cxrkit.diffusion.models import (
+    Enhancer,
+    EnhancerSettings,
+    bicubic_upsample,
+    diffusion_loss,
+    unwrap_enhancer,
+)
+from cxrkit.errors import InputError
+
+if TYPE_CHECKING:
+    from cxrkit.train import TrainConfig, TrainResult
+
+
+def patient_id(path: str | Path) -> str:
+    """The patient of a file: the name before the first ``_`` (NIH ``00000013_005.png`` → 13)."""
+    return Path(path).name.split("_", 1)[0]
+
+
+def split_by_patient(paths: Sequence[str | Path], val_fraction: float, *,
+                     seed: int) -> tuple[list[int], list[int]]:
+    """Indices of ``paths`` for training and validation, with no patient in both.
+
+    Args:
+        paths: image files; the patient is :func:`patient_id` of each.
+        val_fraction: share of patients held out, in [0, 1).
+        seed: shuffles the patients before the split.
+
+    Returns:
+        ``(train_indices, val_indices)``, each sorted.
+    """
+    patients = sorted({patient_id(p) for p in paths})
+    order = np.random.default_rng(seed).permutation(len(patients))
+    count = math.ceil(val_fraction * len(patients)) if val_fraction > 0 else 0
+    if count >= len(patients):
+        raise InputError(f"{len(patients)} patients are too few for a validation split",
+                         hint="add images or lower --val-fraction")
+    held = {patients[i] for i in order[:count]}
+    train = [i for i, p in enumerate(paths) if patient_id(p) not in held]
+    val = [i for i, p in enumerate(paths) if patient_id(p) in held]
+    return train, val
+
+
+def to_uint16(image: np.ndarray) -> np.ndarray:
+    """``(H, W)`` float in [0, 1] → uint16 (halves the memory of a float32 image cache)."""
+    return np.round(np.clip(image, 0, 1) * 65535).astype(np.uint16)
+
+
+@dataclass(frozen=True)
+class PairData:
+    """Pairs from HQ images: degraded on the fly by a preset, or cut from given LQ images.
+
+    Attributes:
+        images: HQ images, ``(H, W)`` uint16 (from :func:`to_uint16`).
+        crop: HQ crop side in pixels (a multiple of ``scale``).
+        scale: HQ size / LQ size.
+        preset: a :data:`cxrkit.degrade.PRESETS` key, used when ``lq_images`` is None.
+        pixel_mm: pixel pitch of the HQ images (for physical blur sizes).
+        lq_images: explicit LQ images, ``(H/scale, W/scale)`` uint16, aligned with ``images``.
+        margin: context around a crop, HQ pixels (covers the preset's blur kernels).
+    """
+
+    images: Sequence[np.ndarray]
+    crop: int
+    scale: int = 2
+    preset: str = "drr-like"
+    pixel_mm: float = 0.35
+    lq_images: Sequence[np.ndarray] | None = None
+    margin: int = 32
+
+    def __post_init__(self) -> None:
+        if not self.images:
+            raise InputError("no training images")
+        if self.crop % self.scale or self.margin % self.scale:
+            raise InputError(f"crop {self.crop} must be a multiple of the scale {self.scale}")
+
+    def sample(self, generator: np.random.Generator) -> dict[str, torch.Tensor]:
+        """One random pair: a random image, crop position and degradation from ``generator``."""
+        index = int(generator.integers(len(self.images)))
+        H, W = self.images[index].shape
+        c, s = min(self.crop, H - H % self.scale), self.scale
+        y = int(generator.integers(0, (H - c) // s + 1)) * s
+        x = int(generator.integers(0, (W - c) // s + 1)) * s
+        return self.pair(index, y, x, generator, crop=c)
+
+    def pair(self, index: int, y: int, x: int, generator: np.random.Generator, *,
+             crop: int | None = None) -> dict[str, torch.Tensor]:
+        """The pair of image ``index`` at HQ offset ``(y, x)`` (multiples of the scale).
+
+        Returns:
+            ``hq``, ``lq_up``: ``(1, c, c)`` float32 in [0, 1]; ``lq``: ``(1, c/s, c/s)``.
+        """
+        from cxrkit.degrade import degrade
+
+        hq_full = self.images[index]
+        H, W = hq_full.shape
+        c, s, m = crop or self.crop, self.scale, self.margin
+        ch, cw = min(c, H - y), min(c, W - x)
+        y0, x0 = max(0, y - m), max(0, x - m)
+        y1, x1 = min(H - H % s, y + ch + m), min(W - W % s, x + cw + m)
+        if self.lq_images is not None:
+            lq = self.lq_images[index][y0 // s : y1 // s, x0 // s : x1 // s] / np.float32(65535)
+        else:
+            region = hq_full[y0:y1, x0:x1].astype(np.float32) / np.float32(65535)
+            lq = degrade(region, self.preset, scale=s, pixel_mm=self.pixel_mm,
+                         generator=generator).image  # (h/s, w/s)
+        up = bicubic_upsample(torch.from_numpy(np.ascontiguousarray(lq, np.float32)), s)
+        oy, ox = y - y0, x - x0
+        hq = torch.from_numpy(hq_full[y : y + ch, x : x + cw].astype(np.float32) / 65535)
+        return {"hq": hq[None], "lq_up": up[None, oy : oy + ch, ox : ox + cw].contiguous(),
+                "lq": torch.from_numpy(np.ascontiguousarray(
+                    lq[oy // s : (oy + ch) // s, ox // s : (ox + cw) // s], np.float32))[None]}
+
+    def fixed(self, crop: int, *, seed: int) -> list[dict[str, torch.Tensor]]:
+        """One deterministic centre-crop pair per image (``crop`` 0: the whole image)."""
+        items = []
+        for index, image in enumerate(self.images):
+            H, W = image.shape
+            c = min(crop or max(H, W), H - H % self.scale, W - W % self.scale)
+            y = (H - c) // 2 // self.scale * self.scale
+            x = (W - c) // 2 // self.scale * self.scale
+            rng = np.random.default_rng([seed, index])
+            items.append(self.pair(index, y, x, rng, crop=c))
+        return items
+
+
+def evaluate_pairs(enhance_fn: object, items: Sequence[dict[str, torch.Tensor]]
+                   ) -> dict[str, float]:
+    """Mean PSNR/SSIM of an enhancer and of bicubic on held-out pairs.
+
+    Args:
+        enhance_fn: ``lq (h, w) float32 → (h·s, w·s)`` float32 in [0, 1].
+        items: pairs from :meth:`PairData.fixed`.
+
+    Returns:
+        ``psnr``, ``ssim``, ``bicubic_psnr``, ``bicubic_ssim``, ``psnr_gain``, ``ssim_gain``
+        (dB and SSIM units, means over ``items``), and ``count``.
+    """
+    from cxrkit.metrics import psnr, ssim
+
+    if not callable(enhance_fn):
+        raise InputError("enhance_fn must be callable")
+    rows = []
+    for item in items:
+        hq, lq_up = item["hq"][0].numpy(), item["lq_up"][0].numpy()
+        out = enhance_fn(item["lq"][0].numpy())
+        rows.append((psnr(out, hq), ssim(out, hq), psnr(lq_up, hq), ssim(lq_up, hq)))
+    p, q, bp, bq = (float(np.mean(col)) for col in zip(*rows, strict=True))
+    return {"psnr": p, "ssim": q, "bicubic_psnr": bp, "bicubic_ssim": bq,
+            "psnr_gain": p - bp, "ssim_gain": q - bq, "count": float(len(rows))}
+
+
+def files_sha256(paths: Sequence[str | Path]) -> dict[str, str]:
+    """``{file name: sha256}`` of the training data (recorded in ``run.json``)."""
+    out = {}
+    for p in paths:
+        out[Path(p).name] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
+    return out
+
+
+def load_images(paths: Sequence[str | Path]) -> list[np.ndarray]:
+    """Read display radiographs (8/16-bit PNG, TIFF, DICOM …) into uint16 ``(H, W)`` arrays."""
+    from cxrkit.io import read_radiograph
+
+    images = []
+    for p in paths:
+        rg = read_radiograph(p)
+        if rg.kind != "display":
+            raise InputError(f"the enhancer trains on display images, not {rg.kind!r}", path=str(p))
+        images.append(to_uint16(rg.pixels))
+    return images
+
+
+@dataclass(frozen=True)
+class PairSettings:
+    """How the enhancer's training and validation pairs are made.
+
+    Attributes:
+        preset: degradation preset for on-the-fly pairs (ignored with explicit LQ images).
+        crop: HQ training crop side, pixels.
+        pixel_mm: pixel pitch of the HQ images, mm.
+        val_fraction: share of patients held out for validation.
+        val_crop: side of the centred validation crop (0: whole images).
+        val_count: at most this many validation images (0: all).
+        val_tile: tile side used when validating (see :func:`cxrkit.diffusion.enhance`).
+    """
+
+    preset: str = "drr-like"
+    crop: int = 192
+    pixel_mm: float = 0.35
+    val_fraction: float = 0.2
+    val_crop: int = 512
+    val_count: int = 12
+    val_tile: int = 512
+
+
+def train_enhancer(hq_paths: Sequence[str | Path], settings: EnhancerSettings,
+                   config: TrainConfig, *, pairs: PairSettings | None = None,
+                   lq_paths: Sequence[str | Path] | None = None, command: str = "",
+                   weights_dtype: str = "fp16",
+                   on_log: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+    """Train a diffusion enhancer with :func:`cxrkit.train.train` and write its model directory.
+
+    Args:
+        hq_paths: HQ radiographs; split into training and validation patients.
+        settings: the enhancer's architecture and formulation.
+        config: the training loop's settings (``config.output_dir`` receives the model).
+        pairs: how pairs are made (defaults of :class:`PairSettings`).
+        lq_paths: explicit LQ images aligned with ``hq_paths``; else pairs come from ``preset``.
+        command: the exact command line (for ``run.json``).
+        weights_dtype: dtype of the saved weights: ``fp32``, ``bf16`` or ``fp16``.
+        on_log: progress callback (see :func:`cxrkit.train.train`).
+
+    Returns:
+        The training result; the model directory is ``config.output_dir``.
+    """
+    from cxrkit.diffusion.sampling import enhance
+    from cxrkit.train import train
+
+    pairs = pairs or PairSettings()
+    train_idx, val_idx = split_by_patient(hq_paths, pairs.val_fraction, seed=config.seed)
+    hq = load_images(hq_paths)
+    lq = load_images(lq_paths) if lq_paths is not None else None
+
+    def subset(idx: list[int], crop: int) -> PairData:
+        return PairData([hq[i] for i in idx], crop, settings.scale, pairs.preset, pairs.pixel_mm,
+                        [lq[i] for i in idx] if lq is not None else None)
+
+    data = subset(train_idx, pairs.crop)
+    val_items = subset(val_idx[: pairs.val_count or None], pairs.crop).fixed(
+        pairs.val_crop, seed=config.seed) if val_idx else []
+
+    def validate(model: Any) -> dict[str, float]:
+        def run(image: np.ndarray) -> np.ndarray:
+            gen = torch.Generator().manual_seed(config.seed)
+            return enhance(model, image, generator=gen, tile=pairs.val_tile)
+
+        return evaluate_pairs(run, val_items)
+
+    generator = torch.Generator().manual_seed(config.seed)
+    model = Enhancer.new(settings, generator=generator)
+    run_info = {
+        "command": command, "enhancer": asdict(settings), "pairs": asdict(pairs),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "data": {"train": files_sha256([hq_paths[i] for i in train_idx]),
+                 "validation": files_sha256([hq_paths[i] for i in val_idx]),
+                 "lq": files_sha256(lq_paths) if lq_paths is not None else None,
+                 "split": "by patient (file-name prefix before '_')"},
+    }
+    def save(trained: torch.nn.Module, folder: Path) -> None:
+        unwrap_enhancer(trained).save_pretrained(folder, dtype=weights_dtype)
+
+    return train(model, diffusion_loss, data, config, validate=validate if val_items else None,
+                 save_model=save, run_info=run_info, on_log=on_log)

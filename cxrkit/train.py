@@ -1,0 +1,409 @@
+"""The training loop shared by every model cxrkit trains: one readable Accelerate loop.
+
+It is model-agnostic: a model family supplies the model, a loss function, a training data source
+and, optionally, a validation function and a way to save the model; :func:`train` supplies the
+rest (DESIGN.md §6, STYLE.md rule 40):
+
+- seeded, exactly resumable data order: sample ``n`` of the run (``n = step·batch + …``) is drawn
+  from generators seeded by ``(seed, n)``, so the data a step sees depends on neither the number
+  of processes nor on whether the run was interrupted;
+- ``accelerate launch`` for several processes: each takes its slice of every global batch and DDP
+  averages the gradients, so the loss trajectory equals the one-process run with the same global
+  batch;
+- mixed precision, gradient accumulation, gradient clipping, linear warm-up, EMA;
+- checkpoints every N steps (``accelerator.save_state`` plus the EMA as safetensors), the last K
+  kept, ``resume="latest"``;
+- validation every N steps on the main process, progress through ``on_log`` and logging (the
+  library never prints);
+- at the end, the model directory (written by the family's ``save_model``) and ``run.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from cxrkit import __version__
+from cxrkit.errors import InputError
+
+log = logging.getLogger(__name__)
+
+LossFn = Callable[[nn.Module, dict[str, torch.Tensor], Sequence[torch.Generator]], torch.Tensor]
+"""``(model, batch, generators) → scalar loss``; one CPU generator per sample of the batch."""
+
+MIXED_PRECISION = ("no", "bf16", "fp16")
+CHECKPOINTS = "checkpoints"
+
+
+class TrainData(Protocol):
+    """A source of training samples: ``sample(generator)`` → one sample (tensors, no batch dim)."""
+
+    def sample(self, generator: np.random.Generator) -> dict[str, torch.Tensor]: ...
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run (written to ``run.json``).
+
+    Attributes:
+        output_dir: the model directory to write; checkpoints go to ``output_dir/checkpoints``.
+        steps: optimizer steps.
+        batch_size: global samples per optimizer step (over all processes and accumulation).
+        grad_accum: micro-batches per optimizer step.
+        lr: peak learning rate (AdamW).
+        warmup_steps: linear learning-rate warm-up.
+        weight_decay: AdamW weight decay.
+        max_grad_norm: gradient clipping norm (0 disables).
+        ema_decay: EMA decay of the weights (0 disables); validation and the saved model use it.
+        mixed_precision: ``no``, ``bf16`` or ``fp16`` autocast.
+        checkpoint_every: steps between checkpoints (0 disables).
+        keep_checkpoints: how many checkpoints to keep.
+        validate_every: steps between validations (0: only at the end).
+        log_every: steps between progress reports.
+        seed: the seed of the initial weights (family's) and of the data order.
+        resume: ``latest``, a checkpoint folder, or None to start afresh.
+        num_workers: data-loader worker processes.
+        cpu: force the CPU even where CUDA is present.
+    """
+
+    output_dir: str
+    steps: int = 1000
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 2e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    ema_decay: float = 0.999
+    mixed_precision: str = "no"
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    validate_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+    resume: str | None = None
+    num_workers: int = 0
+    cpu: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise InputError(f"mixed precision must be one of {MIXED_PRECISION}")
+        if min(self.steps, self.batch_size, self.grad_accum) < 1 or self.lr <= 0:
+            raise InputError("steps, batch size and grad accumulation must be ≥ 1, lr > 0")
+        if not 0 <= self.ema_decay < 1:
+            raise InputError(f"ema decay must be in [0, 1), got {self.ema_decay}")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        model: the trained model (EMA weights when EMA is on), unwrapped, on the training device.
+        losses: mean training loss of each step run in this call, in order.
+        metrics: the last validation metrics (empty without validation).
+        history: every validation, as ``{"step": …, **metrics}``.
+    """
+
+    model: nn.Module
+    losses: list[float] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class EMA:
+    """Exponential moving average of a model's weights, with the usual warm-up of the decay.
+
+    ``decay_n = min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so short runs still average.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Move the average towards ``model``'s current weights."""
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for avg, new in zip(self.model.parameters(), model.parameters(), strict=True):
+            avg.lerp_(new.detach().to(avg.dtype), 1 - d)
+        self.updates += 1
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights and update count, as tensors (saved with safetensors)."""
+        state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
+        return {**state, "__updates__": torch.tensor(self.updates)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore from :meth:`state_dict`."""
+        state = dict(state)
+        self.updates = int(state.pop("__updates__"))
+        self.model.load_state_dict(state)
+
+
+def train(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: TrainData,
+    config: TrainConfig,
+    *,
+    validate: Callable[[nn.Module], dict[str, float]] | None = None,
+    save_model: Callable[[nn.Module, Path], None] | None = None,
+    run_info: dict[str, Any] | None = None,
+    on_log: Callable[[dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` on samples of ``data`` by minimising ``loss_fn``.
+
+    Args:
+        model: the module to train (its initial weights must already be seeded).
+        loss_fn: see :data:`LossFn`.
+        data: see :class:`TrainData`.
+        config: the run's settings.
+        validate: ``model → metrics`` on held-out data, run on the main process with the EMA
+            weights every ``validate_every`` steps and at the end.
+        save_model: ``(model, folder)`` writes the family's model files into ``folder``.
+        run_info: extra ``run.json`` content (``command``, ``data`` hashes, family settings).
+        on_log: receives ``{"step", "loss", "lr", "elapsed_s"}`` and validation metrics
+            (``val/…``) on the main process.
+
+    Returns:
+        The trained model and the losses and metrics of this call.
+
+    Raises:
+        InputError: a batch that does not split over the processes, or nothing to resume.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # ---- set-up ----------------------------------------------------------------------------
+    # cpu=True without CUDA: accelerate only forms a multi-process CPU (gloo) group when asked.
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision, cpu=config.cpu or not torch.cuda.is_available(),
+        gradient_accumulation_steps=config.grad_accum,
+        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+    world, rank = accelerator.num_processes, accelerator.process_index
+    micro = config.batch_size // (config.grad_accum * world)
+    if micro * config.grad_accum * world != config.batch_size:
+        raise InputError(f"batch size {config.batch_size} does not split into {config.grad_accum}"
+                         f" accumulation steps × {world} processes")
+    out = Path(config.output_dir)
+    ckpt_root = out / CHECKPOINTS
+    report = on_log if (on_log and accelerator.is_main_process) else (lambda _: None)
+
+    # ---- model, optimizer, EMA -------------------------------------------------------------
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    ema = EMA(accelerator.unwrap_model(model), config.ema_decay) if config.ema_decay else None
+
+    # ---- resume ------------------------------------------------------------------------------
+    start = 0
+    if config.resume:
+        folder = _find_checkpoint(ckpt_root, config.resume)
+        accelerator.load_state(str(folder))
+        start = json.loads((folder / "trainer_state.json").read_text())["step"]
+        if ema is not None:
+            from safetensors.torch import load_file
+
+            ema.load_state_dict(load_file(folder / "ema.safetensors"))
+        log.info("resumed from %s at step %d", folder, start)
+
+    # ---- data: sample n of the run comes from (seed, n); this process takes its slice -------
+    loader = torch.utils.data.DataLoader(
+        _Samples(data, config.seed), batch_size=micro, num_workers=config.num_workers,
+        sampler=_slice_indices(start, config.steps, config.batch_size, config.grad_accum,
+                               world, rank),
+        collate_fn=_collate)
+    batches = iter(loader)
+
+    # ---- the loop ----------------------------------------------------------------------------
+    result = TrainResult(model=accelerator.unwrap_model(model))
+    began = time.monotonic()
+    model.train()
+    for step in range(start, config.steps):
+        lr = config.lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        step_loss = torch.zeros((), device=accelerator.device)
+        for _ in range(config.grad_accum):
+            batch, seeds = next(batches)
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            generators = [torch.Generator().manual_seed(s) for s in seeds]
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    loss = loss_fn(model, batch, generators)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and config.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            step_loss += loss.detach().float() / config.grad_accum
+        if ema is not None:
+            ema.update(accelerator.unwrap_model(model))
+        mean_loss = float(accelerator.reduce(step_loss, reduction="mean"))
+        result.losses.append(mean_loss)
+        done = step + 1
+        if done % config.log_every == 0 or done == config.steps:
+            report({"step": done, "loss": mean_loss, "lr": lr,
+                    "elapsed_s": time.monotonic() - began})
+
+        # ---- validation and checkpoints ----------------------------------------------------
+        if validate and config.validate_every and done % config.validate_every == 0 \
+                and done < config.steps:
+            current = ema.model if ema else accelerator.unwrap_model(model)
+            _validate(accelerator, validate, current, done, result, report)
+            model.train()
+        if config.checkpoint_every and done % config.checkpoint_every == 0:
+            _save_checkpoint(accelerator, ckpt_root, done, ema, config.keep_checkpoints)
+
+    # ---- the model directory -----------------------------------------------------------------
+    final = ema.model if ema is not None else accelerator.unwrap_model(model)
+    result.model = final
+    if validate:
+        _validate(accelerator, validate, final, config.steps, result, report)
+    if accelerator.is_main_process:
+        if save_model is not None:
+            save_model(final, out)
+        _write_run_json(out, config, world, result, run_info or {},
+                        seconds=time.monotonic() - began, start=start)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return result
+
+
+# ---- helpers (the loop above reads without them) ------------------------------------------------
+
+
+class _Samples(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """Sample ``n`` of the run: ``data.sample`` seeded by ``(seed, n)``, and the seed of the
+    torch generator the loss draws that sample's noise from."""
+
+    def __init__(self, data: TrainData, seed: int) -> None:
+        self.data, self.seed = data, seed
+
+    def __getitem__(self, n: int) -> tuple[dict[str, torch.Tensor], int]:
+        numpy_seq, torch_seq = np.random.SeedSequence([self.seed, n]).spawn(2)
+        sample = self.data.sample(np.random.default_rng(numpy_seq))
+        return sample, int(torch_seq.generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+    def __len__(self) -> int:  # the run is defined by steps, not epochs
+        return sys.maxsize
+
+
+def _slice_indices(start: int, steps: int, batch: int, accum: int, world: int,
+                   rank: int) -> Iterator[int]:
+    """Global sample numbers this process draws, from optimizer step ``start`` on.
+
+    Step ``s`` uses samples ``s·batch … s·batch + batch - 1``: ``accum`` consecutive micro-batches,
+    each split into ``world`` consecutive slices, of which this process takes slice ``rank``.
+    """
+    micro = batch // (accum * world)
+    for s in range(start, steps):
+        for m in range(accum):
+            first = s * batch + (m * world + rank) * micro
+            yield from range(first, first + micro)
+
+
+def _collate(items: list[tuple[dict[str, torch.Tensor], int]]
+             ) -> tuple[dict[str, torch.Tensor], list[int]]:
+    samples = [s for s, _ in items]
+    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}, [n for _, n in items]
+
+
+def _validate(accelerator: Any, validate: Callable[[nn.Module], dict[str, float]],
+              model: nn.Module, step: int, result: TrainResult,
+              report: Callable[[dict[str, float]], None]) -> None:
+    if accelerator.is_main_process:
+        model.eval()
+        with torch.no_grad():
+            metrics = validate(model)
+        result.metrics = dict(metrics)
+        result.history.append({"step": step, **metrics})
+        report({"step": step, **{f"val/{k}": v for k, v in metrics.items()}})
+    accelerator.wait_for_everyone()
+
+
+def _save_checkpoint(accelerator: Any, root: Path, step: int, ema: EMA | None,
+                     keep: int) -> None:
+    """``root/checkpoint-<step>``, written under a temporary name and renamed when complete."""
+    from safetensors.torch import save_file
+
+    final, tmp = root / f"checkpoint-{step}", root / f".checkpoint-{step}.tmp"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        if ema is not None:
+            save_file(ema.state_dict(), tmp / "ema.safetensors")
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step}) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        for old in _checkpoints(root)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def _checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under ``root``, oldest first."""
+    found = [p for p in root.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name.rsplit("-", 1)[1]))
+
+
+def _find_checkpoint(root: Path, resume: str) -> Path:
+    if resume != "latest":
+        folder = Path(resume)
+        if not (folder / "trainer_state.json").is_file():
+            raise InputError("not a checkpoint folder", path=resume,
+                             hint=f"give --resume latest or a folder under {root}")
+        return folder
+    found = _checkpoints(root)
+    if not found:
+        raise InputError("no checkpoint to resume from", path=str(root),
+                         hint="drop --resume to start afresh")
+    return found[-1]
+
+
+def _write_run_json(out: Path, config: TrainConfig, world: int, result: TrainResult,
+                    run_info: dict[str, Any], *, seconds: float, start: int) -> None:
+    import accelerate
+
+    info = {
+        "cxrkit_version": __version__,
+        "command": run_info.get("command", " ".join(sys.argv)),
+        "config": asdict(config),
+        "num_processes": world,
+        "versions": {"torch": torch.__version__, "accelerate": accelerate.__version__},
+        "train_seconds": round(seconds, 1),
+        "resumed_at_step": start or None,
+        "final_loss": result.losses[-1] if result.losses else None,
+        "validation": result.metrics,
+        "validation_history": result.history,
+        **{k: v for k, v in run_info.items() if k != "command"},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(info, indent=2, default=_json_default) + "\n"
+    (out / "run.json").write_text(text)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)

@@ -1,0 +1,137 @@
+"""`cxrkit enhance` and `cxrkit train-enhance` end to end: records, files, errors, pipes, model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from cxrkit.diffusion import Enhancer, EnhancerSettings, bicubic_enhance, default_model_dir
+from cxrkit.errors import InputError
+from cxrkit.io import Radiograph, read_radiograph, write_radiograph
+from tests.test_cli import run_cli, runner
+
+
+def records(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def invoke(*args: str, stdin: str | None = None) -> Any:
+    """The command in-process (fast: torch is already imported); stdout and stderr apart."""
+    from cxrkit.cli import app
+
+    return runner.invoke(app, list(args), input=stdin)
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path: Path) -> Path:
+    """An untrained ×2 enhancer with UNet widths (8, 16), saved as a model folder."""
+    settings = EnhancerSettings(scale=2, block_out_channels=(8, 16), default_steps=2)
+    folder = tmp_path / "tiny-model"
+    Enhancer.new(settings, generator=torch.Generator().manual_seed(0)).save_pretrained(folder)
+    return folder
+
+
+def test_bicubic_writes_a_twice_larger_image_and_keeps_the_reference(
+        radiograph_path: Path, tmp_path: Path) -> None:
+    rec = {"id": "cxr", "path": str(radiograph_path), "reference": "hq.png",
+           "spacing_mm": [0.5, 0.5], "degrade": {"seed": 1}}
+    result = invoke("enhance", "--method", "bicubic", "-o", str(tmp_path / "out"),
+                    stdin=json.dumps(rec) + "\n")
+    assert result.exit_code == 0, result.output
+    (new,) = records(result.stdout)
+    assert new["reference"] == "hq.png" and new["degrade"] == {"seed": 1}
+    assert new["spacing_mm"] == [0.25, 0.25] and new["path"].endswith("cxr_enh.tiff")
+    assert new["enhance"]["options"] == {"method": "bicubic", "scale": 2}
+    image = read_radiograph(new["path"])
+    assert image.pixels.shape == (128, 128) and image.meta["enhance"] == new["enhance"]
+
+
+def test_diffusion_with_a_model_folder_is_deterministic(radiograph_path: Path,
+                                                        tiny_model_dir: Path,
+                                                        tmp_path: Path) -> None:
+    outs = []
+    for name in ("a", "b"):
+        result = invoke("enhance", str(radiograph_path), "--model", str(tiny_model_dir),
+                        "--sampler", "dpmpp", "--tile", "64", "--overlap", "16", "--seed", "3",
+                        "-f", "png", "-o", str(tmp_path / name))
+        assert result.exit_code == 0, result.output
+        (rec,) = records(result.stdout)
+        outs.append(read_radiograph(rec["path"]).pixels)
+    opts = rec["enhance"]["options"]
+    assert opts["steps"] == 2 and opts["sampler"] == "dpmpp" and opts["scale"] == 2
+    assert len(rec["enhance"]["model"]) == 64 and rec["enhance"]["seed"] == 3
+    assert outs[0].shape == (128, 128) and np.array_equal(outs[0], outs[1])
+
+
+def test_errors_exit_1_with_one_line(radiograph_path: Path, tmp_path: Path,
+                                     tiny_model_dir: Path) -> None:
+    result = run_cli("enhance", str(radiograph_path), "--model", str(tmp_path))  # real exit code
+    assert result.returncode == 1
+    assert "not a cxrkit enhancer" in result.stderr.decode()
+    result = invoke("enhance", str(radiograph_path), "--model", str(tiny_model_dir),
+                    "--scale", "1", "-o", str(tmp_path / "o"))
+    assert isinstance(result.exception, InputError) and "×2, not ×1" in str(result.exception)
+    assert invoke("enhance", str(radiograph_path), "--sampler", "euler").exit_code == 2
+
+
+def test_train_enhance_writes_a_model_that_enhance_uses(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:64, 0:64] / 63.0
+    for name in ("00000001_000", "00000001_001", "00000002_000", "00000003_000"):
+        pixels = np.clip(0.4 + 0.3 * np.sin(rng.uniform(2, 5) * x) * y, 0, 1).astype(np.float32)
+        write_radiograph(tmp_path / "hq" / f"{name}.png", Radiograph(pixels), record={})
+    model = tmp_path / "model"
+    result = invoke("train-enhance", str(tmp_path / "hq"), "--steps", "3", "--batch-size", "2",
+                    "--crop", "32", "--channels", "8,16", "--val-fraction", "0.3",
+                    "--val-crop", "32", "--validate-every", "0", "--checkpoint-every", "2",
+                    "-o", str(model))
+    assert result.exit_code == 0, result.output
+    assert "step 3 loss" in result.stderr
+    run = json.loads((model / "run.json").read_text())
+    assert run["command"].startswith("cxrkit") and run["validation"]["count"] >= 1
+    val, train = set(run["data"]["validation"]), set(run["data"]["train"])
+    assert val and train and {n[:8] for n in val}.isdisjoint(n[:8] for n in train)  # by patient
+    assert [p.name for p in (model / "checkpoints").iterdir()] == ["checkpoint-2"]
+    result = invoke("enhance", str(tmp_path / "hq" / "00000002_000.png"), "--model", str(model),
+                    "--steps", "1", "-o", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+
+
+def test_degrade_enhance_eval_pipeline(radiograph_path: Path, tiny_model_dir: Path,
+                                       tmp_path: Path) -> None:
+    degraded = invoke("degrade", str(radiograph_path), "--preset", "drr-like", "--scale", "2",
+                      "-o", str(tmp_path / "lq"))
+    assert degraded.exit_code == 0, degraded.output
+    enhanced = invoke("enhance", "--model", str(tiny_model_dir), "-o", str(tmp_path / "hq"),
+                      stdin=degraded.stdout)
+    assert enhanced.exit_code == 0, enhanced.output
+    (rec,) = records(enhanced.stdout)
+    assert rec["reference"] == str(radiograph_path) and "degrade" in rec and "enhance" in rec
+    scored = invoke("eval", "--json", stdin=enhanced.stdout)
+    assert scored.exit_code == 0, scored.output
+    assert "psnr" in scored.stdout
+
+
+@pytest.mark.realdata
+def test_default_model_enhances_a_real_radiograph(shared_data: Path) -> None:
+    from cxrkit.degrade import degrade
+    from cxrkit.diffusion import enhance
+    from cxrkit.metrics import psnr
+
+    folder = default_model_dir()
+    assert (folder / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size < 20e6
+    run = json.loads((folder / "run.json").read_text())
+    assert run["command"].startswith("cxrkit train-enhance") and "psnr_gain" in run["validation"]
+    model = Enhancer.from_pretrained(folder)
+    hq = read_radiograph(sorted((shared_data / "nih-cxr14" / "images").glob("*.png"))[0]).pixels
+    hq = hq[256:768, 256:768]  # a 512² crop keeps the test fast; the model is convolutional
+    lq = degrade(hq, "drr-like", scale=2, generator=np.random.default_rng(0)).image
+    out = enhance(model, lq, steps=1, generator=torch.Generator().manual_seed(0))
+    bicubic = bicubic_enhance(lq, 2)
+    assert out.shape == hq.shape and np.isfinite(out).all()
+    assert psnr(out, hq) > psnr(bicubic, hq), (psnr(out, hq), psnr(bicubic, hq))

@@ -1,0 +1,158 @@
+"""The diffusion enhancer: samplers against an oracle, tiling, model folders, determinism."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cxrkit.diffusion import (
+    SAMPLERS,
+    Enhancer,
+    EnhancerSettings,
+    bicubic_enhance,
+    enhance,
+    make_scheduler,
+    sample,
+    tiled_predict,
+)
+from cxrkit.diffusion.models import train_alphas_cumprod
+from cxrkit.diffusion.sampling import blend_window, tile_starts
+from cxrkit.errors import InputError, ModelError
+
+TINY = EnhancerSettings(scale=2, block_out_channels=(8, 16), unshuffle=2, default_steps=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> Enhancer:
+    """A seeded, untrained tiny enhancer (UNet widths 8, 16)."""
+    return Enhancer.new(TINY, generator=torch.Generator().manual_seed(0)).eval()
+
+
+def _oracle(x0: torch.Tensor, alphas: torch.Tensor, prediction: str):
+    """A perfect denoiser for the clean image ``x0``: returns the true v (or ε) of ``x_t``."""
+    def model_fn(x_t: torch.Tensor, cond: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a = alphas[t].sqrt().view(-1, 1, 1, 1).double()
+        b = (1 - alphas[t]).sqrt().view(-1, 1, 1, 1).double()
+        eps = (x_t.double() - a * x0.double()) / b
+        return (a * eps - b * x0.double() if prediction == "v_prediction" else eps).float()
+
+    return model_fn
+
+
+@pytest.mark.parametrize("prediction", ["v_prediction", "epsilon"])
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_sampler_with_perfect_denoiser_returns_clean_image(sampler: str, prediction: str) -> None:
+    model = Enhancer.new(EnhancerSettings(prediction_type=prediction),
+                         generator=torch.Generator().manual_seed(0))
+    config = model.scheduler_config
+    x0 = torch.linspace(-0.8, 0.9, 256).reshape(1, 1, 16, 16)
+    oracle = _oracle(x0, train_alphas_cumprod(config), prediction)
+    for steps in (1, 4, 20):
+        scheduler = make_scheduler(sampler, config)
+        out = sample(oracle, torch.zeros_like(x0), scheduler=scheduler, steps=steps,
+                     generator=torch.Generator().manual_seed(1))
+        # ε-prediction divides by sqrt(ᾱ_t) ≈ 0.0016 at t = T - 1, so float32 rounding grows.
+        tol = 2e-3 if prediction == "v_prediction" else 1e-2
+        assert torch.allclose(out, x0, atol=tol), (sampler, steps, (out - x0).abs().max())
+
+
+def test_tiled_equals_untiled_when_image_fits_one_tile(tiny_model: Enhancer) -> None:
+    lq = np.random.default_rng(0).random((16, 16), dtype=np.float32)
+    untiled = enhance(tiny_model, lq, generator=torch.Generator().manual_seed(3), tile=None)
+    tiled = enhance(tiny_model, lq, generator=torch.Generator().manual_seed(3), tile=32,
+                    overlap=8)
+    assert untiled.shape == (32, 32)
+    np.testing.assert_allclose(tiled, untiled, atol=1e-6)
+
+
+def test_tile_blending_is_exact_for_a_pointwise_model() -> None:
+    """Overlapping tiles of a translation-invariant model agree, so blending changes nothing."""
+    def pointwise(x: torch.Tensor, c: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return 2 * x + c + t.view(-1, 1, 1, 1) * 1e-3
+
+    x = torch.randn(1, 1, 40, 56, generator=torch.Generator().manual_seed(0))
+    c = torch.randn(1, 1, 40, 56, generator=torch.Generator().manual_seed(1))
+    out = tiled_predict(pointwise, x, c, 7, tile=16, overlap=6, tile_batch=3)
+    torch.testing.assert_close(out, pointwise(x, c, torch.tensor([7])), atol=1e-5, rtol=0)
+
+
+def test_tiled_sampling_runs_on_a_larger_image_without_seams(tiny_model: Enhancer) -> None:
+    y, x = np.mgrid[0:48, 0:48] / 47.0
+    lq = (0.3 + 0.4 * x * y).astype(np.float32)
+    gen = torch.Generator().manual_seed(0)
+    tiled = enhance(tiny_model, lq, generator=gen, steps=3, tile=32, overlap=16)
+    untiled = enhance(tiny_model, lq, generator=torch.Generator().manual_seed(0), steps=3,
+                      tile=None)
+    assert tiled.shape == (96, 96) and np.isfinite(tiled).all()
+    assert tiled.min() >= 0 and tiled.max() <= 1
+    # An untrained net differs between tile and whole-image context, but not wildly.
+    assert np.abs(tiled - untiled).mean() < 0.1
+
+
+def test_tile_layout_covers_the_image_with_the_overlap() -> None:
+    assert tile_starts(1024, 512, 64) == [0, 256, 512]
+    assert tile_starts(1024, 576, 64) == [0, 448]
+    assert tile_starts(100, 128, 16) == [0]
+    starts = tile_starts(1000, 256, 32)
+    assert starts[0] == 0 and starts[-1] == 1000 - 256
+    assert all(b - a <= 256 - 32 for a, b in itertools.pairwise(starts))
+    w = blend_window(32, 32, 8)
+    assert w.min() > 0 and w.max() == 1 and torch.equal(w, w.flip(0))
+    with pytest.raises(InputError):
+        tile_starts(100, 16, 16)
+
+
+def test_same_seed_same_output_for_the_stochastic_sampler(tiny_model: Enhancer) -> None:
+    lq = np.random.default_rng(1).random((16, 16), dtype=np.float32)
+    runs = [enhance(tiny_model, lq, sampler="ddpm", steps=3,
+                    generator=torch.Generator().manual_seed(s)) for s in (5, 5, 6)]
+    assert np.array_equal(runs[0], runs[1]) and not np.array_equal(runs[0], runs[2])
+
+
+def test_odd_sizes_are_padded_and_cropped_back(tiny_model: Enhancer) -> None:
+    lq = np.full((13, 21), 0.5, dtype=np.float32)
+    out = enhance(tiny_model, lq, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (26, 42)
+    with pytest.raises(InputError, match="multiple of 4"):
+        enhance(tiny_model, lq, generator=torch.Generator().manual_seed(0), tile=10)
+
+
+def test_model_folder_round_trip_and_half_precision_weights(tiny_model: Enhancer,
+                                                            tmp_path: Path) -> None:
+    tiny_model.save_pretrained(tmp_path / "m", dtype="fp16")
+    names = {p.relative_to(tmp_path / "m").as_posix() for p in (tmp_path / "m").rglob("*")}
+    assert {"model_index.json", "enhancer.json", "unet/config.json",
+            "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json"} <= names
+    loaded = Enhancer.from_pretrained(tmp_path / "m")
+    assert loaded.settings == TINY and loaded.dtype == torch.float32
+    lq = np.random.default_rng(2).random((16, 16), dtype=np.float32)
+    a = enhance(tiny_model, lq, generator=torch.Generator().manual_seed(0))
+    b = enhance(loaded, lq, generator=torch.Generator().manual_seed(0))
+    assert np.abs(a - b).max() < 5e-3  # fp16 storage rounding only
+
+
+def test_wrong_model_folders_are_refused(tiny_model: Enhancer, tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="no such model folder"):
+        Enhancer.from_pretrained(tmp_path / "absent")
+    tiny_model.save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "enhancer.json").write_text(json.dumps({"kind": "cxrkit-degrader"}))
+    with pytest.raises(ModelError, match="not 'cxrkit-enhancer'"):
+        Enhancer.from_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "enhancer.json").unlink()
+    with pytest.raises(ModelError, match=r"no enhancer\.json"):
+        Enhancer.from_pretrained(tmp_path / "m")
+    tiny_model.save_pretrained(tmp_path / "n")
+    (tmp_path / "n" / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(ModelError, match="safetensors"):
+        Enhancer.from_pretrained(tmp_path / "n")
+
+
+def test_bicubic_baseline_keeps_range_and_constant_images() -> None:
+    out = bicubic_enhance(np.full((8, 10), 0.25, np.float32), 2)
+    assert out.shape == (16, 20) and np.allclose(out, 0.25)
+    assert bicubic_enhance(np.eye(4, dtype=np.float32), 1).shape == (4, 4)

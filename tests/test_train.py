@@ -1,0 +1,130 @@
+"""The training loop: the loss falls, resume equals an uninterrupted run, 2 processes equal 1."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cxrkit.diffusion import Enhancer, EnhancerSettings, diffusion_loss
+from cxrkit.errors import InputError
+from cxrkit.train import TrainConfig, _slice_indices, train
+
+TINY = EnhancerSettings(scale=1, block_out_channels=(8, 16), unshuffle=1)
+
+
+class ToyPairs:
+    """16×16 smooth random images; the LQ is their gamma-1.3 version (a learnable residual)."""
+
+    def sample(self, generator: np.random.Generator) -> dict[str, torch.Tensor]:
+        y, x = np.mgrid[0:16, 0:16] / 15.0
+        a, b, c = generator.uniform(0.2, 0.8, 3)
+        hq = np.clip(a + 0.3 * np.sin(3 * b * x + 2 * c * y), 0, 1).astype(np.float32)
+        return {"hq": torch.from_numpy(hq)[None], "lq_up": torch.from_numpy(hq**1.3)[None]}
+
+
+def _tiny() -> Enhancer:
+    return Enhancer.new(TINY, generator=torch.Generator().manual_seed(0))
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_tiny_unet_loss_falls(tmp_path: Path) -> None:
+    config = TrainConfig(output_dir=str(tmp_path / "m"), steps=60, batch_size=8, lr=3e-3,
+                         warmup_steps=5, checkpoint_every=0, cpu=True, log_every=20)
+    logs: list[dict[str, float]] = []
+    result = train(_tiny(), diffusion_loss, ToyPairs(), config, on_log=logs.append,
+                   save_model=lambda m, out: m.save_pretrained(out),
+                   validate=lambda m: {"score": 1.0}, run_info={"command": "test"})
+    first, last = np.mean(result.losses[:10]), np.mean(result.losses[-10:])
+    assert last < 0.6 * first, (first, last)
+    assert [e["step"] for e in logs if "loss" in e] == [20, 40, 60]
+    run = json.loads((tmp_path / "m" / "run.json").read_text())
+    assert run["command"] == "test" and run["config"]["steps"] == 60
+    assert run["validation"] == {"score": 1.0} and run["cxrkit_version"]
+    Enhancer.from_pretrained(tmp_path / "m")  # the model folder loads
+
+
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path: Path) -> None:
+    def config(out: Path, steps: int, resume: str | None = None) -> TrainConfig:
+        return TrainConfig(output_dir=str(out), steps=steps, batch_size=4, lr=1e-3,
+                           warmup_steps=3, checkpoint_every=3, keep_checkpoints=1,
+                           ema_decay=0.9, resume=resume, cpu=True, seed=7)
+
+    whole = train(_tiny(), diffusion_loss, ToyPairs(), config(tmp_path / "a", 8))
+    train(_tiny(), diffusion_loss, ToyPairs(), config(tmp_path / "b", 5))  # "killed" after 5
+    assert [p.name for p in (tmp_path / "b" / "checkpoints").iterdir()] == ["checkpoint-3"]
+    resumed = train(_tiny(), diffusion_loss, ToyPairs(), config(tmp_path / "b", 8, "latest"))
+    assert len(resumed.losses) == 5  # steps 4..8
+    np.testing.assert_allclose(resumed.losses, whole.losses[3:], rtol=1e-6)
+    for name, value in _weights(whole.model).items():  # EMA weights, which are saved
+        torch.testing.assert_close(_weights(resumed.model)[name], value, atol=1e-6, rtol=0)
+
+
+def test_resume_without_checkpoint_and_bad_batch_are_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no checkpoint"):
+        train(_tiny(), diffusion_loss, ToyPairs(),
+              TrainConfig(output_dir=str(tmp_path), steps=1, resume="latest", cpu=True))
+    with pytest.raises(InputError, match="does not split"):
+        train(_tiny(), diffusion_loss, ToyPairs(),
+              TrainConfig(output_dir=str(tmp_path), steps=1, batch_size=6, grad_accum=4,
+                          cpu=True))
+
+
+def test_data_order_is_a_partition_of_each_global_batch() -> None:
+    one = list(_slice_indices(2, 4, 8, 2, 1, 0))
+    two = [list(_slice_indices(2, 4, 8, 2, 2, r)) for r in (0, 1)]
+    assert one == list(range(16, 32)) and sorted(two[0] + two[1]) == one
+
+
+def test_gradient_accumulation_matches_the_full_batch(tmp_path: Path) -> None:
+    def run(accum: int) -> list[float]:
+        config = TrainConfig(output_dir=str(tmp_path / str(accum)), steps=4, batch_size=8,
+                             grad_accum=accum, lr=1e-3, checkpoint_every=0, cpu=True)
+        return train(_tiny(), diffusion_loss, ToyPairs(), config).losses
+
+    np.testing.assert_allclose(run(2), run(1), rtol=1e-4)
+
+
+SCRIPT = textwrap.dedent("""
+    import json, sys, torch
+    from cxrkit.diffusion import Enhancer, EnhancerSettings, diffusion_loss
+    from cxrkit.train import TrainConfig, train
+    from tests.test_train import TINY, ToyPairs
+    model = Enhancer.new(TINY, generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(output_dir=sys.argv[1], steps=6, batch_size=8, lr=1e-3,
+                         checkpoint_every=0, cpu=True)
+    result = train(model, diffusion_loss, ToyPairs(), config)
+    if result.losses and int(__import__("os").environ.get("RANK", "0")) == 0:
+        json.dump(result.losses, open(sys.argv[2], "w"))
+""")
+
+
+def test_two_processes_give_the_same_loss_trajectory_as_one(tmp_path: Path) -> None:
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(script), str(tmp_path / "one"), str(tmp_path / "1.json")],
+                   check=True, env=env, cwd=root, timeout=300)
+    # `accelerate launch --cpu --num_processes 2` silently starts ONE process (accelerate 1.15);
+    # --multi_gpu starts torchrun, and with no CUDA Accelerator runs MULTI_CPU over gloo.
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+              "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+              "--dynamo_backend", "no"]
+    subprocess.run([*launch, str(script), str(tmp_path / "two"), str(tmp_path / "2.json")],
+                   check=True, env=env, cwd=root, timeout=300)
+    one = json.loads((tmp_path / "1.json").read_text())
+    two = json.loads((tmp_path / "2.json").read_text())
+    assert len(one) == len(two) == 6
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["num_processes"] == 2
+    np.testing.assert_allclose(two, one, rtol=1e-4)
