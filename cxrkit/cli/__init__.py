@@ -70,13 +70,17 @@ def _register() -> None:
         project,
         sample_data,
         synth,
+        train_ddpm_lq,
         train_enhance,
+        train_munit,
     )
 
     app.command("project")(project.project)
     app.command("degrade")(degrade.degrade)
     app.command("enhance")(enhance.enhance)
     app.command("train-enhance")(train_enhance.train_enhance)
+    app.command("train-munit")(train_munit.train_munit)
+    app.command("train-ddpm-lq")(train_ddpm_lq.train_ddpm_lq)
     app.command("synth")(synth.synth)
     app.command("eval")(evaluate.evaluate)
     app.command("sample-data")(sample_data.sample_data)

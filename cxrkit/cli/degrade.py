@@ -49,6 +49,14 @@ def degrade(
     model: Annotated[Path | None, typer.Option(
         "--model", help="Model folder of a learned method (physics takes none).",
         show_default=False)] = None,
+    style_reference: Annotated[Path | None, typer.Option(
+        "--style-reference", help="munit: take the style code from this DRR instead of "
+                                  "drawing one per image from N(0, I).",
+        show_default=False)] = None,
+    strength: Annotated[float | None, typer.Option(
+        "--strength", min=0.0, max=1.0,
+        help="ddpm: how far the HQ image is noised before denoising, as a share of the "
+             "schedule (default: the model's, 0.25 for img2img).", show_default=False)] = None,
     settings: Annotated[list[str] | None, typer.Option(
         "--set", help="Fix a parameter instead of drawing it: OPERATOR.PARAM=VALUE (JSON value; "
                       "repeatable), e.g. quantum-noise.dose=0.1. See --list.",
@@ -96,9 +104,12 @@ def degrade(
         typer.echo(_listing())
         return
     overrides = _parse_settings(settings or [])
-    degrader = _build_degrader(method, preset, overrides, model)
+    learned = {"style_reference": style_reference, "strength": strength}
+    degrader = _build_degrader(method, preset, overrides, model, learned)
     options = {"method": method, "preset": preset if method == "physics" else None,
-               "scale": scale, "overrides": overrides, "model": str(model) if model else None}
+               "scale": scale, "overrides": overrides, "model": str(model) if model else None,
+               **{k: str(v) if isinstance(v, Path) else v for k, v in learned.items()
+                  if v is not None}}
     job = DegradeJob(degrader, options, Outputs(out, format_suffix(fmt), overwrite), seed=seed,
                      pixel_mm=pixel_mm)
     code = run_items(iter_inputs(inputs), job, done=job.done if resume else None,
@@ -209,7 +220,7 @@ def _parameters(operator: Any, generator: Any) -> list[str]:
 
 
 def _build_degrader(method: str, preset: str, overrides: dict[str, dict[str, Any]],
-                    model: Path | None) -> Degrader:
+                    model: Path | None, learned: dict[str, Any]) -> Degrader:
     """The degrader of ``--method`` from the registry, with usage errors for bad options."""
     from cxrkit.degrade import METHODS, PRESETS
 
@@ -219,7 +230,15 @@ def _build_degrader(method: str, preset: str, overrides: dict[str, dict[str, Any
     if method != "physics":  # learned methods: built from their model folder
         if model is None:
             raise typer.BadParameter(f"--method {method} needs --model DIR", param_hint="--model")
-        return METHODS[method](model_dir=model)
+        kwargs = dict(learned)
+        if kwargs.get("style_reference") is not None:
+            from cxrkit.io import read_radiograph
+
+            kwargs["style_reference"] = read_radiograph(kwargs["style_reference"]).pixels
+        return METHODS[method](model_dir=model, **kwargs)
+    if any(v is not None for v in learned.values()):
+        raise typer.BadParameter("--style-reference and --strength are for learned methods",
+                                 param_hint="--method")
     if model is not None:
         raise typer.BadParameter("the physics method takes no model; --model is for learned "
                                  "methods", param_hint="--model")

@@ -1,0 +1,123 @@
+"""``cxrkit train-ddpm-lq``: train DDPM-LQ, a diffusion model of the LQ (DRR) domain."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cxrkit.cli.train_munit import MIXED, domain_paths
+
+ROUTES = ("img2img", "two-stage")
+
+
+def train_ddpm_lq(
+    lq: Annotated[list[str], typer.Option(
+        "--lq", help="Real LQ images (DRRs): files, folders, globs or .jsonl records "
+                     "(repeatable).", show_default=False)],
+    route: Annotated[str, typer.Option(
+        help="img2img: unconditional DDPM on LQ (arXiv 2303.06994); two-stage: stage 1 "
+             "unconditional on LQ, stage 2 fine-tuned conditioned on HQ (DiffusionXRay).")
+    ] = "img2img",
+    hq: Annotated[list[str] | None, typer.Option(
+        "--hq", help="two-stage: HQ radiographs for stage 2 (repeatable).",
+        show_default=False)] = None,
+    pairs: Annotated[Path | None, typer.Option(
+        "--pairs", help="two-stage: records with an LQ 'path' and its HQ 'reference' (e.g. "
+                        "from cxrkit degrade --method munit) instead of --hq with --preset.",
+        show_default=False)] = None,
+    preset: Annotated[str, typer.Option(
+        help="two-stage: physics preset that makes stage 2's paired LQ from --hq.")
+    ] = "drr-like",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")] = Path(
+        "ddpm-lq"),
+    image_size: Annotated[int, typer.Option(
+        help="Images are resized so the short side is this (px); sampling runs at it.")] = 256,
+    crop: Annotated[int, typer.Option(help="Random training crop side (px).")] = 128,
+    channels: Annotated[str, typer.Option(help="UNet widths per level.")] = "32,64,128",
+    prediction: Annotated[str, typer.Option(help="epsilon or v_prediction.")] = "epsilon",
+    max_timestep: Annotated[int | None, typer.Option(
+        help="Train on t below this (default: 500 for img2img, 1000 for two-stage).",
+        show_default=False)] = None,
+    steps: Annotated[int, typer.Option(help="Optimizer steps (stage 1 for two-stage).")] = 2000,
+    stage2_steps: Annotated[int, typer.Option(help="two-stage: stage 2 steps.")] = 1000,
+    batch_size: Annotated[int, typer.Option(help="Global batch per step.")] = 8,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 2e-4,
+    mixed_precision: Annotated[str, typer.Option(help="no, bf16 or fp16 autocast.")] = "no",
+    ema: Annotated[float, typer.Option("--ema", help="EMA decay (0: off).")] = 0.999,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 500,
+    validate_every: Annotated[int, typer.Option(help="Steps between validations.")] = 500,
+    resume: Annotated[str | None, typer.Option(
+        help="'latest' or a checkpoint folder to continue from.", show_default=False)] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the weights and the data order.")] = 0,
+    cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even with CUDA.")] = False,
+) -> None:
+    """Train DDPM-LQ on real DRRs; writes a model folder for cxrkit degrade --method ddpm.
+
+    img2img (arXiv 2303.06994): an unconditional DDPM learns the DRR look on the low-noise part
+    of the schedule; degrade noises an HQ radiograph to --strength (0.25) and denoises it.
+    two-stage (DiffusionXRay): stage 1 trains [x_t, 0] on DRRs into OUT/stage1, stage 2
+    fine-tunes [x_t, HQ] on pairs (HQ with --preset, or --pairs records) with 10% zero-condition
+    DRRs. The folder holds config.json (kind ddpm-lq), unet/ and scheduler/ (diffusers,
+    safetensors) and run.json (command, settings, data hashes, validation loss).
+
+    Example:
+
+        cxrkit train-ddpm-lq --lq drrs/ --steps 2000 -o ddpm-lq/
+        cxrkit degrade nih/images/ --method ddpm --model ddpm-lq/ --strength 0.2 -o lq/
+
+        cxrkit train-ddpm-lq --lq drrs/ --route two-stage --hq nih/images/ -o ddpm-lq-2/
+    """
+    from cxrkit.ddpm_lq import DdpmLQSettings
+    from cxrkit.ddpm_lq import train_ddpm_lq as train
+    from cxrkit.train import TrainConfig
+
+    if route not in ROUTES:
+        raise typer.BadParameter(f"use one of {', '.join(ROUTES)}", param_hint="--route")
+    if mixed_precision not in MIXED:
+        raise typer.BadParameter(f"use one of {', '.join(MIXED)}", param_hint="--mixed-precision")
+    stage_two = _stage_two(route, hq, pairs, preset, stage2_steps)
+    settings = DdpmLQSettings(
+        route=route, block_out_channels=tuple(int(c) for c in channels.split(",")),
+        prediction_type=prediction, image_size=image_size,
+        max_train_timestep=max_timestep or (500 if route == "img2img" else 1000),
+        default_strength=0.25 if route == "img2img" else 1.0)
+    config = TrainConfig(
+        output_dir=str(out), steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema,
+        mixed_precision=mixed_precision, checkpoint_every=checkpoint_every,
+        validate_every=validate_every, seed=seed, resume=resume, cpu=cpu)
+    train(domain_paths(lq, "--lq"), settings, config, crop=crop, stage_two=stage_two,
+          command=shlex.join(["cxrkit", *sys.argv[1:]]), on_log=_progress)
+    typer.echo(str(out))
+
+
+def _stage_two(route: str, hq: list[str] | None, pairs: Path | None, preset: str,
+               steps: int) -> Any:
+    """Stage 2's data for the two-stage route (None for img2img), with usage errors."""
+    from cxrkit.ddpm_lq import StageTwo
+    from cxrkit.pipe import parse_line
+
+    if route == "img2img":
+        if hq or pairs:
+            raise typer.BadParameter("--hq and --pairs are for --route two-stage")
+        return None
+    if pairs is not None:
+        with open(pairs) as fh:
+            records = [r for r in (parse_line(line, where=str(pairs)) for line in fh) if r]
+        if not records or any("reference" not in r for r in records):
+            raise typer.BadParameter("every record needs a 'reference' (its HQ image)",
+                                     param_hint="--pairs")
+        return StageTwo([r["reference"] for r in records], [r["path"] for r in records], steps)
+    if not hq:
+        raise typer.BadParameter("--route two-stage needs --hq (or --pairs)", param_hint="--hq")
+    return StageTwo(domain_paths(hq, "--hq"), None, steps, preset)
+
+
+def _progress(entry: dict[str, Any]) -> None:
+    """One line per report on stderr (``step 100 loss 0.0123 …``)."""
+    text = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                    for k, v in entry.items())
+    typer.echo(f"cxrkit train-ddpm-lq: {text}", err=True)

@@ -1,0 +1,587 @@
+"""DDPM-LQ: learned HQ → LQ degradation with a diffusion model of the LQ domain (real DRRs).
+
+Two routes, selected by :attr:`DdpmLQSettings.route`:
+
+- ``img2img`` (Yang, Ren, Xie & Zhang, "Synthesizing realistic image restoration training pairs:
+  a diffusion approach", https://arxiv.org/abs/2303.06994): an *unconditional* DDPM trained on
+  real LQ images only, on the low-noise part of the schedule (``t < max_train_timestep``). To
+  degrade, the HQ image is noised to ``t = strength·T`` (strength ≤ 0.25 by default) and denoised
+  (DDIM): the low strength keeps the anatomy, the LQ prior supplies the look. No pairs needed.
+- ``two-stage`` (DiffusionXRay, Goyal, Mittal et al. 2025, https://arxiv.org/abs/2603.01686,
+  ``qureai/DiffusionXray``): stage 1 trains the 2-channel model ``[x_t, cond]`` on real LQ images
+  with the condition channel zeroed (instead of the repository's two-noise trick); stage 2
+  fine-tunes it on (HQ, LQ) pairs with ``cond = HQ``, keeping a share of zero-condition LQ samples
+  so the LQ prior stays. To degrade, sample the LQ conditioned on the HQ, from pure noise
+  (strength 1) or from the noised HQ.
+
+The network is the enhancer's diffusers ``UNet2DModel`` behind a pixel-unshuffle (see
+:mod:`cxrkit.diffusion.models`), under a cosine schedule with ε- or v-prediction; sampling uses
+the written-out loop of :func:`cxrkit.diffusion.sampling.sample` pieces (``make_scheduler``).
+Images inside are ``(B, 1, H, W)`` in [-1, 1]; the public functions take display radiographs
+``(H, W)`` float32 in [0, 1], bone bright.
+
+A model directory (diffusers ``save_pretrained`` layout plus cxrkit's config)::
+
+    config.json         DdpmLQSettings (with "kind": "ddpm-lq")
+    model_index.json    diffusers component list
+    unet/               config.json + diffusion_pytorch_model.safetensors
+    scheduler/          scheduler_config.json
+    run.json            how it was trained (written by :mod:`cxrkit.train`)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cxrkit.errors import InputError, ModelError
+from cxrkit.munit import holdout, load_display, resize, resize_short_side
+
+if TYPE_CHECKING:
+    from cxrkit.train import TrainConfig, TrainResult
+
+DDPM_LQ_KIND = "ddpm-lq"
+ROUTES = ("img2img", "two-stage")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+@dataclass(frozen=True)
+class DdpmLQSettings:
+    """Architecture, formulation and defaults of a DDPM-LQ model (stored as ``config.json``).
+
+    Attributes:
+        route: ``img2img`` (unconditional) or ``two-stage`` (HQ-conditioned after stage 2).
+        block_out_channels: UNet widths per resolution level.
+        layers_per_block: ResNet blocks per level.
+        unshuffle: space-to-depth factor in front of the UNet (1 disables it).
+        prediction_type: ``epsilon`` (2303.06994, DiffusionXRay) or ``v_prediction``.
+        num_train_timesteps: schedule length ``T`` (cosine).
+        max_train_timestep: train on ``t <`` this (2303.06994: 500 of 1000; img2img never goes
+            higher); ``T`` for two-stage.
+        image_size: short side (px) the images were brought to; sampling runs at it.
+        default_strength: noising strength used when the caller gives none, in (0, 1].
+        default_steps: DDIM steps over the *whole* schedule; about ``steps·strength`` run.
+        kind: always ``ddpm-lq``; loading checks it.
+    """
+
+    route: str = "img2img"
+    block_out_channels: tuple[int, ...] = (32, 64, 128)
+    layers_per_block: int = 1
+    unshuffle: int = 2
+    prediction_type: str = "epsilon"
+    num_train_timesteps: int = 1000
+    max_train_timestep: int = 500
+    image_size: int = 256
+    default_strength: float = 0.25
+    default_steps: int = 40
+    kind: str = field(default=DDPM_LQ_KIND)
+
+    def __post_init__(self) -> None:
+        if self.route not in ROUTES:
+            raise InputError(f"route must be one of {ROUTES}, got {self.route!r}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise InputError(f"prediction type must be one of {PREDICTION_TYPES}")
+        if not 1 <= self.max_train_timestep <= self.num_train_timesteps:
+            raise InputError("max_train_timestep must be in [1, num_train_timesteps]")
+        if not 0 < self.default_strength <= 1 or self.default_steps < 1:
+            raise InputError("default strength must be in (0, 1] and default steps ≥ 1")
+        if self.unshuffle < 1 or not self.block_out_channels or self.image_size < 8:
+            raise InputError("unshuffle ≥ 1, non-empty widths and image_size ≥ 8 are required")
+        if self.kind != DDPM_LQ_KIND:
+            raise InputError(f"DDPM-LQ settings must have kind {DDPM_LQ_KIND!r}")
+
+    @property
+    def conditional(self) -> bool:
+        """True for the two-stage route (input ``[x_t, cond]``)."""
+        return self.route == "two-stage"
+
+    @property
+    def multiple(self) -> int:
+        """Image sides must be multiples of this."""
+        return self.unshuffle * 2 ** (len(self.block_out_channels) - 1)
+
+
+class DdpmLQ(nn.Module):
+    """UNet + formulation: predicts ``ε`` (or ``v``) of a noisy LQ image, optionally given HQ.
+
+    Args:
+        unet: a diffusers ``UNet2DModel`` with ``c·r²`` input (``c`` = 2 if conditional, else 1)
+            and ``r²`` output channels.
+        scheduler_config: the ``DDPMScheduler`` config.
+        settings: the model's settings.
+    """
+
+    def __init__(self, unet: nn.Module, scheduler_config: dict[str, Any],
+                 settings: DdpmLQSettings) -> None:
+        super().__init__()
+        self.unet = unet
+        self.scheduler_config = dict(scheduler_config)
+        self.settings = settings
+
+    @classmethod
+    def new(cls, settings: DdpmLQSettings, *, generator: torch.Generator) -> DdpmLQ:
+        """A freshly initialised model (weights drawn from ``generator``)."""
+        from diffusers import DDPMScheduler, UNet2DModel
+
+        r2 = settings.unshuffle**2
+        levels = len(settings.block_out_channels)
+        state = torch.random.get_rng_state()
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        try:  # diffusers initialises layers from the global RNG; scope it to this call
+            unet = UNet2DModel(
+                sample_size=64, in_channels=(2 if settings.conditional else 1) * r2,
+                out_channels=r2, block_out_channels=settings.block_out_channels,
+                layers_per_block=settings.layers_per_block,
+                down_block_types=("DownBlock2D",) * levels, up_block_types=("UpBlock2D",) * levels,
+                norm_num_groups=min(8, settings.block_out_channels[0]), add_attention=False)
+        finally:
+            torch.random.set_rng_state(state)
+        scheduler = DDPMScheduler(
+            num_train_timesteps=settings.num_train_timesteps, beta_schedule="squaredcos_cap_v2",
+            prediction_type=settings.prediction_type, clip_sample=False,
+            timestep_spacing="trailing")
+        return cls(unet, dict(scheduler.config), settings)  # type: ignore[arg-type, attr-defined]
+
+    def forward(self, x_t: torch.Tensor, cond: torch.Tensor | None,
+                t: torch.Tensor) -> torch.Tensor:
+        """The model output.
+
+        Args:
+            x_t: ``(B, 1, H, W)`` noisy LQ in [-1, 1] scale; ``H, W`` multiples of ``multiple``.
+            cond: ``(B, 1, H, W)`` HQ in [-1, 1] (zeros: no condition); ignored by img2img.
+            t: ``(B,)`` integer timesteps.
+
+        Returns:
+            ``(B, 1, H, W)`` predicted ``ε`` (or ``v``), float32.
+        """
+        r = self.settings.unshuffle
+        inputs = x_t
+        if self.settings.conditional:
+            inputs = torch.cat([x_t, torch.zeros_like(x_t) if cond is None else cond], dim=1)
+        inputs = F.pixel_unshuffle(inputs, r)  # (B, c·r², H/r, W/r)
+        dtype = next(self.unet.parameters()).dtype
+        out = self.unet(inputs.to(dtype), t).sample  # (B, r², H/r, W/r)
+        return F.pixel_shuffle(out, r).float()  # (B, 1, H, W)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write the model directory (see the module docstring), fp32 safetensors."""
+        import diffusers
+        from diffusers import DDPMScheduler
+        from safetensors.torch import save_file
+
+        out = Path(directory)
+        (out / "unet").mkdir(parents=True, exist_ok=True)
+        self.unet.save_config(out / "unet")  # type: ignore[operator]
+        state = {k: v.detach().float().contiguous() for k, v in self.unet.state_dict().items()}
+        save_file(state, out / "unet" / "diffusion_pytorch_model.safetensors",
+                  metadata={"format": "pt"})
+        DDPMScheduler.from_config(self.scheduler_config).save_pretrained(out / "scheduler")
+        index = {"_class_name": "CxrkitDdpmLQ", "_diffusers_version": diffusers.__version__,
+                 "unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "DDPMScheduler"]}
+        (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        (out / "config.json").write_text(json.dumps(asdict(self.settings), indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, device: str | torch.device = "cpu"
+                        ) -> DdpmLQ:
+        """Load a model directory written by :meth:`save_pretrained` (safetensors only).
+
+        Raises:
+            ModelError: not a folder, another kind of model, or missing/unfit weights.
+        """
+        from diffusers import DDPMScheduler, UNet2DModel
+
+        folder = Path(directory)
+        settings = _settings(_read_config(folder, DDPM_LQ_KIND), folder)
+        weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+        if not weights.is_file():
+            raise ModelError("DDPM-LQ model has no unet safetensors weights", path=str(folder),
+                             hint="weights are read from safetensors only (never pickles)")
+        try:
+            unet = UNet2DModel.from_pretrained(folder / "unet", use_safetensors=True)
+            scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelError(f"cannot load the DDPM-LQ model: {exc}"[:300],
+                             path=str(folder)) from exc
+        model = cls(unet, dict(scheduler.config), settings)
+        return model.to(device).eval().requires_grad_(False)
+
+
+# Copied from cxrkit.munit.read_config
+def _read_config(folder: Path, kind: str) -> dict[str, Any]:
+    """The ``config.json`` of a cxrkit model folder, checked to be of ``kind``."""
+    if not folder.is_dir():
+        raise ModelError("no such model folder", path=str(folder))
+    meta = folder / "config.json"
+    found = meta if meta.is_file() else folder / "enhancer.json"
+    if not found.is_file():
+        raise ModelError(f"not a cxrkit {kind} model (no config.json)", path=str(folder))
+    try:
+        raw = json.loads(found.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"unreadable {found.name}: {exc}", path=str(found)) from exc
+    actual = raw.get("kind") if isinstance(raw, dict) else None
+    if actual != kind:
+        raise ModelError(f"model is of kind {actual!r}, not {kind!r}", path=str(folder),
+                         hint=f"give a folder written by the {kind} training command")
+    return raw  # type: ignore[no-any-return]
+
+
+def _settings(raw: dict[str, Any], folder: Path) -> DdpmLQSettings:
+    known = {f.name for f in fields(DdpmLQSettings)}
+    values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                              for k, v in raw.items() if k in known}
+    try:
+        return DdpmLQSettings(**values)
+    except (InputError, TypeError) as exc:
+        raise ModelError(f"bad config.json: {exc}", path=str(folder)) from exc
+
+
+# ---- training (wired to cxrkit.train.train by `cxrkit train-ddpm-lq`) ---------------------------
+
+
+def ddpm_lq_loss(model: nn.Module, batch: dict[str, torch.Tensor],
+                 generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """MSE between the model output and the true ``ε`` (or ``v``) at ``t < max_train_timestep``.
+
+    Args:
+        model: a :class:`DdpmLQ` (possibly DDP-wrapped).
+        batch: ``lq`` ``(B, 1, h, w)`` in [0, 1]; ``cond`` ``(B, 1, h, w)`` HQ in [0, 1] and
+            ``has_cond`` ``(B,)`` 0/1 (zeroed condition where 0); the last two are ignored by
+            the img2img route.
+        generators: one CPU generator per sample (its timestep and noise).
+
+    Returns:
+        The scalar loss.
+    """
+    inner = unwrap_ddpm_lq(model)
+    s = inner.settings
+    x0 = 2 * batch["lq"] - 1  # (B, 1, h, w)
+    t = torch.stack([torch.randint(0, s.max_train_timestep, (), generator=g) for g in generators])
+    noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in generators])
+    noise, t = noise.to(x0.device), t.to(x0.device)
+    alphas = _alphas_cumprod(inner.scheduler_config).to(x0.device)
+    a = alphas[t].sqrt().view(-1, 1, 1, 1)
+    b = (1 - alphas[t]).sqrt().view(-1, 1, 1, 1)
+    x_t = a * x0 + b * noise
+    target = a * noise - b * x0 if s.prediction_type == "v_prediction" else noise
+    cond = None
+    if s.conditional:
+        cond = (2 * batch["cond"] - 1) * batch["has_cond"].view(-1, 1, 1, 1)
+    return F.mse_loss(model(x_t, cond, t).float(), target)
+
+
+def unwrap_ddpm_lq(model: nn.Module) -> DdpmLQ:
+    """The :class:`DdpmLQ` inside ``model`` (itself, or the module a DDP wrapper holds)."""
+    inner = getattr(model, "module", model)
+    if not isinstance(inner, DdpmLQ):
+        raise ModelError(f"expected a DdpmLQ, got {type(inner).__name__}")
+    return inner
+
+
+def _alphas_cumprod(scheduler_config: dict[str, Any]) -> torch.Tensor:
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(scheduler_config).alphas_cumprod.float()
+
+
+@dataclass(frozen=True)
+class LQCrops:
+    """Random crops of real LQ images, with no condition (stage 1 / img2img).
+
+    Attributes:
+        lq: LQ images ``(H, W)`` float32 in [0, 1] at the training resolution.
+        crop: crop side in px.
+    """
+
+    lq: Sequence[np.ndarray]
+    crop: int
+
+    def sample(self, generator: np.random.Generator) -> dict[str, torch.Tensor]:
+        """``lq`` and ``cond`` ``(1, c, c)`` (``cond`` zeros) and ``has_cond`` ``()`` = 0."""
+        patch = _crop(self.lq[int(generator.integers(len(self.lq)))], self.crop, generator)
+        return {"lq": patch, "cond": torch.zeros_like(patch), "has_cond": torch.tensor(0.0)}
+
+
+@dataclass(frozen=True)
+class ConditionedCrops:
+    """Stage-2 samples: aligned (HQ, LQ) crops, and with probability ``p_uncond`` an LQ crop of
+    the real LQ domain with the condition zeroed (keeps the stage-1 prior).
+
+    Attributes:
+        hq: HQ images ``(H, W)`` float32 in [0, 1] at the training resolution.
+        lq: LQ images aligned with ``hq`` (same shapes), or None to make them from ``hq`` with
+            the physics ``preset`` (scale 1).
+        real_lq: real LQ images for the zero-condition samples.
+        crop: crop side in px.
+        preset: a :data:`cxrkit.degrade.PRESETS` key, used when ``lq`` is None.
+        p_uncond: share of zero-condition samples.
+        pixel_mm: pixel pitch of ``hq`` for the preset's physical sizes.
+    """
+
+    hq: Sequence[np.ndarray]
+    lq: Sequence[np.ndarray] | None
+    real_lq: Sequence[np.ndarray]
+    crop: int
+    preset: str = "drr-like"
+    p_uncond: float = 0.1
+    pixel_mm: float = 1.4
+
+    def sample(self, generator: np.random.Generator) -> dict[str, torch.Tensor]:
+        """``lq``, ``cond`` ``(1, c, c)`` in [0, 1] and ``has_cond`` ``()``."""
+        if generator.random() < self.p_uncond:
+            return LQCrops(self.real_lq, self.crop).sample(generator)
+        from cxrkit.degrade import degrade
+
+        index = int(generator.integers(len(self.hq)))
+        hq = self.hq[index]
+        y = int(generator.integers(0, hq.shape[0] - self.crop + 1))
+        x = int(generator.integers(0, hq.shape[1] - self.crop + 1))
+        box = (slice(y, y + self.crop), slice(x, x + self.crop))
+        if self.lq is not None:
+            lq = self.lq[index][box]
+        else:  # degrade with context, then cut (blur kernels see the neighbourhood)
+            m = 16
+            y0, x0 = max(0, y - m), max(0, x - m)
+            region = hq[y0 : y + self.crop + m, x0 : x + self.crop + m]
+            lq = degrade(np.ascontiguousarray(region), self.preset, pixel_mm=self.pixel_mm,
+                         generator=generator).image[y - y0 : y - y0 + self.crop,
+                                                    x - x0 : x - x0 + self.crop]
+        return {"lq": _tensor(lq), "cond": _tensor(hq[box]), "has_cond": torch.tensor(1.0)}
+
+
+def _tensor(image: np.ndarray) -> torch.Tensor:
+    """``(h, w)`` → ``(1, h, w)`` float32 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(image, np.float32))[None]
+
+
+def _crop(image: np.ndarray, crop: int, generator: np.random.Generator) -> torch.Tensor:
+    y = int(generator.integers(0, image.shape[0] - crop + 1))
+    x = int(generator.integers(0, image.shape[1] - crop + 1))
+    patch = image[y : y + crop, x : x + crop]
+    return torch.from_numpy(np.ascontiguousarray(patch, np.float32))[None]  # (1, c, c)
+
+
+@dataclass(frozen=True)
+class StageTwo:
+    """How the two-stage route's stage 2 is trained.
+
+    Attributes:
+        hq_paths: HQ radiographs (the condition).
+        lq_paths: LQ images aligned with ``hq_paths`` (e.g. ``cxrkit degrade`` outputs: records'
+            ``path`` for their ``reference``), or None to use ``preset``.
+        steps: fine-tuning steps (stage 1 runs ``config.steps``).
+        preset: physics preset that makes the paired LQ when ``lq_paths`` is None.
+        p_uncond: share of zero-condition real-LQ samples.
+    """
+
+    hq_paths: Sequence[str | Path]
+    lq_paths: Sequence[str | Path] | None = None
+    steps: int = 1000
+    preset: str = "drr-like"
+    p_uncond: float = 0.1
+
+
+def train_ddpm_lq(lq_paths: Sequence[str | Path], settings: DdpmLQSettings,
+                  config: TrainConfig, *, crop: int = 128, stage_two: StageTwo | None = None,
+                  command: str = "",
+                  on_log: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+    """Train a DDPM-LQ model with :func:`cxrkit.train.train` and write its model directory.
+
+    ``img2img``: one run of ``config.steps`` on real LQ crops. ``two-stage``: stage 1 as above
+    into ``output_dir/stage1``, then stage 2 (``stage_two.steps``) from its weights into
+    ``output_dir``. Validation: the loss at fixed timesteps and noise on 8 fixed samples of the
+    LQ images :func:`cxrkit.munit.holdout` keeps out of training (stage 2: and of the last 2 HQ).
+
+    Args:
+        lq_paths: real LQ images (DRRs).
+        settings: the model's settings.
+        config: the loop's settings; ``output_dir`` receives the model.
+        crop: training crop side (a multiple of ``settings.multiple``).
+        stage_two: required for the two-stage route.
+        command: the exact command line (for ``run.json``).
+        on_log: progress callback.
+
+    Returns:
+        The result of the last run.
+
+    Raises:
+        InputError: a bad crop, or a two-stage route without ``stage_two``.
+    """
+    from cxrkit.diffusion.training import files_sha256
+    from cxrkit.train import train
+
+    if crop % settings.multiple:
+        raise InputError(f"crop {crop} must be a multiple of {settings.multiple}")
+    if settings.conditional and stage_two is None:
+        raise InputError("the two-stage route needs HQ images for stage 2 (--hq)")
+    real_lq = [resize_short_side(im, settings.image_size) for im in load_display(lq_paths)]
+    model = DdpmLQ.new(settings, generator=torch.Generator().manual_seed(config.seed))
+    info: dict[str, Any] = {"command": command, "kind": DDPM_LQ_KIND,
+                            "ddpm_lq": asdict(settings), "crop": crop,
+                            "parameters": sum(p.numel() for p in model.parameters()),
+                            "data": {"lq": files_sha256(lq_paths)}}
+
+    def save(trained: nn.Module, folder: Path) -> None:
+        unwrap_ddpm_lq(trained).save_pretrained(folder)
+
+    real_lq, val_lq = holdout(real_lq)
+    first = LQCrops(real_lq, crop)
+    check = _validator(LQCrops(val_lq, crop), config.seed)
+    if not settings.conditional:
+        return train(model, ddpm_lq_loss, first, config, validate=check,
+                     save_model=save, run_info=info, on_log=on_log)
+    assert stage_two is not None
+    stage1 = replace(config, output_dir=str(Path(config.output_dir) / "stage1"))
+    result = train(model, ddpm_lq_loss, first, stage1, validate=check,
+                   save_model=save, run_info={**info, "stage": 1}, on_log=on_log)
+    hq = [resize_short_side(im, settings.image_size) for im in load_display(stage_two.hq_paths)]
+    lq = None
+    if stage_two.lq_paths is not None:
+        lq = [resize(im, h.shape) for im, h in zip(load_display(stage_two.lq_paths), hq,
+                                                    strict=True)]
+    second = ConditionedCrops(hq, lq, real_lq, crop, stage_two.preset, stage_two.p_uncond)
+    held = ConditionedCrops(hq[-2:], lq[-2:] if lq else None, val_lq, crop, stage_two.preset,
+                            stage_two.p_uncond)
+    info["data"].update(hq=files_sha256(stage_two.hq_paths),
+                        pairs_lq=files_sha256(stage_two.lq_paths) if stage_two.lq_paths else None)
+    stage2 = replace(config, steps=stage_two.steps)
+    return train(result.model, ddpm_lq_loss, second, stage2,
+                 validate=_validator(held, config.seed), save_model=save,
+                 run_info={**info, "stage": 2, "stage_two": {
+                     "steps": stage_two.steps, "preset": None if lq else stage_two.preset,
+                     "p_uncond": stage_two.p_uncond, "stage1": stage1.output_dir}},
+                 on_log=on_log)
+
+
+def _validator(data: Any, seed: int) -> Callable[[nn.Module], dict[str, float]]:
+    """``model → {"fixed_loss"}``: the loss on 8 fixed samples, timesteps and noises."""
+    samples = [data.sample(np.random.default_rng([seed, 10**6, i])) for i in range(8)]
+    batch = {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+
+    def validate(model: nn.Module) -> dict[str, float]:
+        device = next(model.parameters()).device
+        gens = [torch.Generator().manual_seed(seed + i) for i in range(len(samples))]
+        loss = ddpm_lq_loss(model, {k: v.to(device) for k, v in batch.items()}, gens)
+        return {"fixed_loss": float(loss)}
+
+    return validate
+
+
+# ---- sampling: the `ddpm` degradation method -----------------------------------------------------
+
+
+def degrade_lq(model: DdpmLQ, hq: np.ndarray, *, strength: float, steps: int,
+               generator: torch.Generator) -> np.ndarray:
+    """Noise ``hq`` to ``t = strength·T`` and denoise it with DDIM (η = 0), at ``hq``'s size.
+
+    The written-out loop: ``set_timesteps(steps)``, keep the timesteps below ``strength·T``, add
+    noise to ``2·hq - 1`` at the first of them (SDEdit, Meng et al. 2022,
+    https://arxiv.org/abs/2108.01073), then predict and ``step`` for each. The two-stage model
+    sees ``cond = 2·hq - 1`` at every step.
+
+    Args:
+        model: a loaded :class:`DdpmLQ`.
+        hq: ``(H, W)`` float32 in [0, 1] (any size; padded to ``model.settings.multiple``).
+        strength: share of the schedule, in (0, 1]; at least one step runs.
+        steps: DDIM steps over the whole schedule (about ``steps·strength`` run).
+        generator: CPU generator of the noise; same seed → same bytes on the same machine.
+
+    Returns:
+        ``(H, W)`` float32 in [0, 1].
+    """
+    from cxrkit.diffusion.sampling import make_scheduler
+
+    if not 0 < strength <= 1 or steps < 1:
+        raise InputError(f"strength must be in (0, 1] and steps ≥ 1, got {strength}, {steps}")
+    device = next(model.parameters()).device
+    H, W = hq.shape
+    m = model.settings.multiple
+    x0 = torch.from_numpy(np.ascontiguousarray(hq, np.float32))[None, None] * 2 - 1
+    x0 = F.pad(x0, (0, (-W) % m, 0, (-H) % m), mode="reflect" if min(H, W) > m else "replicate")
+    scheduler = make_scheduler("ddim", model.scheduler_config)
+    timesteps = sampling_timesteps(scheduler, strength, steps)
+    noise = torch.randn(x0.shape, generator=generator)
+    x = scheduler.add_noise(x0, noise, torch.tensor([timesteps[0]]))
+    x, cond = x.to(device), x0.to(device) if model.settings.conditional else None
+    with torch.inference_mode():
+        for t in timesteps:
+            out = model(x, cond, torch.full((1,), t, device=device))
+            x = scheduler.step(out, t, x).prev_sample
+    return ((x[0, 0, :H, :W].cpu() + 1) / 2).clamp(0, 1).numpy().astype(np.float32)
+
+
+def sampling_timesteps(scheduler: Any, strength: float, steps: int) -> list[int]:
+    """The timesteps a run of :func:`degrade_lq` visits: those of ``set_timesteps(steps)``
+    below ``strength·T`` (at least the last one), in decreasing order."""
+    scheduler.set_timesteps(steps)
+    T = scheduler.config.num_train_timesteps
+    kept = [int(t) for t in scheduler.timesteps if int(t) < strength * T]
+    return kept or [int(scheduler.timesteps[-1])]
+
+
+@dataclass
+class DdpmDegrader:
+    """The ``ddpm`` method of ``cxrkit degrade``: HQ radiograph → LQ with a DDPM-LQ model.
+
+    The input is resized so its short side is the model's ``image_size``, degraded by
+    :func:`degrade_lq` and resized to ``(H, W) // scale``.
+
+    Args:
+        model_dir: a folder written by ``cxrkit train-ddpm-lq``.
+        strength: noising strength in (0, 1]; None: the model's default (0.25 for img2img).
+        steps: DDIM steps over the whole schedule; None: the model's default.
+        device: torch device.
+
+    Raises:
+        ModelError: the folder is not a DDPM-LQ model.
+    """
+
+    model_dir: str | Path
+    strength: float | None = None
+    steps: int | None = None
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        from cxrkit.pipe import file_sha256
+
+        self.model = DdpmLQ.from_pretrained(self.model_dir, device=self.device)
+        self.model_sha256 = file_sha256(
+            Path(self.model_dir) / "unet" / "diffusion_pytorch_model.safetensors")
+        s = self.model.settings
+        self.strength = s.default_strength if self.strength is None else float(self.strength)
+        self.steps = s.default_steps if self.steps is None else int(self.steps)
+        if not 0 < self.strength <= 1:
+            raise InputError(f"strength must be in (0, 1], got {self.strength}")
+
+    def __call__(self, image: np.ndarray, *, scale: int = 1, pixel_mm: float = 0.35,
+                 generator: np.random.Generator) -> Any:
+        """Degrade one ``(H, W)`` display image; returns a ``DegradeResult`` ``(H//s, W//s)``."""
+        from cxrkit.degrade import DegradeResult
+        from cxrkit.diffusion.sampling import make_scheduler
+
+        if not isinstance(image, np.ndarray) or image.ndim != 2 or min(image.shape) < 8:
+            raise InputError(f"DDPM-LQ needs an (H, W) image, got shape {np.shape(image)}")
+        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+            raise InputError(f"scale must be an integer ≥ 1, got {scale!r}")
+        work = resize_short_side(np.clip(image, 0, 1), self.model.settings.image_size)
+        seed = int(generator.integers(0, 2**63 - 1))
+        assert self.strength is not None and self.steps is not None
+        lq = degrade_lq(self.model, work, strength=self.strength, steps=self.steps,
+                        generator=torch.Generator().manual_seed(seed))
+        out = resize(lq, (image.shape[0] // scale, image.shape[1] // scale))
+        params = {"route": self.model.settings.route, "strength": self.strength,
+                  "steps": self.steps, "nfe": len(sampling_timesteps(
+                      make_scheduler("ddim", self.model.scheduler_config), self.strength,
+                      self.steps)),
+                  "torch_seed": seed, "work_size": list(work.shape), "pixel_mm": pixel_mm,
+                  "model_sha256": self.model_sha256}
+        return DegradeResult(out, [{"name": "ddpm", "params": params}])

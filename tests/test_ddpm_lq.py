@@ -1,0 +1,172 @@
+"""DDPM-LQ: outputs stay paired with their HQ (SSIM) yet take the LQ domain's fine texture, both
+routes train and sample, outputs are seeded and recorded, and other model kinds are refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cxrkit.ddpm_lq import (
+    ConditionedCrops,
+    DdpmDegrader,
+    DdpmLQ,
+    DdpmLQSettings,
+    LQCrops,
+    ddpm_lq_loss,
+    degrade_lq,
+)
+from cxrkit.errors import InputError, ModelError
+from cxrkit.metrics import ssim
+from cxrkit.train import TrainConfig, train
+
+TINY = DdpmLQSettings(block_out_channels=(16, 32), unshuffle=1, image_size=32,
+                      max_train_timestep=500, default_steps=20)
+
+
+def smooth(rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """``(size, size)`` float32 in [0.2, 0.8]: a smooth random pattern (the HQ domain)."""
+    y, x = np.mgrid[0:size, 0:size] / (size - 1)
+    a, b, c, d = rng.uniform(0.5, 3.0, 4)
+    image = 0.5 + 0.2 * np.sin(a * 3 * x + b) * np.cos(c * 2 * y + d) + 0.1 * (x - y)
+    return image.astype(np.float32)
+
+
+def grainy(rng: np.random.Generator) -> np.ndarray:
+    """The LQ domain: the same kind of anatomy with a strong fine grain."""
+    return np.clip(smooth(rng) + rng.normal(0, 0.08, (32, 32)), 0, 1).astype(np.float32)
+
+
+def high_frequency_energy(image: np.ndarray) -> float:
+    """Mean squared 4-neighbour Laplacian: fine texture and noise."""
+    lap = (4 * image[1:-1, 1:-1] - image[:-2, 1:-1] - image[2:, 1:-1] - image[1:-1, :-2]
+           - image[1:-1, 2:])
+    return float(np.mean(lap.astype(np.float64) ** 2))
+
+
+def _config(folder: Path, steps: int) -> TrainConfig:
+    return TrainConfig(output_dir=str(folder), steps=steps, batch_size=8, lr=2e-3,
+                       warmup_steps=10, ema_decay=0.0, checkpoint_every=0, validate_every=0,
+                       log_every=1000, seed=0)
+
+
+def _save(model: torch.nn.Module, folder: Path) -> None:
+    model.save_pretrained(folder)  # type: ignore[operator]
+
+
+@pytest.fixture(scope="module")
+def img2img(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny unconditional DDPM trained 200 steps on the grainy domain; its folder."""
+    rng = np.random.default_rng(0)
+    data = LQCrops([grainy(rng) for _ in range(32)], crop=32)
+    model = DdpmLQ.new(TINY, generator=torch.Generator().manual_seed(0))
+    folder = tmp_path_factory.mktemp("ddpm")
+    train(model, ddpm_lq_loss, data, _config(folder, 200), save_model=_save)
+    return folder
+
+
+def test_img2img_keeps_the_anatomy_and_takes_the_lq_texture(img2img: Path) -> None:
+    degrader = DdpmDegrader(img2img, strength=0.25)
+    rng = np.random.default_rng(9)
+    hq = [smooth(rng) for _ in range(6)]
+    lq = [grainy(rng) for _ in range(6)]
+    outs = [degrader(x, generator=np.random.default_rng(i)).image for i, x in enumerate(hq)]
+    paired = np.mean([ssim(y, x) for x, y in zip(hq, outs, strict=True)])
+    unpaired = np.mean([ssim(y, x) for x, y in zip(hq, outs[1:] + outs[:1], strict=True)])
+    assert paired > 0.3 and paired > unpaired + 0.2, (paired, unpaired)
+    hf_hq, hf_lq, hf_out = (np.mean([high_frequency_energy(im) for im in s])
+                            for s in (hq, lq, outs))
+    assert abs(hf_out - hf_lq) < 0.5 * abs(hf_hq - hf_lq), (hf_hq, hf_lq, hf_out)
+
+
+def test_degrader_is_seeded_and_recorded(img2img: Path) -> None:
+    degrader = DdpmDegrader(img2img)
+    image = smooth(np.random.default_rng(1))
+    a = degrader(image, scale=2, generator=np.random.default_rng(3))
+    b = degrader(image, scale=2, generator=np.random.default_rng(3))
+    c = degrader(image, scale=2, generator=np.random.default_rng(4))
+    assert a.image.shape == (16, 16) and a.image.dtype == np.float32
+    assert a.image.tobytes() == b.image.tobytes() != c.image.tobytes()
+    params = a.params[0]["params"]
+    assert a.params[0]["name"] == "ddpm"
+    assert params["route"] == "img2img" and params["strength"] == 0.25
+    assert params["nfe"] == 5  # 20 steps over the schedule, a quarter of them run
+    with pytest.raises(InputError, match="strength"):
+        DdpmDegrader(img2img, strength=1.5)
+
+
+def test_two_stage_trains_both_stages_and_samples_conditioned(tmp_path: Path) -> None:
+    settings = DdpmLQSettings(route="two-stage", block_out_channels=(8, 16), unshuffle=1,
+                              image_size=32, max_train_timestep=1000, default_strength=1.0,
+                              default_steps=4)
+    rng = np.random.default_rng(0)
+    real = [grainy(rng) for _ in range(8)]
+    hq = [smooth(rng) for _ in range(8)]
+    stage1 = DdpmLQ.new(settings, generator=torch.Generator().manual_seed(0))
+    result = train(stage1, ddpm_lq_loss, LQCrops(real, 32), _config(tmp_path / "s1", 3))
+    pairs = ConditionedCrops(hq, None, real, 32, preset="drr-like", p_uncond=0.5)
+    sample = pairs.sample(np.random.default_rng(1))
+    assert sample["lq"].shape == sample["cond"].shape == (1, 32, 32)
+    result = train(result.model, ddpm_lq_loss, pairs, _config(tmp_path / "s2", 3),
+                   save_model=_save)
+    assert all(np.isfinite(result.losses))
+    model = DdpmLQ.from_pretrained(tmp_path / "s2")
+    assert model.settings.conditional
+    out = degrade_lq(model, hq[0], strength=1.0, steps=4,
+                     generator=torch.Generator().manual_seed(0))
+    assert out.shape == (32, 32) and out.min() >= 0 and out.max() <= 1
+
+
+def test_wrong_kind_and_unsafe_folders_are_refused(tmp_path: Path) -> None:
+    from cxrkit.diffusion import Enhancer, EnhancerSettings
+    from cxrkit.munit import Munit, MunitSettings
+
+    Munit(MunitSettings(width=4, image_size=32)).save_pretrained(tmp_path / "munit")
+    with pytest.raises(ModelError, match="kind 'munit-lq', not 'ddpm-lq'"):
+        DdpmLQ.from_pretrained(tmp_path / "munit")
+    Enhancer.new(EnhancerSettings(scale=1, block_out_channels=(8, 16), unshuffle=1),
+                 generator=torch.Generator().manual_seed(0)).save_pretrained(tmp_path / "enh")
+    with pytest.raises(ModelError, match="kind 'cxrkit-enhancer', not 'ddpm-lq'"):
+        DdpmDegrader(tmp_path / "enh")
+    model = DdpmLQ.new(TINY, generator=torch.Generator().manual_seed(0))
+    model.save_pretrained(tmp_path / "ddpm")
+    weights = tmp_path / "ddpm" / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.rename(weights.with_suffix(".bin"))
+    with pytest.raises(ModelError, match="safetensors"):
+        DdpmLQ.from_pretrained(tmp_path / "ddpm")
+
+
+def test_cli_train_ddpm_lq_then_degrade(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from cxrkit.cli import app
+    from cxrkit.io import Radiograph, write_radiograph
+
+    rng = np.random.default_rng(0)
+    for name, make in (("hq", smooth), ("lq", grainy)):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            write_radiograph(tmp_path / name / f"{i:04d}_000.tiff",
+                             Radiograph(make(rng), (1.0, 1.0), "display"), record={"id": f"{i}"})
+    runner = CliRunner()
+    model = tmp_path / "model"
+    result = runner.invoke(app, [
+        "train-ddpm-lq", "--lq", str(tmp_path / "lq"), "--channels", "8,16", "--image-size",
+        "32", "--crop", "32", "--steps", "2", "--batch-size", "2", "--checkpoint-every", "0",
+        "-o", str(model)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((model / "config.json").read_text())["route"] == "img2img"
+    result = runner.invoke(app, ["degrade", str(tmp_path / "hq"), "--method", "ddpm",
+                                 "--model", str(model), "--strength", "0.2",
+                                 "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout.splitlines()[0])
+    assert record["degrade"]["options"]["strength"] == 0.2
+    assert record["degrade"]["steps"][0]["params"]["route"] == "img2img"
+    result = runner.invoke(app, ["train-ddpm-lq", "--lq", str(tmp_path / "lq"), "--route",
+                                 "two-stage", "-o", str(tmp_path / "m2")])
+    assert result.exit_code == 2 and "--hq" in result.output
