@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -29,6 +29,9 @@ from cxrkit.pipe import (
     shard,
     take_shard,
 )
+
+if TYPE_CHECKING:
+    from cxrkit.io import Radiograph
 
 log = logging.getLogger("cxrkit.cli")
 
@@ -198,6 +201,19 @@ class _Progress:
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+
+def read_display(record: Record, tool: str) -> Radiograph:
+    """Read a record's image, refusing anything but a ``display`` radiograph (DRR line integrals,
+    intensities and masks are not what image-to-image tools expect)."""
+    from cxrkit.io import read_radiograph
+
+    image = read_radiograph(record["path"])
+    kind = record.get("kind", image.kind)
+    if kind != "display":
+        raise InputError(f"{tool} needs a display radiograph, got kind '{kind}'",
+                         path=record["path"], hint="project with --kind display")
+    return image
 
 
 def exit_with(code: int) -> None:

@@ -21,6 +21,7 @@ from cxrkit.cli._options import (
     exit_with,
     format_suffix,
     iter_inputs,
+    read_display,
     run_items,
 )
 from cxrkit.errors import InputError
@@ -135,14 +136,10 @@ class DegradeJob:
     def __call__(self, record: Record) -> Record:
         import numpy as np
 
-        from cxrkit.io import Radiograph, read_radiograph, write_radiograph
+        from cxrkit.io import Radiograph, write_radiograph
         from cxrkit.pipe import provenance
 
-        image = read_radiograph(record["path"])
-        kind = record.get("kind", image.kind)
-        if kind != "display":
-            raise InputError(f"degrade needs a display radiograph, got kind '{kind}'",
-                             path=record["path"], hint="project with --kind display")
+        image = read_display(record, "degrade")
         pixel_mm, pitch_from, spacing = self._pitch(record, image)
         seed = item_seed(self.seed, str(record["id"]))
         result = self.degrader(image.pixels, scale=self.options["scale"], pixel_mm=pixel_mm,

@@ -20,6 +20,7 @@ from cxrkit.cli._options import (
     exit_with,
     format_suffix,
     iter_inputs,
+    read_display,
     run_items,
 )
 from cxrkit.errors import InputError
@@ -110,14 +111,10 @@ class EnhanceJob:
         return self.outputs.finished(record["id"], "enh")
 
     def __call__(self, record: Record) -> Record:
-        from cxrkit.io import Radiograph, read_radiograph, write_radiograph
+        from cxrkit.io import Radiograph, write_radiograph
         from cxrkit.pipe import provenance
 
-        image = read_radiograph(record["path"])
-        kind = record.get("kind", image.kind)
-        if kind != "display":
-            raise InputError(f"enhance needs a display radiograph, got kind '{kind}'",
-                             path=record["path"], hint="project with --kind display")
+        image = read_display(record, "enhance")
         seed = item_seed(self.seed, str(record["id"]))
         pixels, scale, resolved = self._enhance(image.pixels.clip(0, 1), seed)
         spacing = record.get("spacing_mm") or image.spacing_mm
