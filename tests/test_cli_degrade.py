@@ -187,3 +187,11 @@ def test_line_integrals_are_refused(tmp_path: Path) -> None:
     write_radiograph(path, Radiograph(np.full((32, 32), 3.0, np.float32), None, "line_integral"))
     code, _, error = invoke(str(path), "-o", str(tmp_path / "out"))
     assert code == 1 and "display" in error
+
+
+def test_refuses_non_display_input(tmp_path: Path) -> None:
+    path = tmp_path / "li.tiff"
+    write_radiograph(path, Radiograph(np.ones((32, 32), np.float32) * 3, (1.0, 1.0),
+                                      "line_integral"))
+    result = run_cli("degrade", str(path), "-o", str(tmp_path / "out"))
+    assert result.returncode == 1 and b"needs a display radiograph" in result.stderr
