@@ -129,26 +129,14 @@ class DdpmLQ(nn.Module):
     @classmethod
     def new(cls, settings: DdpmLQSettings, *, generator: torch.Generator) -> DdpmLQ:
         """A freshly initialised model (weights drawn from ``generator``)."""
-        from diffusers import DDPMScheduler, UNet2DModel
+        from cxrkit.diffusion.models import new_unet
 
         r2 = settings.unshuffle**2
-        levels = len(settings.block_out_channels)
-        state = torch.random.get_rng_state()
-        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
-        try:  # diffusers initialises layers from the global RNG; scope it to this call
-            unet = UNet2DModel(
-                sample_size=64, in_channels=(2 if settings.conditional else 1) * r2,
-                out_channels=r2, block_out_channels=settings.block_out_channels,
-                layers_per_block=settings.layers_per_block,
-                down_block_types=("DownBlock2D",) * levels, up_block_types=("UpBlock2D",) * levels,
-                norm_num_groups=min(8, settings.block_out_channels[0]), add_attention=False)
-        finally:
-            torch.random.set_rng_state(state)
-        scheduler = DDPMScheduler(
-            num_train_timesteps=settings.num_train_timesteps, beta_schedule="squaredcos_cap_v2",
-            prediction_type=settings.prediction_type, clip_sample=False,
-            timestep_spacing="trailing")
-        return cls(unet, dict(scheduler.config), settings)  # type: ignore[arg-type, attr-defined]
+        unet, scheduler_config = new_unet(
+            (2 if settings.conditional else 1) * r2, r2, settings.block_out_channels,
+            settings.layers_per_block, num_train_timesteps=settings.num_train_timesteps,
+            prediction_type=settings.prediction_type, generator=generator)
+        return cls(unet, scheduler_config, settings)
 
     def forward(self, x_t: torch.Tensor, cond: torch.Tensor | None,
                 t: torch.Tensor) -> torch.Tensor:

@@ -306,11 +306,11 @@ def _write_dicom(tmp: Path, image: Radiograph, meta: dict[str, Any]) -> None:
 
     import pydicom
     from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     from cxrkit import __version__
 
-    sop_class = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
+    sop_class = UID("1.2.840.10008.5.1.4.1.1.7")  # Secondary Capture Image Storage
     file_meta = FileMetaDataset()
     file_meta.MediaStorageSOPClassUID = sop_class
     file_meta.MediaStorageSOPInstanceUID = generate_uid()

@@ -150,9 +150,9 @@ def read_stdin_records(stream: IO[bytes], *, spool_dir: Path) -> Iterator[Record
         except UnicodeDecodeError as exc:
             raise InputError("stdin is neither records, paths nor a known image format",
                              path=f"stdin line {number}") from exc
-        rec = parse_line(line, where=f"stdin line {number}")
-        if rec is not None:
-            yield rec
+        parsed = parse_line(line, where=f"stdin line {number}")
+        if parsed is not None:
+            yield parsed
 
 
 class UniqueIds:

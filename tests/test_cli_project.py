@@ -149,7 +149,7 @@ def test_interrupt_exits_130(phantom_path: Path, tmp_path: Path) -> None:
     import time
 
     proc = subprocess.Popen([sys.executable, "-m", "cxrkit", "project", *[str(phantom_path)] * 400,
-                             "--size", "48", "-o", str(tmp_path / "out"), "--overwrite"],
+                             "--size", "512", "-o", str(tmp_path / "out"), "--overwrite"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(3.0)
     proc.send_signal(signal.SIGINT)

@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -32,7 +32,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-state = {"verbose": 0, "command": ""}
+state: dict[str, Any] = {"verbose": 0, "command": ""}
 
 
 def _version(value: bool) -> None:
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(int(code or 0))
 
 
-def _click_exception() -> type[Exception]:
+def _click_exception() -> Any:
     from typer._click.exceptions import ClickException  # typer >= 0.26 vendors click
 
     return ClickException

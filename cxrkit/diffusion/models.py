@@ -103,26 +103,12 @@ class Enhancer(nn.Module):
     @classmethod
     def new(cls, settings: EnhancerSettings, *, generator: torch.Generator) -> Enhancer:
         """A freshly initialised enhancer (weights drawn from ``generator``)."""
-        from diffusers import DDPMScheduler, UNet2DModel
-
         r2 = settings.unshuffle**2
-        levels = len(settings.block_out_channels)
-        state = torch.random.get_rng_state()
-        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
-        try:  # diffusers initialises layers from the global RNG; scope it to this call
-            unet = UNet2DModel(
-                sample_size=64, in_channels=2 * r2, out_channels=r2,
-                block_out_channels=settings.block_out_channels,
-                layers_per_block=settings.layers_per_block,
-                down_block_types=("DownBlock2D",) * levels, up_block_types=("UpBlock2D",) * levels,
-                norm_num_groups=min(8, settings.block_out_channels[0]), add_attention=False)
-        finally:
-            torch.random.set_rng_state(state)
-        scheduler = DDPMScheduler(
-            num_train_timesteps=settings.num_train_timesteps, beta_schedule="squaredcos_cap_v2",
-            prediction_type=settings.prediction_type, clip_sample=False,
-            timestep_spacing="trailing")
-        return cls(unet, dict(scheduler.config), settings)  # type: ignore[arg-type, attr-defined]
+        unet, scheduler_config = new_unet(
+            2 * r2, r2, settings.block_out_channels, settings.layers_per_block,
+            num_train_timesteps=settings.num_train_timesteps,
+            prediction_type=settings.prediction_type, generator=generator)
+        return cls(unet, scheduler_config, settings)
 
     def forward(self, x_t: torch.Tensor, cond: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The model output for noisy residuals.
@@ -195,6 +181,36 @@ class Enhancer(nn.Module):
             raise ModelError(f"cannot load the enhancer: {exc}"[:300], path=str(folder)) from exc
         model = cls(unet, dict(scheduler.config), settings)
         return model.to(device).eval().requires_grad_(False)
+
+
+def new_unet(
+    in_channels: int, out_channels: int, block_out_channels: tuple[int, ...],
+    layers_per_block: int, *, num_train_timesteps: int, prediction_type: str,
+    generator: torch.Generator,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A freshly initialised attention-free diffusers ``UNet2DModel`` and its cosine-schedule
+    ``DDPMScheduler`` config (trailing timesteps), weights drawn from ``generator``.
+
+    diffusers initialises layers from torch's global RNG; this seeds it from ``generator`` for the
+    call only and restores it afterwards, so callers' global RNG state is untouched.
+    """
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    levels = len(block_out_channels)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    try:
+        unet = UNet2DModel(
+            sample_size=64, in_channels=in_channels, out_channels=out_channels,
+            block_out_channels=block_out_channels, layers_per_block=layers_per_block,
+            down_block_types=("DownBlock2D",) * levels, up_block_types=("UpBlock2D",) * levels,
+            norm_num_groups=min(8, block_out_channels[0]), add_attention=False)
+    finally:
+        torch.random.set_rng_state(state)
+    scheduler = DDPMScheduler(
+        num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2",
+        prediction_type=prediction_type, clip_sample=False, timestep_spacing="trailing")
+    return unet, dict(scheduler.config)  # type: ignore[attr-defined, return-value]
 
 
 def read_settings(folder: Path) -> EnhancerSettings:
