@@ -203,7 +203,7 @@ class DdpmLQ(nn.Module):
         return model.to(device).eval().requires_grad_(False)
 
 
-# Copied from cxrkit.munit.read_config
+# Copied from cxrkit.munit.model.read_config
 def _read_config(folder: Path, kind: str) -> dict[str, Any]:
     """The ``config.json`` of a cxrkit model folder, checked to be of ``kind``."""
     if not folder.is_dir():

@@ -1,0 +1,216 @@
+"""The MUNIT-LQ model: both domains' generators and discriminators, the loss terms, and the
+model folder (``save_pretrained`` / ``from_pretrained``).
+
+A model directory::
+
+    config.json         MunitSettings (with "kind": "munit-lq")
+    model.safetensors   the two generators (the discriminators are training-only)
+    run.json            how it was trained (written by :mod:`cxrkit.train`)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cxrkit.errors import InputError, ModelError
+from cxrkit.munit.networks import (
+    MUNIT_KIND,
+    Generator,
+    MultiScaleDiscriminator,
+    MunitSettings,
+)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+DOMAINS = ("hq", "lq")
+
+class Munit(nn.Module):
+    """MUNIT-LQ: generators and (for training) discriminators of the ``hq`` and ``lq`` domains.
+
+    ``forward`` is the training objective, so that one call goes through DDP; see
+    :func:`munit_loss` for how the generator and discriminator updates share one backward pass.
+
+    Args:
+        settings: architecture and loss weights.
+        discriminators: build the discriminators (False for inference).
+    """
+
+    def __init__(self, settings: MunitSettings, *, discriminators: bool = True) -> None:
+        super().__init__()
+        self.settings = settings
+        self.gen = nn.ModuleDict({d: Generator(settings) for d in DOMAINS})
+        self.dis = nn.ModuleDict({d: MultiScaleDiscriminator(settings) for d in DOMAINS}
+                                 if discriminators else {})
+
+    @classmethod
+    def new(cls, settings: MunitSettings, *, generator: torch.Generator) -> Munit:
+        """Freshly initialised weights from ``generator``: Kaiming-normal convs and linears in the
+        generators, N(0, 0.02) in the discriminators (MUNIT's ``kaiming`` / ``gaussian`` init)."""
+        model = cls(settings)
+        for part, std in ((model.gen, None), (model.dis, 0.02)):
+            for module in part.modules():
+                if isinstance(module, nn.Conv2d | nn.Linear):
+                    if std is None:
+                        nn.init.kaiming_normal_(module.weight, generator=generator)
+                    else:
+                        nn.init.normal_(module.weight, 0.0, std, generator=generator)
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
+        return model
+
+    def forward(self, hq: torch.Tensor, lq: torch.Tensor, style_hq: torch.Tensor,
+                style_lq: torch.Tensor) -> dict[str, torch.Tensor]:
+        """All loss terms of one step.
+
+        Args:
+            hq, lq: ``(B, 1, h, w)`` unpaired crops in [-1, 1].
+            style_hq, style_lq: ``(B, style_dim)`` random style codes, N(0, I).
+
+        Returns:
+            ``generator`` and ``discriminator`` (the weighted totals) and the unweighted terms
+            ``recon_image``, ``recon_style``, ``recon_content``, ``gan``, scalars.
+        """
+        s = self.settings
+        gen = {d: self.generator(d) for d in DOMAINS}
+        c_hq, s_hq = gen["hq"].encode(hq)
+        c_lq, s_lq = gen["lq"].encode(lq)
+        recon_image = (F.l1_loss(gen["hq"].decoder(c_hq, s_hq), hq)
+                       + F.l1_loss(gen["lq"].decoder(c_lq, s_lq), lq))
+        fake_lq = gen["lq"].decoder(c_hq, style_lq)  # HQ anatomy, LQ look
+        fake_hq = gen["hq"].decoder(c_lq, style_hq)
+        c_hq2, s_lq2 = gen["lq"].encode(fake_lq)
+        c_lq2, s_hq2 = gen["hq"].encode(fake_hq)
+        recon_style = F.l1_loss(s_lq2, style_lq) + F.l1_loss(s_hq2, style_hq)
+        recon_content = F.l1_loss(c_hq2, c_hq) + F.l1_loss(c_lq2, c_lq)
+        gan = _lsgan(self._frozen("lq", fake_lq), 1.0) + _lsgan(self._frozen("hq", fake_hq), 1.0)
+        generator = (s.gan_weight * gan + s.recon_image_weight * recon_image
+                     + s.recon_style_weight * recon_style
+                     + s.recon_content_weight * recon_content)
+        if s.recon_cycle_weight > 0:
+            cycle = (F.l1_loss(gen["hq"].decoder(c_hq2, s_hq), hq)
+                     + F.l1_loss(gen["lq"].decoder(c_lq2, s_lq), lq))
+            generator = generator + s.recon_cycle_weight * cycle
+        discriminator = (_lsgan(self.dis["lq"](fake_lq.detach()), 0.0)
+                         + _lsgan(self.dis["lq"](lq), 1.0)
+                         + _lsgan(self.dis["hq"](fake_hq.detach()), 0.0)
+                         + _lsgan(self.dis["hq"](hq), 1.0))
+        return {"generator": generator, "discriminator": discriminator,
+                "recon_image": recon_image, "recon_style": recon_style,
+                "recon_content": recon_content, "gan": gan}
+
+    def _frozen(self, domain: str, x: torch.Tensor) -> list[torch.Tensor]:
+        """The discriminator's scores with its weights detached: the generator's adversarial
+        term sends gradients to the generator only."""
+        from torch.func import functional_call
+
+        dis = self.dis[domain]
+        weights = {k: v.detach() for k, v in dis.named_parameters()}
+        return functional_call(dis, weights, (x,))  # type: ignore[no-any-return]
+
+    def translate(self, image: torch.Tensor, style: torch.Tensor, *, source: str = "hq",
+                  target: str = "lq") -> torch.Tensor:
+        """``G_target(E_c^source(image), style)``.
+
+        Args:
+            image: ``(B, 1, H, W)`` in [-1, 1], ``H, W`` multiples of ``settings.multiple``.
+            style: ``(B, style_dim)`` style code of the target domain.
+
+        Returns:
+            ``(B, 1, H, W)`` in [-1, 1].
+        """
+        return self.generator(target).decoder(self.generator(source).content(image), style)
+
+    def generator(self, domain: str) -> Generator:
+        """The generator of ``domain`` (``hq`` or ``lq``)."""
+        return cast(Generator, self.gen[domain])
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``config.json`` and ``model.safetensors`` (generators only)."""
+        from safetensors.torch import save_file
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().float().contiguous() for k, v in self.gen.state_dict().items()}
+        save_file(state, out / WEIGHTS_NAME, metadata={"format": "pt", "kind": MUNIT_KIND})
+        (out / CONFIG_NAME).write_text(json.dumps(asdict(self.settings), indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, device: str | torch.device = "cpu"
+                        ) -> Munit:
+        """Load a model directory written by :meth:`save_pretrained` (safetensors only).
+
+        Raises:
+            ModelError: not a folder, another kind of model, no safetensors weights, or weights
+                that do not fit the settings.
+        """
+        from safetensors.torch import load_file
+
+        folder = Path(directory)
+        settings = MunitSettings(**_settings_values(read_config(folder, MUNIT_KIND),
+                                                    MunitSettings, folder))
+        weights = folder / WEIGHTS_NAME
+        if not weights.is_file():
+            raise ModelError(f"MUNIT-LQ model has no {WEIGHTS_NAME}", path=str(folder),
+                             hint="weights are read from safetensors only (never pickles)")
+        model = cls(settings, discriminators=False)
+        try:
+            model.gen.load_state_dict(load_file(weights))
+        except (RuntimeError, OSError) as exc:
+            raise ModelError(f"cannot load the MUNIT-LQ weights: {exc}"[:300],
+                             path=str(weights)) from exc
+        return model.to(device).eval().requires_grad_(False)
+
+
+def unwrap_munit(model: nn.Module) -> Munit:
+    """The :class:`Munit` inside ``model`` (itself, or the module a DDP wrapper holds)."""
+    inner = getattr(model, "module", model)
+    if not isinstance(inner, Munit):
+        raise ModelError(f"expected a Munit, got {type(inner).__name__}")
+    return inner
+
+
+def _lsgan(scores: Sequence[torch.Tensor], target: float) -> torch.Tensor:
+    """Least-squares GAN loss summed over scales: ``Σ mean((D - target)²)``."""
+    return torch.stack([torch.mean((d - target) ** 2) for d in scores]).sum()
+
+
+def read_config(folder: Path, kind: str) -> dict[str, Any]:
+    """The ``config.json`` of a cxrkit model folder, checked to be of ``kind``.
+
+    Raises:
+        ModelError: not a folder, no readable ``config.json``, or another kind of model.
+    """
+    if not folder.is_dir():
+        raise ModelError("no such model folder", path=str(folder))
+    meta = folder / CONFIG_NAME
+    found = meta if meta.is_file() else folder / "enhancer.json"
+    if not found.is_file():
+        raise ModelError(f"not a cxrkit {kind} model (no {CONFIG_NAME})", path=str(folder))
+    try:
+        raw = json.loads(found.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"unreadable {found.name}: {exc}", path=str(found)) from exc
+    actual = raw.get("kind") if isinstance(raw, dict) else None
+    if actual != kind:
+        raise ModelError(f"model is of kind {actual!r}, not {kind!r}", path=str(folder),
+                         hint=f"give a folder written by the {kind} training command")
+    return raw  # type: ignore[no-any-return]
+
+
+def _settings_values(raw: dict[str, Any], cls: type, folder: Path) -> dict[str, Any]:
+    known = {f.name for f in fields(cls)}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in known}
+    try:
+        cls(**values)
+    except (InputError, TypeError) as exc:
+        raise ModelError(f"bad {CONFIG_NAME}: {exc}", path=str(folder)) from exc
+    return values
+
