@@ -1,8 +1,9 @@
 """The training loop shared by every model cxrkit trains: one readable Accelerate loop.
 
-It is model-agnostic: a model family supplies the model, a loss function, a training data source
-and, optionally, a validation function and a way to save the model; :func:`train` supplies the
-rest (DESIGN.md §6, STYLE.md rule 40):
+It is model-agnostic: a model family supplies the model, a loss function (or several
+:class:`Phase` objects, for alternating updates such as a GAN's), a training data source and,
+optionally, a validation function and a way to save the model; :func:`train` supplies the rest
+(DESIGN.md §6, STYLE.md rule 40):
 
 - seeded, exactly resumable data order: sample ``n`` of the run (``n = step·batch + …``) is drawn
   from generators seeded by ``(seed, n)``, so the data a step sees depends on neither the number
@@ -10,8 +11,12 @@ rest (DESIGN.md §6, STYLE.md rule 40):
 - ``accelerate launch`` for several processes: each takes its slice of every global batch and DDP
   averages the gradients, so the loss trajectory equals the one-process run with the same global
   batch;
+- one optimizer per phase: each step runs the phases in order on the same batch, each updating
+  only its own parameters (a GAN: discriminator step on detached fakes, then generator step);
+  a plain loss function is one phase over all parameters with AdamW;
 - mixed precision, gradient accumulation, gradient clipping, linear warm-up, EMA;
-- checkpoints every N steps (``accelerator.save_state`` plus the EMA as safetensors), the last K
+- checkpoints every N steps (``accelerator.save_state``, so every optimizer's state, plus the EMA
+  as safetensors), the last K
   kept, ``resume="latest"``;
 - validation every N steps on the main process, progress through ``on_log`` and logging (the
   library never prints);
@@ -27,10 +32,10 @@ import math
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -45,6 +50,10 @@ LossFn = Callable[[nn.Module, dict[str, torch.Tensor], Sequence[torch.Generator]
 """``(model, batch, generators) → scalar loss``; one CPU generator per sample of the batch."""
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adamw": torch.optim.AdamW,  # decoupled weight decay (Loshchilov & Hutter 2019)
+    "adam": torch.optim.Adam,  # L2 penalty in the gradient, as MUNIT and most GAN code use
+}
 CHECKPOINTS = "checkpoints"
 
 
@@ -52,6 +61,44 @@ class TrainData(Protocol):
     """A source of training samples: ``sample(generator)`` → one sample (tensors, no batch dim)."""
 
     def sample(self, generator: np.random.Generator) -> dict[str, torch.Tensor]: ...
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One update of each training step, with its own loss, parameters and optimizer.
+
+    Several phases make alternating updates: each step runs them in order on the same batch, and
+    a phase's optimizer moves only the parameters ``parameters`` selects. Gradients its loss puts
+    on other parameters (a generator's loss goes through the discriminator) are dropped.
+
+    Attributes:
+        name: what progress reports call it (``loss/<name>``).
+        loss: see :data:`LossFn`.
+        parameters: ``unwrapped model → parameters`` this phase updates; the phases' sets must
+            be disjoint.
+        lr: peak learning rate (None: ``TrainConfig.lr``); warm-up scales it.
+        weight_decay: None: ``TrainConfig.weight_decay``.
+        betas: Adam's (β1, β2).
+        optimizer: a key of :data:`OPTIMIZERS`.
+    """
+
+    name: str
+    loss: LossFn
+    parameters: Callable[[nn.Module], Iterable[nn.Parameter]]
+    lr: float | None = None
+    weight_decay: float | None = None
+    betas: tuple[float, float] = (0.9, 0.999)
+    optimizer: str = "adamw"
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"optimizer must be one of {tuple(OPTIMIZERS)}, not "
+                             f"{self.optimizer!r}")
+
+    def settings(self) -> dict[str, Any]:
+        """The optimizer settings, for ``run.json``."""
+        return {"name": self.name, "optimizer": self.optimizer, "lr": self.lr,
+                "weight_decay": self.weight_decay, "betas": list(self.betas)}
 
 
 @dataclass(frozen=True)
@@ -63,9 +110,9 @@ class TrainConfig:
         steps: optimizer steps.
         batch_size: global samples per optimizer step (over all processes and accumulation).
         grad_accum: micro-batches per optimizer step.
-        lr: peak learning rate (AdamW).
+        lr: peak learning rate (of every phase that does not set its own).
         warmup_steps: linear learning-rate warm-up.
-        weight_decay: AdamW weight decay.
+        weight_decay: weight decay (of every phase that does not set its own).
         max_grad_norm: gradient clipping norm (0 disables).
         ema_decay: EMA decay of the weights (0 disables); validation and the saved model use it.
         mixed_precision: ``no``, ``bf16`` or ``fp16`` autocast.
@@ -113,13 +160,16 @@ class TrainResult:
 
     Attributes:
         model: the trained model (EMA weights when EMA is on), unwrapped, on the training device.
-        losses: mean training loss of each step run in this call, in order.
+        losses: mean training loss of each step run in this call, in order (with several
+            phases, the sum of the phases' losses).
+        phase_losses: each phase's mean loss of each step, by phase name.
         metrics: the last validation metrics (empty without validation).
         history: every validation, as ``{"step": …, **metrics}``.
     """
 
     model: nn.Module
     losses: list[float] = field(default_factory=list)
+    phase_losses: dict[str, list[float]] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -157,7 +207,7 @@ class EMA:
 
 def train(
     model: nn.Module,
-    loss_fn: LossFn,
+    loss_fn: LossFn | Sequence[Phase],
     data: TrainData,
     config: TrainConfig,
     *,
@@ -170,31 +220,38 @@ def train(
 
     Args:
         model: the module to train (its initial weights must already be seeded).
-        loss_fn: see :data:`LossFn`.
+        loss_fn: see :data:`LossFn`: one update of all parameters per step with AdamW
+            (``config.lr``, ``config.weight_decay``); or the :class:`Phase` objects of
+            alternating updates.
         data: see :class:`TrainData`.
         config: the run's settings.
         validate: ``model → metrics`` on held-out data, run on the main process with the EMA
             weights every ``validate_every`` steps and at the end.
         save_model: ``(model, folder)`` writes the family's model files into ``folder``.
         run_info: extra ``run.json`` content (``command``, ``data`` hashes, family settings).
-        on_log: receives ``{"step", "loss", "lr", "elapsed_s"}`` and validation metrics
-            (``val/…``) on the main process.
+        on_log: receives ``{"step", "loss", "lr", "elapsed_s"}`` (with several phases also
+            ``loss/<name>`` per phase) and validation metrics (``val/…``) on the main process.
 
     Returns:
         The trained model and the losses and metrics of this call.
 
     Raises:
-        InputError: a batch that does not split over the processes, or nothing to resume.
+        InputError: a batch that does not split over the processes, nothing to resume, or
+            phases that share parameters.
     """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
     # ---- set-up ----------------------------------------------------------------------------
+    phases = _resolve_phases(loss_fn, config)
     # cpu=True without CUDA: accelerate only forms a multi-process CPU (gloo) group when asked.
+    # With several phases each backward reaches only some parameters (the discriminator step
+    # never reaches the generator), which DDP must be told.
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision, cpu=config.cpu or not torch.cuda.is_available(),
         gradient_accumulation_steps=config.grad_accum,
-        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+        kwargs_handlers=[DistributedDataParallelKwargs(
+            broadcast_buffers=False, find_unused_parameters=len(phases) > 1)])
     world, rank = accelerator.num_processes, accelerator.process_index
     micro = config.batch_size // (config.grad_accum * world)
     if micro * config.grad_accum * world != config.batch_size:
@@ -204,10 +261,12 @@ def train(
     ckpt_root = out / CHECKPOINTS
     report = on_log if (on_log and accelerator.is_main_process) else (lambda _: None)
 
-    # ---- model, optimizer, EMA -------------------------------------------------------------
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
-                                  weight_decay=config.weight_decay)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    # ---- model, one optimizer per phase, EMA -----------------------------------------------
+    groups = _phase_parameters(model, phases)
+    optimizers = [OPTIMIZERS[p.optimizer](params, lr=p.lr, betas=p.betas,
+                                          weight_decay=p.weight_decay)
+                  for p, params in zip(phases, groups, strict=True)]
+    model, *optimizers = accelerator.prepare(model, *optimizers)
     ema = EMA(accelerator.unwrap_model(model), config.ema_decay) if config.ema_decay else None
 
     # ---- resume ------------------------------------------------------------------------------
@@ -232,33 +291,45 @@ def train(
 
     # ---- the loop ----------------------------------------------------------------------------
     result = TrainResult(model=accelerator.unwrap_model(model))
+    result.phase_losses = {p.name: [] for p in phases}
     began = time.monotonic()
     model.train()
     for step in range(start, config.steps):
-        lr = config.lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        step_loss = torch.zeros((), device=accelerator.device)
+        warm = min(1.0, (step + 1) / max(1, config.warmup_steps))
+        micro_batches = []  # this step's micro-batches, seen by every phase
         for _ in range(config.grad_accum):
             batch, seeds = next(batches)
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            generators = [torch.Generator().manual_seed(s) for s in seeds]
-            with accelerator.accumulate(model):
-                with accelerator.autocast():
-                    loss = loss_fn(model, batch, generators)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and config.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            step_loss += loss.detach().float() / config.grad_accum
+            micro_batches.append(({k: v.to(accelerator.device) for k, v in batch.items()},
+                                  [torch.Generator().manual_seed(s) for s in seeds]))
+        step_losses = torch.zeros(len(phases), device=accelerator.device)
+        for i, (phase, optimizer, params) in enumerate(zip(phases, optimizers, groups,
+                                                           strict=True)):
+            for group in optimizer.param_groups:
+                group["lr"] = cast(float, phase.lr) * warm
+            for batch, generators in micro_batches:
+                with accelerator.accumulate(model):
+                    with accelerator.autocast():
+                        loss = phase.loss(model, batch, generators)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and config.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                step_losses[i] += loss.detach().float() / config.grad_accum
+            if len(phases) > 1:  # drop what this loss put on other phases' parameters
+                model.zero_grad(set_to_none=True)
         if ema is not None:
             ema.update(accelerator.unwrap_model(model))
-        mean_loss = float(accelerator.reduce(step_loss, reduction="mean"))
+        mean_losses = accelerator.reduce(step_losses, reduction="mean").tolist()
+        for phase, value in zip(phases, mean_losses, strict=True):
+            result.phase_losses[phase.name].append(value)
+        mean_loss = float(sum(mean_losses))
         result.losses.append(mean_loss)
         done = step + 1
         if done % config.log_every == 0 or done == config.steps:
-            report({"step": done, "loss": mean_loss, "lr": lr,
+            per_phase = ({f"loss/{p.name}": v for p, v in zip(phases, mean_losses, strict=True)}
+                         if len(phases) > 1 else {})
+            report({"step": done, "loss": mean_loss, **per_phase, "lr": config.lr * warm,
                     "elapsed_s": time.monotonic() - began})
 
         # ---- validation and checkpoints ----------------------------------------------------
@@ -278,7 +349,8 @@ def train(
     if accelerator.is_main_process:
         if save_model is not None:
             save_model(final, out)
-        _write_run_json(out, config, world, result, run_info or {},
+        info = {"phases": [p.settings() for p in phases]} if len(phases) > 1 else {}
+        _write_run_json(out, config, world, result, {**info, **(run_info or {})},
                         seconds=time.monotonic() - began, start=start)
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -286,6 +358,31 @@ def train(
 
 
 # ---- helpers (the loop above reads without them) ------------------------------------------------
+
+
+def _resolve_phases(loss_fn: LossFn | Sequence[Phase], config: TrainConfig) -> list[Phase]:
+    """The phases with their learning rate and weight decay filled in from ``config``; a plain
+    loss function is one AdamW phase over all parameters."""
+    if callable(loss_fn):
+        return [Phase("loss", loss_fn, lambda m: m.parameters(), config.lr, config.weight_decay)]
+    phases = list(loss_fn)
+    if not phases or len({p.name for p in phases}) != len(phases):
+        raise InputError("give at least one training phase, each with its own name")
+    return [replace(p, lr=config.lr if p.lr is None else p.lr,
+                    weight_decay=config.weight_decay if p.weight_decay is None
+                    else p.weight_decay) for p in phases]
+
+
+def _phase_parameters(model: nn.Module, phases: Sequence[Phase]) -> list[list[nn.Parameter]]:
+    """Each phase's parameters, checked to be disjoint and non-empty."""
+    groups = [list(p.parameters(model)) for p in phases]
+    seen: set[int] = set()
+    for phase, params in zip(phases, groups, strict=True):
+        ids = {id(q) for q in params}
+        if not ids or ids & seen:
+            raise InputError(f"training phase {phase.name!r} has no parameters of its own")
+        seen |= ids
+    return groups
 
 
 class _Samples(torch.utils.data.Dataset):  # type: ignore[type-arg]

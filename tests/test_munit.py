@@ -11,14 +11,14 @@ import torch
 
 from cxrkit.errors import ModelError
 from cxrkit.munit import (
+    PHASES,
     Munit,
     MunitDegrader,
     MunitSettings,
     UnpairedCrops,
-    munit_loss,
     read_config,
 )
-from cxrkit.train import TrainConfig, train
+from cxrkit.train import TrainConfig, TrainResult, train
 
 TINY = MunitSettings(width=8, residual_blocks=1, mlp_width=32, disc_width=8, disc_layers=2,
                      disc_scales=2, style_downsamples=2, image_size=32)
@@ -72,7 +72,7 @@ def _config(tmp: Path, steps: int) -> TrainConfig:
 def _recon(model: Munit, batch: dict[str, torch.Tensor]) -> float:
     styles = torch.zeros(len(batch["hq"]), TINY.style_dim)
     with torch.no_grad():
-        terms = model(2 * batch["hq"] - 1, 2 * batch["lq"] - 1, styles, styles)
+        terms = model("generator", 2 * batch["hq"] - 1, 2 * batch["lq"] - 1, styles, styles)
     return float(terms["recon_image"])
 
 
@@ -85,7 +85,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Munit, Muni
     initial = Munit.new(TINY, generator=torch.Generator().manual_seed(0))
     model = Munit.new(TINY, generator=torch.Generator().manual_seed(0))
     folder = tmp_path_factory.mktemp("munit")
-    result = train(model, munit_loss, data, _config(folder, 200),
+    result = train(model, PHASES, data, _config(folder, 200),
                    save_model=lambda m, f: m.save_pretrained(f))
     return folder, initial, result.model  # type: ignore[return-value]
 
@@ -157,9 +157,36 @@ def test_training_is_seeded(tmp_path: Path) -> None:
     runs = []
     for name in ("a", "b"):
         model = Munit.new(TINY, generator=torch.Generator().manual_seed(1))
-        result = train(model, munit_loss, data, _config(tmp_path / name, 3))
+        result = train(model, PHASES, data, _config(tmp_path / name, 3))
         runs.append(result.losses)
     assert runs[0] == runs[1]
+
+
+def test_resume_reaches_the_same_generator_and_discriminator_as_an_uninterrupted_run(
+        tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    data = UnpairedCrops(hq_domain(rng, 4), lq_domain(rng, 4), crop=32)
+
+    def run(out: Path, steps: int, resume: str | None = None) -> TrainResult:
+        config = TrainConfig(output_dir=str(out), steps=steps, batch_size=2, grad_accum=2,
+                             lr=1e-3, warmup_steps=0, max_grad_norm=0.0, ema_decay=0.9,
+                             checkpoint_every=2, keep_checkpoints=1, log_every=1000, seed=3,
+                             resume=resume)
+        model = Munit.new(TINY, generator=torch.Generator().manual_seed(1))
+        return train(model, PHASES, data, config)
+
+    whole = run(tmp_path / "a", 4)
+    run(tmp_path / "b", 3)  # "killed" after step 3; checkpoint-2 holds both optimizers
+    checkpoint = tmp_path / "b" / "checkpoints" / "checkpoint-2"
+    assert {"optimizer.bin", "optimizer_1.bin", "ema.safetensors"} <= {
+        p.name for p in checkpoint.iterdir()}
+    resumed = run(tmp_path / "b", 4, "latest")
+    for name in ("discriminator", "generator"):
+        np.testing.assert_allclose(resumed.phase_losses[name], whole.phase_losses[name][2:],
+                                   rtol=1e-5)
+    expected = whole.model.state_dict()
+    for name, value in resumed.model.state_dict().items():  # EMA of both players
+        torch.testing.assert_close(value, expected[name], atol=1e-6, rtol=0)
 
 
 def test_model_folder_round_trip_and_wrong_kind(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import torch
 
 from cxrkit.diffusion import Enhancer, EnhancerSettings, diffusion_loss
 from cxrkit.errors import InputError
-from cxrkit.train import TrainConfig, _slice_indices, train
+from cxrkit.train import Phase, TrainConfig, _slice_indices, train
 
 TINY = EnhancerSettings(scale=1, block_out_channels=(8, 16), unshuffle=1)
 
@@ -95,36 +95,110 @@ def test_gradient_accumulation_matches_the_full_batch(tmp_path: Path) -> None:
     np.testing.assert_allclose(run(2), run(1), rtol=1e-4)
 
 
+class TwoPlayers(torch.nn.Module):
+    """``a`` and ``b``, each a 4 → 4 linear map; both players' losses depend on both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.a = torch.nn.Linear(4, 4)
+        self.b = torch.nn.Linear(4, 4)
+        for p in self.parameters():
+            torch.nn.init.normal_(p, 0.0, 0.5, generator=gen)
+
+    def forward(self, player: str, x: torch.Tensor) -> torch.Tensor:
+        y = self.b(torch.tanh(self.a(x)))
+        return ((y - 1) ** 2).mean() if player == "a" else ((y + x) ** 2).mean() + y.mean()
+
+
+class Fixed:
+    """The same 4-vector every time."""
+
+    def sample(self, generator: np.random.Generator) -> dict[str, torch.Tensor]:
+        return {"x": torch.tensor([0.1, -0.2, 0.3, 0.4])}
+
+
+def _player(name: str) -> Phase:
+    def loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], _: object) -> torch.Tensor:
+        return model(name, batch["x"])  # type: ignore[no-any-return]
+
+    return Phase(name, loss, lambda m: getattr(m, name).parameters(), lr=0.05,
+                 betas=(0.5, 0.999), optimizer="adam", weight_decay=1e-2)
+
+
+def test_phases_alternate_each_updating_only_its_own_parameters(tmp_path: Path) -> None:
+    config = TrainConfig(output_dir=str(tmp_path), steps=3, batch_size=2, warmup_steps=0,
+                         max_grad_norm=0.0, ema_decay=0.0, checkpoint_every=0, cpu=True)
+    start = _weights(TwoPlayers())
+    only_a = _weights(train(TwoPlayers(), [_player("a")], Fixed(), config).model)
+    assert all(not torch.equal(only_a[k], start[k]) for k in start if k.startswith("a."))
+    assert all(torch.equal(only_a[k], start[k]) for k in start if k.startswith("b."))
+    # both: step a (its Adam), then step b seeing the new a, as written out by hand
+    result = train(TwoPlayers(), [_player("a"), _player("b")], Fixed(), config)
+    model, x = TwoPlayers(), torch.tensor([[0.1, -0.2, 0.3, 0.4]] * 2)
+    optimizers = {n: torch.optim.Adam(getattr(model, n).parameters(), lr=0.05,
+                                      betas=(0.5, 0.999), weight_decay=1e-2) for n in "ab"}
+    expected = []
+    for _ in range(3):
+        for name in "ab":
+            model.zero_grad()
+            loss = model(name, x)
+            loss.backward()
+            optimizers[name].step()
+            expected.append(float(loss.detach()))
+    for name, value in _weights(model).items():
+        torch.testing.assert_close(_weights(result.model)[name], value, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(result.phase_losses["a"], expected[0::2], rtol=1e-6)
+    np.testing.assert_allclose(result.losses, np.add(expected[0::2], expected[1::2]), rtol=1e-6)
+    shares_a = Phase("c", _player("b").loss, lambda m: m.a.parameters())
+    with pytest.raises(InputError, match="no parameters of its own"):
+        train(TwoPlayers(), [_player("a"), shares_a], Fixed(), config)
+
+
 SCRIPT = textwrap.dedent("""
     import json, sys, torch
-    from cxrkit.diffusion import Enhancer, EnhancerSettings, diffusion_loss
     from cxrkit.train import TrainConfig, train
-    from tests.test_train import TINY, ToyPairs
-    model = Enhancer.new(TINY, generator=torch.Generator().manual_seed(0))
     config = TrainConfig(output_dir=sys.argv[1], steps=6, batch_size=8, lr=1e-3,
                          checkpoint_every=0, cpu=True)
-    result = train(model, diffusion_loss, ToyPairs(), config)
+    if sys.argv[3] == "enhancer":
+        from cxrkit.diffusion import Enhancer, diffusion_loss
+        from tests.test_train import TINY, ToyPairs
+        model = Enhancer.new(TINY, generator=torch.Generator().manual_seed(0))
+        result = train(model, diffusion_loss, ToyPairs(), config)
+    else:  # a GAN: alternating discriminator and generator phases
+        import numpy as np
+        from cxrkit.munit import PHASES, Munit, UnpairedCrops
+        from tests.test_munit import TINY, hq_domain, lq_domain
+        rng = np.random.default_rng(0)
+        data = UnpairedCrops(hq_domain(rng, 4), lq_domain(rng, 4), crop=32)
+        model = Munit.new(TINY, generator=torch.Generator().manual_seed(0))
+        result = train(model, PHASES, data, config)
     if result.losses and int(__import__("os").environ.get("RANK", "0")) == 0:
-        json.dump(result.losses, open(sys.argv[2], "w"))
+        json.dump(result.phase_losses, open(sys.argv[2], "w"))
 """)
 
 
-def test_two_processes_give_the_same_loss_trajectory_as_one(tmp_path: Path) -> None:
+@pytest.mark.parametrize("family", ["enhancer", "munit"])
+def test_two_processes_give_the_same_loss_trajectory_as_one(tmp_path: Path, family: str) -> None:
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, str(script), str(tmp_path / "one"), str(tmp_path / "1.json")],
+    subprocess.run([sys.executable, str(script), str(tmp_path / "one"), str(tmp_path / "1.json"),
+                    family],
                    check=True, env=env, cwd=root, timeout=300)
     # `accelerate launch --cpu --num_processes 2` silently starts ONE process (accelerate 1.15);
     # --multi_gpu starts torchrun, and with no CUDA Accelerator runs MULTI_CPU over gloo.
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
               "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
               "--dynamo_backend", "no"]
-    subprocess.run([*launch, str(script), str(tmp_path / "two"), str(tmp_path / "2.json")],
+    subprocess.run([*launch, str(script), str(tmp_path / "two"), str(tmp_path / "2.json"), family],
                    check=True, env=env, cwd=root, timeout=300)
     one = json.loads((tmp_path / "1.json").read_text())
     two = json.loads((tmp_path / "2.json").read_text())
-    assert len(one) == len(two) == 6
+    assert one.keys() == two.keys() == ({"loss"} if family == "enhancer"
+                                        else {"discriminator", "generator"})
     assert json.loads((tmp_path / "two" / "run.json").read_text())["num_processes"] == 2
-    np.testing.assert_allclose(two, one, rtol=1e-4)
+    for name, losses in one.items():
+        assert len(losses) == 6
+        np.testing.assert_allclose(two[name], losses, rtol=1e-4)

@@ -38,7 +38,7 @@ def train_munit(
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 2000,
     batch_size: Annotated[int, typer.Option(help="Global batch per step (paper: 1).")] = 4,
     lr: Annotated[float, typer.Option(help="Learning rate (paper: 1e-4).")] = 1e-4,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay (paper: 1e-4).")
+    weight_decay: Annotated[float, typer.Option(help="Adam weight decay (paper: 1e-4).")
                             ] = 1e-4,
     mixed_precision: Annotated[str, typer.Option(help="no, bf16 or fp16 autocast.")] = "no",
     ema: Annotated[float, typer.Option("--ema", help="EMA decay (0: off).")] = 0.999,
@@ -53,7 +53,9 @@ def train_munit(
 
     MUNIT (Huang et al. 2018): content and style encoders per domain, AdaIN decoders, multi-scale
     LSGAN discriminators; image, content and style reconstruction plus adversarial losses. Each
-    step draws random unpaired crops of both domains (seeded). The folder holds config.json
+    step draws random unpaired crops of both domains (seeded), then updates the discriminators
+    on detached translations and then the generators, each with its own Adam (betas 0.5,
+    0.999; --lr and --weight-decay apply to both). The folder holds config.json
     (kind munit-lq), model.safetensors (the generators) and run.json (the command, settings,
     data hashes and validation: reconstruction L1 and content preservation). Checkpoints go to
     OUT/checkpoints (--resume latest); runs multi-process under accelerate launch.

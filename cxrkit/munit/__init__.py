@@ -12,7 +12,8 @@ Domain ``hq`` is real radiographs, domain ``lq`` real DRRs. The package follows 
 - :mod:`~cxrkit.munit.networks`: :class:`MunitSettings`, encoders, AdaIN decoder, discriminators;
 - :mod:`~cxrkit.munit.model`: :class:`Munit` (both domains, the loss terms, the model folder);
 - :mod:`~cxrkit.munit.data`: display images of the two domains, resizing, hold-out, crops;
-- :mod:`~cxrkit.munit.training`: the training objective and :func:`train_munit`;
+- :mod:`~cxrkit.munit.training`: the alternating discriminator and generator updates
+  (:data:`PHASES`) and :func:`train_munit`;
 - :mod:`~cxrkit.munit.degrader`: :class:`MunitDegrader`, the ``munit`` method of ``degrade``.
 
 Losses (MUNIT eq. 5, its default weights): ``gan_weight·L_GAN + recon_image_weight·L1(x, x̂) +
@@ -50,11 +51,12 @@ from cxrkit.munit.networks import (
     StyleEncoder,
     adain,
 )
-from cxrkit.munit.training import munit_loss, train_munit
+from cxrkit.munit.training import PHASES, discriminator_loss, generator_loss, train_munit
 
 __all__ = [
-    "CONFIG_NAME", "DOMAINS", "MUNIT_KIND", "WEIGHTS_NAME", "ContentEncoder", "Decoder",
-    "Generator", "MultiScaleDiscriminator", "Munit", "MunitDegrader", "MunitSettings",
-    "StyleEncoder", "UnpairedCrops", "adain", "holdout", "load_display", "munit_loss",
-    "read_config", "resize", "resize_short_side", "train_munit", "unwrap_munit",
+    "CONFIG_NAME", "DOMAINS", "MUNIT_KIND", "PHASES", "WEIGHTS_NAME", "ContentEncoder",
+    "Decoder", "Generator", "MultiScaleDiscriminator", "Munit", "MunitDegrader",
+    "MunitSettings", "StyleEncoder", "UnpairedCrops", "adain", "discriminator_loss",
+    "generator_loss", "holdout", "load_display", "read_config", "resize", "resize_short_side",
+    "train_munit", "unwrap_munit",
 ]

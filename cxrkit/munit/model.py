@@ -35,8 +35,8 @@ DOMAINS = ("hq", "lq")
 class Munit(nn.Module):
     """MUNIT-LQ: generators and (for training) discriminators of the ``hq`` and ``lq`` domains.
 
-    ``forward`` is the training objective, so that one call goes through DDP; see
-    :func:`munit_loss` for how the generator and discriminator updates share one backward pass.
+    ``forward(phase, …)`` computes the loss of one training phase (discriminator update, then
+    generator update, each with its own optimizer; see :mod:`cxrkit.munit.training`).
 
     Args:
         settings: architecture and loss weights.
@@ -66,18 +66,44 @@ class Munit(nn.Module):
                         nn.init.zeros_(module.bias)
         return model
 
-    def forward(self, hq: torch.Tensor, lq: torch.Tensor, style_hq: torch.Tensor,
+    def forward(self, phase: str, hq: torch.Tensor, lq: torch.Tensor, style_hq: torch.Tensor,
                 style_lq: torch.Tensor) -> dict[str, torch.Tensor]:
-        """All loss terms of one step.
+        """The loss terms of one phase of a training step (``forward``, so it goes through DDP).
 
         Args:
+            phase: ``discriminator`` (both discriminators on real images and on fakes made
+                without gradients) or ``generator`` (both auto-encoders, translations scored by
+                the discriminators); see :data:`cxrkit.munit.training.PHASES`.
             hq, lq: ``(B, 1, h, w)`` unpaired crops in [-1, 1].
             style_hq, style_lq: ``(B, style_dim)`` random style codes, N(0, I).
 
         Returns:
-            ``generator`` and ``discriminator`` (the weighted totals) and the unweighted terms
-            ``recon_image``, ``recon_style``, ``recon_content``, ``gan``, scalars.
+            Scalars. ``discriminator``: ``discriminator``. ``generator``: ``generator`` (the
+            weighted total, MUNIT eq. 5) and the unweighted terms ``recon_image``,
+            ``recon_style``, ``recon_content``, ``recon_cycle`` and ``gan``.
+
+        Raises:
+            ValueError: another phase.
         """
+        if phase == "discriminator":
+            return {"discriminator": self._discriminator_loss(hq, lq, style_hq, style_lq)}
+        if phase == "generator":
+            return self._generator_losses(hq, lq, style_hq, style_lq)
+        raise ValueError(f"unknown MUNIT phase {phase!r}")
+
+    def _discriminator_loss(self, hq: torch.Tensor, lq: torch.Tensor, style_hq: torch.Tensor,
+                            style_lq: torch.Tensor) -> torch.Tensor:
+        """LSGAN: real → 1, translated → 0, in both domains (MUNIT's ``dis_update``)."""
+        with torch.no_grad():
+            fake_lq = self.translate(hq, style_lq, source="hq", target="lq")
+            fake_hq = self.translate(lq, style_hq, source="lq", target="hq")
+        return (_lsgan(self.dis["lq"](fake_lq), 0.0) + _lsgan(self.dis["lq"](lq), 1.0)
+                + _lsgan(self.dis["hq"](fake_hq), 0.0) + _lsgan(self.dis["hq"](hq), 1.0))
+
+    def _generator_losses(self, hq: torch.Tensor, lq: torch.Tensor, style_hq: torch.Tensor,
+                          style_lq: torch.Tensor) -> dict[str, torch.Tensor]:
+        """MUNIT's ``gen_update``: reconstructions within and across domains, and LSGAN with
+        fakes → 1. Gradients reach the discriminators too; the training engine drops them."""
         s = self.settings
         gen = {d: self.generator(d) for d in DOMAINS}
         c_hq, s_hq = gen["hq"].encode(hq)
@@ -90,30 +116,17 @@ class Munit(nn.Module):
         c_lq2, s_hq2 = gen["hq"].encode(fake_hq)
         recon_style = F.l1_loss(s_lq2, style_lq) + F.l1_loss(s_hq2, style_hq)
         recon_content = F.l1_loss(c_hq2, c_hq) + F.l1_loss(c_lq2, c_lq)
-        gan = _lsgan(self._frozen("lq", fake_lq), 1.0) + _lsgan(self._frozen("hq", fake_hq), 1.0)
+        gan = _lsgan(self.dis["lq"](fake_lq), 1.0) + _lsgan(self.dis["hq"](fake_hq), 1.0)
         generator = (s.gan_weight * gan + s.recon_image_weight * recon_image
                      + s.recon_style_weight * recon_style
                      + s.recon_content_weight * recon_content)
+        recon_cycle = torch.zeros((), device=hq.device)
         if s.recon_cycle_weight > 0:
-            cycle = (F.l1_loss(gen["hq"].decoder(c_hq2, s_hq), hq)
-                     + F.l1_loss(gen["lq"].decoder(c_lq2, s_lq), lq))
-            generator = generator + s.recon_cycle_weight * cycle
-        discriminator = (_lsgan(self.dis["lq"](fake_lq.detach()), 0.0)
-                         + _lsgan(self.dis["lq"](lq), 1.0)
-                         + _lsgan(self.dis["hq"](fake_hq.detach()), 0.0)
-                         + _lsgan(self.dis["hq"](hq), 1.0))
-        return {"generator": generator, "discriminator": discriminator,
-                "recon_image": recon_image, "recon_style": recon_style,
-                "recon_content": recon_content, "gan": gan}
-
-    def _frozen(self, domain: str, x: torch.Tensor) -> list[torch.Tensor]:
-        """The discriminator's scores with its weights detached: the generator's adversarial
-        term sends gradients to the generator only."""
-        from torch.func import functional_call
-
-        dis = self.dis[domain]
-        weights = {k: v.detach() for k, v in dis.named_parameters()}
-        return functional_call(dis, weights, (x,))  # type: ignore[no-any-return]
+            recon_cycle = (F.l1_loss(gen["hq"].decoder(c_hq2, s_hq), hq)
+                           + F.l1_loss(gen["lq"].decoder(c_lq2, s_lq), lq))
+            generator = generator + s.recon_cycle_weight * recon_cycle
+        return {"generator": generator, "recon_image": recon_image, "recon_style": recon_style,
+                "recon_content": recon_content, "recon_cycle": recon_cycle, "gan": gan}
 
     def translate(self, image: torch.Tensor, style: torch.Tensor, *, source: str = "hq",
                   target: str = "lq") -> torch.Tensor:

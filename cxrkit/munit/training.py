@@ -1,5 +1,5 @@
-"""Training MUNIT-LQ: the loss the engine minimises and :func:`train_munit`, wired to
-:func:`cxrkit.train.train` by ``cxrkit train-munit``."""
+"""Training MUNIT-LQ: the two alternating phases (discriminator, then generator) and
+:func:`train_munit`, wired to :func:`cxrkit.train.train` by ``cxrkit train-munit``."""
 
 from __future__ import annotations
 
@@ -16,34 +16,51 @@ from cxrkit.errors import InputError
 from cxrkit.munit.data import UnpairedCrops, _center, holdout, load_display, resize_short_side
 from cxrkit.munit.model import Munit, unwrap_munit
 from cxrkit.munit.networks import MUNIT_KIND, MunitSettings
+from cxrkit.train import Phase
 
 if TYPE_CHECKING:
     from cxrkit.train import TrainConfig, TrainResult
 
-def munit_loss(model: nn.Module, batch: dict[str, torch.Tensor],
-               generators: Sequence[torch.Generator]) -> torch.Tensor:
-    """The scalar the engine minimises: generator objective + discriminator objective.
 
-    :func:`cxrkit.train.train` runs one optimizer over all parameters and one backward pass. The
-    GAN's two players still get their own gradients: the generator's adversarial term scores the
-    fakes with *detached* discriminator weights, and the discriminator scores *detached* fakes,
-    so ``∂/∂θ_G`` of the sum is the generator's gradient and ``∂/∂θ_D`` is the discriminator's.
-    The players are updated simultaneously rather than alternately (MUNIT alternates D then G on
-    each batch).
+def discriminator_loss(model: nn.Module, batch: dict[str, torch.Tensor],
+                       generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """The discriminators' LSGAN loss on this batch (a :data:`cxrkit.train.LossFn`).
 
     Args:
         model: a :class:`Munit` (possibly DDP-wrapped).
         batch: ``hq`` and ``lq``, each ``(B, 1, h, w)`` float32 in [0, 1] (unpaired).
         generators: one CPU generator per sample, for its random style codes.
-
-    Returns:
-        The scalar loss.
     """
+    return _terms(model, "discriminator", batch, generators)["discriminator"]
+
+
+def generator_loss(model: nn.Module, batch: dict[str, torch.Tensor],
+                   generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """The generators' objective (MUNIT eq. 5) on this batch; arguments as
+    :func:`discriminator_loss`."""
+    return _terms(model, "generator", batch, generators)["generator"]
+
+
+def _terms(model: nn.Module, phase: str, batch: dict[str, torch.Tensor],
+           generators: Sequence[torch.Generator]) -> dict[str, torch.Tensor]:
+    """Random styles ``s ~ N(0, I)`` drawn per sample, images to [-1, 1], one ``forward``."""
     dim = unwrap_munit(model).settings.style_dim
     styles = torch.stack([torch.randn(2, dim, generator=g) for g in generators])  # (B, 2, dim)
     styles = styles.to(batch["hq"].device)
-    terms = model(2 * batch["hq"] - 1, 2 * batch["lq"] - 1, styles[:, 0], styles[:, 1])
-    return terms["generator"] + terms["discriminator"]
+    return model(phase, 2 * batch["hq"] - 1, 2 * batch["lq"] - 1,  # type: ignore[no-any-return]
+                 styles[:, 0], styles[:, 1])
+
+
+PHASES = (
+    Phase("discriminator", discriminator_loss, lambda m: unwrap_munit(m).dis.parameters(),
+          betas=(0.5, 0.999), optimizer="adam"),
+    Phase("generator", generator_loss, lambda m: unwrap_munit(m).gen.parameters(),
+          betas=(0.5, 0.999), optimizer="adam"),
+)
+"""MUNIT's alternating updates (its ``trainer.dis_update`` then ``gen_update`` on each batch):
+two Adam optimizers, β = (0.5, 0.999), L2 weight decay; learning rate and weight decay from the
+:class:`~cxrkit.train.TrainConfig` (MUNIT: 1e-4 and 1e-4). Pass to :func:`cxrkit.train.train`.
+Each phase draws its own style codes (from the same per-sample generator, one after the other)."""
 
 
 def train_munit(hq_paths: Sequence[str | Path], lq_paths: Sequence[str | Path],
@@ -104,11 +121,10 @@ def train_munit(hq_paths: Sequence[str | Path], lq_paths: Sequence[str | Path],
         "parameters": {"generators": sum(p.numel() for p in model.gen.parameters()),
                        "discriminators": sum(p.numel() for p in model.dis.parameters())},
         "data": {"hq": files_sha256(hq_paths), "lq": files_sha256(lq_paths)},
-        "optimizer_note": "one AdamW over G and D, simultaneous updates (see munit_loss)",
     }
 
     def save(trained: nn.Module, folder: Path) -> None:
         unwrap_munit(trained).save_pretrained(folder)
 
-    return train(model, munit_loss, data, config, validate=validate, save_model=save,
+    return train(model, PHASES, data, config, validate=validate, save_model=save,
                  run_info=run_info, on_log=on_log)
