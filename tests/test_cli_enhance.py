@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from cxrkit.diffusion import Enhancer, EnhancerSettings, bicubic_enhance, default_model_dir
-from cxrkit.errors import InputError
+from cxrkit.errors import InputError, ModelError
 from cxrkit.io import Radiograph, read_radiograph, write_radiograph
 from tests.test_cli import run_cli, runner
 
@@ -135,3 +136,28 @@ def test_default_model_enhances_a_real_radiograph(shared_data: Path) -> None:
     bicubic = bicubic_enhance(lq, 2)
     assert out.shape == hq.shape and np.isfinite(out).all()
     assert psnr(out, hq) > psnr(bicubic, hq), (psnr(out, hq), psnr(bicubic, hq))
+
+
+def test_train_enhance_fine_tunes_from_a_model_and_records_it(tiny_model_dir: Path,
+                                                              tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    y, x = np.mgrid[0:64, 0:64] / 63.0
+    for name in ("00000001_000", "00000002_000", "00000003_000"):
+        pixels = np.clip(0.4 + 0.3 * np.cos(rng.uniform(2, 5) * y) * x, 0, 1).astype(np.float32)
+        write_radiograph(tmp_path / "hq" / f"{name}.png", Radiograph(pixels), record={})
+    model = tmp_path / "tuned"
+    result = invoke("train-enhance", str(tmp_path / "hq"), "--init", str(tiny_model_dir),
+                    "--ssim-weight", "5", "--steps", "2", "--batch-size", "2", "--crop", "32",
+                    "--val-fraction", "0.3", "--val-crop", "0", "--validate-every", "0",
+                    "--checkpoint-every", "0", "-o", str(model))
+    assert result.exit_code == 0, result.output
+    run = json.loads((model / "run.json").read_text())
+    start = tiny_model_dir / "unet" / "diffusion_pytorch_model.safetensors"
+    assert run["init"]["weights_sha256"] == hashlib.sha256(start.read_bytes()).hexdigest()
+    assert run["loss"]["ssim_weight"] == 5.0 and run["validation"]["count"] >= 1
+    tuned = Enhancer.from_pretrained(model)
+    assert tuned.settings.block_out_channels == (8, 16)  # the architecture of --init
+    bad = invoke("train-enhance", str(tmp_path / "hq"), "--init", str(tmp_path / "hq"),
+                 "-o", str(tmp_path / "x"))
+    assert isinstance(bad.exception, ModelError) and "not a cxrkit enhancer" in str(bad.exception)
+    assert not (tmp_path / "x").exists()

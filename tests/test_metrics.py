@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage, special
 
 from cxrkit.errors import InputError
@@ -280,3 +281,21 @@ def test_froc_without_any_candidate_is_zero_sensitivity() -> None:
 
     curve = froc([np.array([[0, 0, 10, 10]])], [np.zeros((0, 4))], [np.zeros(0)])
     assert list(curve.sensitivity_at([0.125, 0.25, 0.5])) == [0.0, 0.0, 0.0]
+
+
+def test_differentiable_ssim_equals_the_measure_and_has_gradients() -> None:
+    from cxrkit.metrics import ssim_torch
+
+    rng = np.random.default_rng(3)
+    ref = ndimage.gaussian_filter(rng.random((2, 48, 40)), 2).astype(np.float32)
+    test = np.clip(ref + 0.05 * rng.standard_normal(ref.shape), 0, 1).astype(np.float32)
+    x = torch.from_numpy(test)[:, None].requires_grad_(True)
+    values = ssim_torch(x, torch.from_numpy(ref)[:, None])
+    for i in range(2):
+        assert values[i].item() == pytest.approx(ssim(test[i], ref[i]), abs=1e-5)
+    (1 - values).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    same = torch.from_numpy(ref)[:, None]
+    assert torch.allclose(ssim_torch(same, same), torch.ones(2))
+    with pytest.raises(InputError):
+        ssim_torch(same[:, :, :8], same[:, :, :8])

@@ -35,6 +35,12 @@ def train_enhance(
     ema: Annotated[float, typer.Option("--ema", help="EMA decay (0: off).")] = 0.999,
     channels: Annotated[str, typer.Option(help="UNet widths per level.")] = "32,64,128",
     prediction: Annotated[str, typer.Option(help="v_prediction or epsilon.")] = "v_prediction",
+    ssim_weight: Annotated[float, typer.Option(
+        min=0.0, help="Weight of the SSIM term on the model's clean-image estimate (0: plain MSE "
+             "diffusion loss); sharper few-step results.")] = 0.0,
+    init: Annotated[Path | None, typer.Option(
+        help="Start from this model folder's weights and architecture (fine-tune); "
+             "--channels and --prediction are then taken from it.", show_default=False)] = None,
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 500,
     validate_every: Annotated[int, typer.Option(help="Steps between validations.")] = 500,
     val_fraction: Annotated[float, typer.Option(help="Share of patients held out.")] = 0.2,
@@ -57,6 +63,10 @@ def train_enhance(
 
         cxrkit train-enhance nih/images/ --steps 4000 -o my-enhancer/
         cxrkit degrade lq.png | cxrkit enhance --model my-enhancer/ | cxrkit eval --json
+
+    Fine-tune an existing model with the SSIM term, validating on whole images:
+
+        cxrkit train-enhance nih/images/ --init my-enhancer/ --ssim-weight 10 --val-crop 0 -o ft/
 
     Several processes (GPUs; on a machine without CUDA, --multi_gpu starts CPU processes over
     gloo, while --cpu --num_processes 2 would start only one):
@@ -83,7 +93,7 @@ def train_enhance(
         validate_every=validate_every, seed=seed, resume=resume, cpu=cpu)
     pair_settings = PairSettings(preset=preset, crop=crop, val_fraction=val_fraction,
                                  val_crop=val_crop, val_count=val_count)
-    train_enhancer(hq, settings, config, pairs=pair_settings,
+    train_enhancer(hq, settings, config, pairs=pair_settings, ssim_weight=ssim_weight, init=init,
                    lq_paths=[r["path"] for r in records] if pairs else None,
                    command=shlex.join(["cxrkit", *sys.argv[1:]]), on_log=_progress)
     if shard()[0] == 0:  # one line from the main process under accelerate launch

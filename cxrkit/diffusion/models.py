@@ -245,18 +245,29 @@ def read_settings(folder: Path) -> EnhancerSettings:
 
 
 def diffusion_loss(model: nn.Module, batch: dict[str, torch.Tensor],
-                   generators: Sequence[torch.Generator]) -> torch.Tensor:
-    """MSE between the model output and the true ``v`` (or ``ε``) at a random timestep.
+                   generators: Sequence[torch.Generator], *,
+                   ssim_weight: float = 0.0) -> torch.Tensor:
+    """MSE between the model output and the true ``v`` (or ``ε``) at a random timestep, plus an
+    optional structural term on the model's estimate of the clean image.
+
+    With ``ssim_weight`` ``w > 0`` the loss adds ``w·(1 - SSIM(up + x̂0/s, HQ))``, where ``x̂0`` is
+    the clean residual the prediction implies at that timestep (``x̂0 = √ᾱ·x_t − √(1−ᾱ)·v`` for
+    v-prediction) — the quantity a few-step sampler returns. Plain MSE drives ``x̂0`` to the
+    posterior mean, which is smooth; the SSIM term rewards restoring local contrast and edges
+    (an x0-space loss as in SinSR and ResShift's few-step training).
 
     Args:
         model: an :class:`Enhancer` (possibly wrapped by accelerate/DDP).
         batch: ``hq`` and ``lq_up``, each ``(B, 1, h, w)`` float32 in [0, 1].
         generators: one CPU generator per sample; each draws that sample's timestep and noise,
             so the loss of a sample does not depend on how the batch is split across processes.
+        ssim_weight: weight ``w`` of the SSIM term (0: the plain diffusion loss).
 
     Returns:
         The scalar loss, averaged over the batch.
     """
+    from cxrkit.metrics import ssim_torch
+
     settings: EnhancerSettings = unwrap_enhancer(model).settings
     hq, lq_up = batch["hq"], batch["lq_up"]
     x0 = settings.residual_scale * (hq - lq_up)  # (B, 1, h, w)
@@ -268,9 +279,16 @@ def diffusion_loss(model: nn.Module, batch: dict[str, torch.Tensor],
     a = alphas[t].sqrt().view(-1, 1, 1, 1)
     b = (1 - alphas[t]).sqrt().view(-1, 1, 1, 1)
     x_t = a * x0 + b * noise
-    target = a * noise - b * x0 if settings.prediction_type == "v_prediction" else noise
-    pred = model(x_t, 2 * lq_up - 1, t)
-    return F.mse_loss(pred.float(), target)
+    v_pred = settings.prediction_type == "v_prediction"
+    target = a * noise - b * x0 if v_pred else noise
+    pred = model(x_t, 2 * lq_up - 1, t).float()
+    loss = F.mse_loss(pred, target)
+    if ssim_weight > 0:
+        # ε-prediction divides by √ᾱ, unbounded at t → T: clamp as a sampler would.
+        x0_hat = a * x_t - b * pred if v_pred else (x_t - b * pred) / a.clamp_min(1e-3)
+        estimate = (lq_up + x0_hat / settings.residual_scale).clamp(0, 1)
+        loss = loss + ssim_weight * (1 - ssim_torch(estimate, hq)).mean()
+    return loss
 
 
 def train_alphas_cumprod(scheduler_config: dict[str, Any]) -> torch.Tensor:

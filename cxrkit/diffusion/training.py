@@ -8,7 +8,9 @@ blur kernels and the resampling filters, degraded, upsampled, and only then cut 
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -25,7 +27,7 @@ from cxrkit.diffusion.models import (
     diffusion_loss,
     unwrap_enhancer,
 )
-from cxrkit.errors import InputError
+from cxrkit.errors import InputError, ModelError
 
 if TYPE_CHECKING:
     from cxrkit.train import TrainConfig, TrainResult
@@ -177,6 +179,22 @@ def files_sha256(paths: Sequence[str | Path]) -> dict[str, str]:
     return out
 
 
+def init_record(folder: str | Path) -> dict[str, Any]:
+    """What ``run.json`` says of a model a run started from: path, weights hash, its command."""
+    folder = Path(folder)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    record: dict[str, Any] = {"path": str(folder), "weights_sha256": files_sha256([weights])[
+        weights.name]}
+    try:
+        previous = json.loads((folder / "run.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        previous = {}
+    if isinstance(previous, dict):
+        record.update({k: previous[k] for k in ("command", "init") if k in previous})
+        record["steps"] = previous.get("config", {}).get("steps")
+    return record
+
+
 def load_images(paths: Sequence[str | Path]) -> list[np.ndarray]:
     """Read display radiographs (8/16-bit PNG, TIFF, DICOM …) into uint16 ``(H, W)`` arrays."""
     from cxrkit.io import read_radiograph
@@ -216,7 +234,8 @@ class PairSettings:
 def train_enhancer(hq_paths: Sequence[str | Path], settings: EnhancerSettings,
                    config: TrainConfig, *, pairs: PairSettings | None = None,
                    lq_paths: Sequence[str | Path] | None = None, command: str = "",
-                   weights_dtype: str = "fp16",
+                   weights_dtype: str = "fp16", ssim_weight: float = 0.0,
+                   init: str | Path | None = None,
                    on_log: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
     """Train a diffusion enhancer with :func:`cxrkit.train.train` and write its model directory.
 
@@ -228,15 +247,32 @@ def train_enhancer(hq_paths: Sequence[str | Path], settings: EnhancerSettings,
         lq_paths: explicit LQ images aligned with ``hq_paths``; else pairs come from ``preset``.
         command: the exact command line (for ``run.json``).
         weights_dtype: dtype of the saved weights: ``fp32``, ``bf16`` or ``fp16``.
+        ssim_weight: weight of the SSIM term of :func:`diffusion_loss` (0: plain MSE).
+        init: a model directory to start from (fine-tuning); its weights and architecture replace
+            ``settings``' architecture, and ``run.json`` records its weights' hash and command.
         on_log: progress callback (see :func:`cxrkit.train.train`).
 
     Returns:
         The training result; the model directory is ``config.output_dir``.
+
+    Raises:
+        ModelError: ``init`` is not an enhancer or has another scale than ``settings``.
     """
     from cxrkit.diffusion.sampling import enhance
     from cxrkit.train import train
 
     pairs = pairs or PairSettings()
+    if ssim_weight < 0:
+        raise InputError(f"the SSIM weight must be >= 0, got {ssim_weight}")
+    generator = torch.Generator().manual_seed(config.seed)
+    if init is not None:
+        model = Enhancer.from_pretrained(init).requires_grad_(True).train()
+        if model.settings.scale != settings.scale:
+            raise ModelError(f"the model to start from has scale {model.settings.scale}, not "
+                             f"{settings.scale}", path=str(init))
+        settings = model.settings
+    else:
+        model = Enhancer.new(settings, generator=generator)
     train_idx, val_idx = split_by_patient(hq_paths, pairs.val_fraction, seed=config.seed)
     hq = load_images(hq_paths)
     lq = load_images(lq_paths) if lq_paths is not None else None
@@ -256,10 +292,10 @@ def train_enhancer(hq_paths: Sequence[str | Path], settings: EnhancerSettings,
 
         return evaluate_pairs(run, val_items)
 
-    generator = torch.Generator().manual_seed(config.seed)
-    model = Enhancer.new(settings, generator=generator)
     run_info = {
         "command": command, "enhancer": asdict(settings), "pairs": asdict(pairs),
+        "loss": {"diffusion": "mse", "ssim_weight": ssim_weight},
+        "init": init_record(init) if init is not None else None,
         "parameters": sum(p.numel() for p in model.parameters()),
         "data": {"train": files_sha256([hq_paths[i] for i in train_idx]),
                  "validation": files_sha256([hq_paths[i] for i in val_idx]),
@@ -269,5 +305,6 @@ def train_enhancer(hq_paths: Sequence[str | Path], settings: EnhancerSettings,
     def save(trained: torch.nn.Module, folder: Path) -> None:
         unwrap_enhancer(trained).save_pretrained(folder, dtype=weights_dtype)
 
-    return train(model, diffusion_loss, data, config, validate=validate if val_items else None,
+    loss = functools.partial(diffusion_loss, ssim_weight=ssim_weight)
+    return train(model, loss, data, config, validate=validate if val_items else None,
                  save_model=save, run_info=run_info, on_log=on_log)

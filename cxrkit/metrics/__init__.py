@@ -35,6 +35,7 @@ from cxrkit.metrics.image import (
     psnr,
     psnr_linear_fit,
     ssim,
+    ssim_torch,
 )
 
 __all__ = [
@@ -60,4 +61,5 @@ __all__ = [
     "psnr_linear_fit",
     "segmentation_metrics",
     "ssim",
+    "ssim_torch",
 ]

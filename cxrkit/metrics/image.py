@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
 from cxrkit.errors import InputError
@@ -145,6 +146,43 @@ def ms_ssim(x: np.ndarray, ref: np.ndarray, data_range: float = 1.0, *,
         value *= max(term, 0.0) ** weight
         tx, tref = _halve(tx), _halve(tref)
     return value
+
+
+def ssim_torch(x: torch.Tensor, ref: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Differentiable mean SSIM of batches, for training losses (the measure of :func:`ssim`).
+
+    Same window, constants and valid-region mean as :func:`ssim`, computed with ``conv2d`` so
+    autograd flows through it; slower than :func:`ssim` and meant for crops, not whole images.
+
+    Args:
+        x: ``(B, 1, H, W)`` test images (any float dtype; computed in float32).
+        ref: ``(B, 1, H, W)`` references.
+        data_range: ``L``, the span of valid values.
+
+    Returns:
+        ``(B,)`` float32: the mean SSIM of each image.
+
+    Raises:
+        InputError: shapes differ, are not ``(B, 1, H, W)``, or are smaller than the window.
+    """
+    if x.shape != ref.shape or x.ndim != 4 or x.shape[1] != 1 or min(x.shape[-2:]) < SSIM_WINDOW:
+        raise InputError(f"ssim_torch needs two (B, 1, H, W) batches of one shape with sides "
+                         f">= {SSIM_WINDOW}, got {tuple(x.shape)} and {tuple(ref.shape)}")
+    _check_data_range(data_range)
+    taps = torch.tensor(_TAPS, dtype=torch.float32, device=x.device)
+    window = (taps[:, None] * taps[None, :])[None, None]  # (1, 1, 11, 11)
+    x, ref = x.float(), ref.float()
+    shift = ref.mean(dim=(1, 2, 3), keepdim=True).detach()  # centring keeps float32 accurate
+    x, ref = x - shift, ref - shift
+    moments = F.conv2d(torch.cat([x, ref, x * x, ref * ref, x * ref], dim=1).flatten(0, 1)[:, None],
+                       window).view(x.shape[0], 5, x.shape[2] - SSIM_WINDOW + 1, -1)
+    mu_x, mu_y, xx, yy, xy = moments.unbind(1)  # each (B, H - 10, W - 10), of centred images
+    var_x, var_y, cov = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
+    mu_x, mu_y = mu_x + shift[:, 0], mu_y + shift[:, 0]  # back to the true local means
+    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
+        (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return ssim_map.mean(dim=(1, 2))
 
 
 def _ssim_and_cs(x: torch.Tensor, y: torch.Tensor, data_range: float) -> tuple[float, float]:
