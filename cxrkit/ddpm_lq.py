@@ -32,6 +32,7 @@ A model directory (diffusers ``save_pretrained`` layout plus cxrkit's config)::
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -43,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrkit.errors import InputError, ModelError
-from cxrkit.munit import holdout, load_display, resize, resize_short_side
+from cxrkit.munit import load_display, resize, resize_short_side
 
 if TYPE_CHECKING:
     from cxrkit.train import TrainConfig, TrainResult
@@ -378,23 +379,79 @@ class StageTwo:
     p_uncond: float = 0.1
 
 
+@dataclass(frozen=True)
+class HeldOut:
+    """How DDPM-LQ's validation data are held out and measured.
+
+    HQ images are split by patient (:func:`cxrkit.diffusion.training.split_by_patient`: the
+    file-name prefix before ``_``, as in NIH ChestX-ray14), LQ images by file (DRRs of one CT
+    share their patient anyway). Held-out images are never trained on.
+
+    Attributes:
+        fraction: share of HQ patients and of LQ files held out, in [0, 1). 0 (or too few
+            images) validates on training images, which ``run.json`` then says.
+        count: at most this many held-out images are degraded for the sampled measures.
+        loss_samples: fixed (crop, timestep, noise) samples of the held-out diffusion loss.
+    """
+
+    fraction: float = 0.1
+    count: int = 4
+    loss_samples: int = 8
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.fraction < 1 or self.count < 1 or self.loss_samples < 1:
+            raise InputError("the validation fraction must be in [0, 1), counts ≥ 1")
+
+
+def split_files(count: int, fraction: float, *, seed: int) -> tuple[list[int], list[int]]:
+    """``(train, validation)`` indices of ``count`` files: ``ceil(fraction·count)`` files, chosen
+    by a permutation seeded by ``seed``, are held out, leaving at least one to train on; with
+    ``fraction`` 0 or a single file nothing is held out and validation is ``[]``."""
+    held = min(math.ceil(fraction * count), count - 1) if fraction > 0 else 0
+    order = np.random.default_rng([seed, 7]).permutation(count)
+    val = sorted(int(i) for i in order[:held])
+    return sorted(int(i) for i in order[held:]), val
+
+
+def high_frequency_energy(image: np.ndarray) -> float:
+    """Mean squared 4-neighbour Laplacian of ``(H, W)`` (interior pixels): fine texture and
+    noise. DDPM-LQ should move it from the HQ domain's value toward the LQ domain's."""
+    x = np.asarray(image, np.float64)
+    lap = 4 * x[1:-1, 1:-1] - x[:-2, 1:-1] - x[2:, 1:-1] - x[1:-1, :-2] - x[1:-1, 2:]
+    return float(np.mean(lap**2))
+
+
 def train_ddpm_lq(lq_paths: Sequence[str | Path], settings: DdpmLQSettings,
                   config: TrainConfig, *, crop: int = 128, stage_two: StageTwo | None = None,
+                  hq_paths: Sequence[str | Path] | None = None, held_out: HeldOut | None = None,
                   command: str = "",
                   on_log: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
     """Train a DDPM-LQ model with :func:`cxrkit.train.train` and write its model directory.
 
     ``img2img``: one run of ``config.steps`` on real LQ crops. ``two-stage``: stage 1 as above
     into ``output_dir/stage1``, then stage 2 (``stage_two.steps``) from its weights into
-    ``output_dir``. Validation: the loss at fixed timesteps and noise on 8 fixed samples of the
-    LQ images :func:`cxrkit.munit.holdout` keeps out of training (stage 2: and of the last 2 HQ).
+    ``output_dir``. Both split their inputs as ``held_out`` says and validate (into ``run.json``'s
+    ``validation``) on centre crops of held-out images:
+
+    - ``loss``: the diffusion loss at fixed crops, timesteps and noises of held-out LQ
+      (stage 2: of held-out pairs, conditioned on their HQ); stage 2 adds ``loss_lq``, the
+      zero-condition loss on held-out real LQ (the stage-1 prior it should keep);
+    - with HQ images (stage 2; img2img given ``hq_paths``), held-out HQ crops are degraded the
+      way ``cxrkit degrade --method ddpm`` does (the model's default strength and steps):
+      ``ssim_to_hq``, the SSIM of each output against its own HQ (pairedness), and
+      ``ssim_to_other_hq`` against another held-out HQ (chance level); ``hf_ratio``, the
+      high-frequency energy (:func:`high_frequency_energy`) of the outputs over that of
+      held-out real LQ (1: the LQ domain's fine texture), beside ``hf_ratio_hq``, the same ratio
+      of the HQ inputs (where the outputs started).
 
     Args:
         lq_paths: real LQ images (DRRs).
         settings: the model's settings.
         config: the loop's settings; ``output_dir`` receives the model.
-        crop: training crop side (a multiple of ``settings.multiple``).
+        crop: training and validation crop side (a multiple of ``settings.multiple``).
         stage_two: required for the two-stage route.
+        hq_paths: img2img only: HQ radiographs for the sampled measures (never trained on).
+        held_out: the validation split and its sizes (defaults of :class:`HeldOut`).
         command: the exact command line (for ``run.json``).
         on_log: progress callback.
 
@@ -402,33 +459,55 @@ def train_ddpm_lq(lq_paths: Sequence[str | Path], settings: DdpmLQSettings,
         The result of the last run.
 
     Raises:
-        InputError: a bad crop, or a two-stage route without ``stage_two``.
+        InputError: a bad crop, a two-stage route without ``stage_two``, or too few HQ patients
+            for the held-out fraction.
     """
-    from cxrkit.diffusion.training import files_sha256
+    from cxrkit.diffusion.training import files_sha256, split_by_patient
     from cxrkit.train import train
 
     if crop % settings.multiple:
         raise InputError(f"crop {crop} must be a multiple of {settings.multiple}")
     if settings.conditional and stage_two is None:
         raise InputError("the two-stage route needs HQ images for stage 2 (--hq)")
-    real_lq = [resize_short_side(im, settings.image_size) for im in load_display(lq_paths)]
+    if settings.conditional and hq_paths is not None:
+        raise InputError("the two-stage route takes its HQ images from stage_two")
+    held_out = held_out or HeldOut()
     model = DdpmLQ.new(settings, generator=torch.Generator().manual_seed(config.seed))
-    info: dict[str, Any] = {"command": command, "kind": DDPM_LQ_KIND,
-                            "ddpm_lq": asdict(settings), "crop": crop,
-                            "parameters": sum(p.numel() for p in model.parameters()),
-                            "data": {"lq": files_sha256(lq_paths)}}
+    lq_train, lq_val = split_files(len(lq_paths), held_out.fraction, seed=config.seed)
+    hq_all = stage_two.hq_paths if stage_two is not None else hq_paths
+    hq_train: list[int] = []
+    hq_val: list[int] = []
+    if hq_all is not None:
+        hq_train, hq_val = split_by_patient(hq_all, held_out.fraction, seed=config.seed)
+    real_lq = [resize_short_side(im, settings.image_size) for im in load_display(lq_paths)]
+    train_lq = [real_lq[i] for i in lq_train]
+    val_lq = [real_lq[i] for i in lq_val or lq_train]
+    info: dict[str, Any] = {
+        "command": command, "kind": DDPM_LQ_KIND, "ddpm_lq": asdict(settings), "crop": crop,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "held_out": asdict(held_out),
+        "data": {"lq": files_sha256([lq_paths[i] for i in lq_train]),
+                 "lq_validation": files_sha256([lq_paths[i] for i in lq_val]),
+                 "split": "HQ by patient (file-name prefix before '_'), LQ by file",
+                 "validation_on_training_images": not lq_val
+                 or (hq_all is not None and not hq_val)}}
 
     def save(trained: nn.Module, folder: Path) -> None:
         unwrap_ddpm_lq(trained).save_pretrained(folder)
 
-    real_lq, val_lq = holdout(real_lq)
-    first = LQCrops(real_lq, crop)
-    check = _validator(LQCrops(val_lq, crop), config.seed)
+    first = LQCrops(train_lq, crop)
     if not settings.conditional:
+        hq = []
+        if hq_all is not None:
+            hq = [resize_short_side(im, settings.image_size)
+                  for im in load_display([hq_all[i] for i in hq_val or hq_train])]
+            info["data"]["hq_validation"] = files_sha256([hq_all[i] for i in hq_val])
+        check = _validator(LQCrops(val_lq, crop), None, val_lq, hq, crop, held_out, config.seed)
         return train(model, ddpm_lq_loss, first, config, validate=check,
                      save_model=save, run_info=info, on_log=on_log)
     assert stage_two is not None
     stage1 = replace(config, output_dir=str(Path(config.output_dir) / "stage1"))
+    check = _validator(LQCrops(val_lq, crop), None, val_lq, [], crop, held_out, config.seed)
     result = train(model, ddpm_lq_loss, first, stage1, validate=check,
                    save_model=save, run_info={**info, "stage": 1}, on_log=on_log)
     hq = [resize_short_side(im, settings.image_size) for im in load_display(stage_two.hq_paths)]
@@ -436,32 +515,83 @@ def train_ddpm_lq(lq_paths: Sequence[str | Path], settings: DdpmLQSettings,
     if stage_two.lq_paths is not None:
         lq = [resize(im, h.shape) for im, h in zip(load_display(stage_two.lq_paths), hq,
                                                     strict=True)]
-    second = ConditionedCrops(hq, lq, real_lq, crop, stage_two.preset, stage_two.p_uncond)
-    held = ConditionedCrops(hq[-2:], lq[-2:] if lq else None, val_lq, crop, stage_two.preset,
-                            stage_two.p_uncond)
-    info["data"].update(hq=files_sha256(stage_two.hq_paths),
-                        pairs_lq=files_sha256(stage_two.lq_paths) if stage_two.lq_paths else None)
+
+    def pairs(idx: list[int], real: list[np.ndarray], p_uncond: float) -> ConditionedCrops:
+        return ConditionedCrops([hq[i] for i in idx], [lq[i] for i in idx] if lq else None,
+                                real, crop, stage_two.preset, p_uncond)
+
+    val_idx = hq_val or hq_train
+    check = _validator(pairs(val_idx, val_lq, 0.0), LQCrops(val_lq, crop), val_lq,
+                       [hq[i] for i in val_idx], crop, held_out, config.seed)
+    info["data"].update(
+        hq=files_sha256([stage_two.hq_paths[i] for i in hq_train]),
+        hq_validation=files_sha256([stage_two.hq_paths[i] for i in hq_val]),
+        pairs_lq=files_sha256(stage_two.lq_paths) if stage_two.lq_paths else None)
     stage2 = replace(config, steps=stage_two.steps)
-    return train(result.model, ddpm_lq_loss, second, stage2,
-                 validate=_validator(held, config.seed), save_model=save,
+    start = result.model.requires_grad_(True).train()  # the EMA copy comes back frozen
+    return train(start, ddpm_lq_loss, pairs(hq_train, train_lq, stage_two.p_uncond),
+                 stage2, validate=check, save_model=save,
                  run_info={**info, "stage": 2, "stage_two": {
                      "steps": stage_two.steps, "preset": None if lq else stage_two.preset,
                      "p_uncond": stage_two.p_uncond, "stage1": stage1.output_dir}},
                  on_log=on_log)
 
 
-def _validator(data: Any, seed: int) -> Callable[[nn.Module], dict[str, float]]:
-    """``model → {"fixed_loss"}``: the loss on 8 fixed samples, timesteps and noises."""
-    samples = [data.sample(np.random.default_rng([seed, 10**6, i])) for i in range(8)]
-    batch = {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+def _validator(data: Any, prior: LQCrops | None, real_lq: Sequence[np.ndarray],
+               hq_images: Sequence[np.ndarray], crop: int, held_out: HeldOut,
+               seed: int) -> Callable[[nn.Module], dict[str, float]]:
+    """``model → metrics`` on held-out data (see :func:`train_ddpm_lq`).
+
+    Args:
+        data: the samples of ``loss`` (:class:`LQCrops` or :class:`ConditionedCrops`).
+        prior: the zero-condition samples of ``loss_lq`` (stage 2), or None.
+        real_lq: held-out real LQ images, the reference of ``hf_ratio``.
+        hq_images: held-out HQ images to degrade for the sampled measures (none: skip them).
+        crop: side of the centre crops that are degraded and measured.
+        held_out: sizes.
+        seed: fixes the loss samples, their timesteps and noises, and the sampling noise.
+    """
+    from cxrkit.metrics import ssim
+
+    def fixed(source: Any) -> dict[str, torch.Tensor]:
+        samples = [source.sample(np.random.default_rng([seed, 10**6, i]))
+                   for i in range(held_out.loss_samples)]
+        return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+
+    batches = {"loss": fixed(data), **({"loss_lq": fixed(prior)} if prior else {})}
+    hq = [_centre(im, crop) for im in hq_images[: held_out.count]]
+    hf_lq = float(np.mean([high_frequency_energy(_centre(im, crop)) for im in real_lq]))
 
     def validate(model: nn.Module) -> dict[str, float]:
-        device = next(model.parameters()).device
-        gens = [torch.Generator().manual_seed(seed + i) for i in range(len(samples))]
-        loss = ddpm_lq_loss(model, {k: v.to(device) for k, v in batch.items()}, gens)
-        return {"fixed_loss": float(loss)}
+        inner = unwrap_ddpm_lq(model)
+        device = next(inner.parameters()).device
+        metrics = {}
+        for name, batch in batches.items():
+            gens = [torch.Generator().manual_seed(seed + i) for i in range(held_out.loss_samples)]
+            metrics[name] = float(ddpm_lq_loss(inner, {k: v.to(device) for k, v in batch.items()},
+                                               gens))
+        if not hq:
+            return metrics
+        s = inner.settings
+        outs = [degrade_lq(inner, x, strength=s.default_strength, steps=s.default_steps,
+                           generator=torch.Generator().manual_seed(seed + i))
+                for i, x in enumerate(hq)]
+        metrics["ssim_to_hq"] = float(np.mean([ssim(y, x) for x, y in zip(hq, outs,
+                                                                           strict=True)]))
+        if len(hq) > 1:
+            metrics["ssim_to_other_hq"] = float(np.mean([
+                ssim(y, x) for x, y in zip(hq[1:] + hq[:1], outs, strict=True)]))
+        metrics["hf_ratio"] = float(np.mean([high_frequency_energy(y) for y in outs]) / hf_lq)
+        metrics["hf_ratio_hq"] = float(np.mean([high_frequency_energy(x) for x in hq]) / hf_lq)
+        return metrics
 
     return validate
+
+
+def _centre(image: np.ndarray, crop: int) -> np.ndarray:
+    """The centred ``crop`` × ``crop`` patch of ``(H, W)`` (smaller sides kept whole)."""
+    y, x = max(0, (image.shape[0] - crop) // 2), max(0, (image.shape[1] - crop) // 2)
+    return np.ascontiguousarray(image[y : y + crop, x : x + crop], np.float32)
 
 
 # ---- sampling: the `ddpm` degradation method -----------------------------------------------------

@@ -14,9 +14,13 @@ from cxrkit.ddpm_lq import (
     DdpmDegrader,
     DdpmLQ,
     DdpmLQSettings,
+    HeldOut,
     LQCrops,
+    StageTwo,
     ddpm_lq_loss,
     degrade_lq,
+    split_files,
+    train_ddpm_lq,
 )
 from cxrkit.errors import InputError, ModelError
 from cxrkit.metrics import ssim
@@ -119,6 +123,70 @@ def test_two_stage_trains_both_stages_and_samples_conditioned(tmp_path: Path) ->
     assert out.shape == (32, 32) and out.min() >= 0 and out.max() <= 1
 
 
+def _write_domains(folder: Path, hq: int, lq: int) -> tuple[list[Path], list[Path]]:
+    """``hq`` smooth images of distinct patients and ``lq`` grainy ones, as display TIFFs."""
+    from cxrkit.io import Radiograph, write_radiograph
+
+    rng = np.random.default_rng(0)
+    paths: dict[str, list[Path]] = {"hq": [], "lq": []}
+    for name, make, count in (("hq", smooth, hq), ("lq", grainy, lq)):
+        (folder / name).mkdir()
+        for i in range(count):
+            path = folder / name / f"{i:04d}_000.tiff"
+            write_radiograph(path, Radiograph(make(rng), (1.0, 1.0), "display"),
+                             record={"id": f"{i}"})
+            paths[name].append(path)
+    return paths["hq"], paths["lq"]
+
+
+def test_split_files_holds_out_a_seeded_share_and_keeps_one_to_train() -> None:
+    train_idx, val_idx = split_files(10, 0.2, seed=0)
+    assert len(val_idx) == 2 and sorted(train_idx + val_idx) == list(range(10))
+    assert split_files(10, 0.2, seed=0) == (train_idx, val_idx) != split_files(10, 0.2, seed=1)
+    assert split_files(1, 0.5, seed=0) == ([0], [])
+    assert split_files(4, 0.0, seed=0) == ([0, 1, 2, 3], [])
+    with pytest.raises(InputError, match="fraction"):
+        HeldOut(fraction=1.0)
+
+
+def test_two_stage_validates_both_stages_on_held_out_data(tmp_path: Path) -> None:
+    import json
+
+    hq, lq = _write_domains(tmp_path, hq=5, lq=6)
+    settings = DdpmLQSettings(route="two-stage", block_out_channels=(8, 16), unshuffle=1,
+                              image_size=32, max_train_timestep=1000, default_strength=1.0,
+                              default_steps=4)
+    config = TrainConfig(output_dir=str(tmp_path / "model"), steps=2, batch_size=2,
+                         ema_decay=0.999, checkpoint_every=0, validate_every=0, seed=0)
+    train_ddpm_lq(lq, settings, config, crop=32, stage_two=StageTwo(hq, steps=2),
+                  held_out=HeldOut(fraction=0.4, count=2, loss_samples=2))
+    stage1 = json.loads((tmp_path / "model" / "stage1" / "run.json").read_text())
+    stage2 = json.loads((tmp_path / "model" / "run.json").read_text())
+    assert set(stage1["validation"]) == {"loss"}
+    assert set(stage2["validation"]) == {"loss", "loss_lq", "ssim_to_hq", "ssim_to_other_hq",
+                                         "hf_ratio", "hf_ratio_hq"}
+    assert all(np.isfinite(v) for v in stage2["validation"].values())
+    assert -1 <= stage2["validation"]["ssim_to_hq"] <= 1
+    data = stage2["data"]
+    assert len(data["hq_validation"]) == 2 and len(data["lq_validation"]) == 3
+    assert not set(data["hq"]) & set(data["hq_validation"])
+    assert not set(data["lq"]) & set(data["lq_validation"])
+    assert data["validation_on_training_images"] is False
+
+
+def test_img2img_given_hq_validates_what_degrade_makes(tmp_path: Path) -> None:
+    import json
+
+    hq, lq = _write_domains(tmp_path, hq=3, lq=3)
+    config = TrainConfig(output_dir=str(tmp_path / "model"), steps=2, batch_size=2,
+                         ema_decay=0.0, checkpoint_every=0, validate_every=0, seed=0)
+    train_ddpm_lq(lq, TINY, config, crop=32, hq_paths=hq,
+                  held_out=HeldOut(fraction=0.0, loss_samples=2))
+    run = json.loads((tmp_path / "model" / "run.json").read_text())
+    assert {"loss", "ssim_to_hq", "hf_ratio", "hf_ratio_hq"} <= set(run["validation"])
+    assert run["data"]["validation_on_training_images"] is True
+
+
 def test_wrong_kind_and_unsafe_folders_are_refused(tmp_path: Path) -> None:
     from cxrkit.diffusion import Enhancer, EnhancerSettings
     from cxrkit.munit import Munit, MunitSettings
@@ -157,9 +225,11 @@ def test_cli_train_ddpm_lq_then_degrade(tmp_path: Path) -> None:
     result = runner.invoke(app, [
         "train-ddpm-lq", "--lq", str(tmp_path / "lq"), "--channels", "8,16", "--image-size",
         "32", "--crop", "32", "--steps", "2", "--batch-size", "2", "--checkpoint-every", "0",
-        "-o", str(model)])
+        "--hq", str(tmp_path / "hq"), "--val-fraction", "0.3", "-o", str(model)])
     assert result.exit_code == 0, result.output
     assert json.loads((model / "config.json").read_text())["route"] == "img2img"
+    validation = json.loads((model / "run.json").read_text())["validation"]
+    assert {"loss", "ssim_to_hq", "hf_ratio"} <= set(validation)
     result = runner.invoke(app, ["degrade", str(tmp_path / "hq"), "--method", "ddpm",
                                  "--model", str(model), "--strength", "0.2",
                                  "-o", str(tmp_path / "out")])

@@ -23,8 +23,8 @@ def train_ddpm_lq(
              "unconditional on LQ, stage 2 fine-tuned conditioned on HQ (DiffusionXRay).")
     ] = "img2img",
     hq: Annotated[list[str] | None, typer.Option(
-        "--hq", help="two-stage: HQ radiographs for stage 2 (repeatable).",
-        show_default=False)] = None,
+        "--hq", help="HQ radiographs (repeatable): two-stage trains stage 2 on them; img2img "
+                     "only degrades held-out ones to validate.", show_default=False)] = None,
     pairs: Annotated[Path | None, typer.Option(
         "--pairs", help="two-stage: records with an LQ 'path' and its HQ 'reference' (e.g. "
                         "from cxrkit degrade --method munit) instead of --hq with --preset.",
@@ -49,7 +49,10 @@ def train_ddpm_lq(
     mixed_precision: Annotated[str, typer.Option(help="no, bf16 or fp16 autocast.")] = "no",
     ema: Annotated[float, typer.Option("--ema", help="EMA decay (0: off).")] = 0.999,
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 500,
-    validate_every: Annotated[int, typer.Option(help="Steps between validations.")] = 500,
+    validate_every: Annotated[int, typer.Option(
+        help="Steps between validations (0: only at the end).")] = 500,
+    val_fraction: Annotated[float, typer.Option(
+        help="Share of HQ patients and of LQ files held out for validation.")] = 0.1,
     resume: Annotated[str | None, typer.Option(
         help="'latest' or a checkpoint folder to continue from.", show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the weights and the data order.")] = 0,
@@ -62,7 +65,14 @@ def train_ddpm_lq(
     two-stage (DiffusionXRay): stage 1 trains [x_t, 0] on DRRs into OUT/stage1, stage 2
     fine-tunes [x_t, HQ] on pairs (HQ with --preset, or --pairs records) with 10% zero-condition
     DRRs. The folder holds config.json (kind ddpm-lq), unet/ and scheduler/ (diffusers,
-    safetensors) and run.json (command, settings, data hashes, validation loss).
+    safetensors) and run.json (command, settings, data hashes, validation).
+
+    Validation holds out --val-fraction of the HQ patients (file-name prefix before '_') and of
+    the LQ files, and reports the diffusion loss on held-out data (loss; stage 2 also loss_lq,
+    the zero-condition loss on held-out DRRs) and, given HQ, what degrade would make of held-out
+    HQ crops: ssim_to_hq (pairedness; ssim_to_other_hq is chance level) and hf_ratio, their
+    high-frequency energy over the held-out DRRs' (1: the DRR texture; hf_ratio_hq: the HQ
+    input's).
 
     Example:
 
@@ -71,7 +81,7 @@ def train_ddpm_lq(
 
         cxrkit train-ddpm-lq --lq drrs/ --route two-stage --hq nih/images/ -o ddpm-lq-2/
     """
-    from cxrkit.ddpm_lq import DdpmLQSettings
+    from cxrkit.ddpm_lq import DdpmLQSettings, HeldOut
     from cxrkit.ddpm_lq import train_ddpm_lq as train
     from cxrkit.train import TrainConfig
 
@@ -90,6 +100,8 @@ def train_ddpm_lq(
         mixed_precision=mixed_precision, checkpoint_every=checkpoint_every,
         validate_every=validate_every, seed=seed, resume=resume, cpu=cpu)
     train(domain_paths(lq, "--lq"), settings, config, crop=crop, stage_two=stage_two,
+          hq_paths=domain_paths(hq, "--hq") if hq and stage_two is None else None,
+          held_out=HeldOut(fraction=val_fraction),
           command=shlex.join(["cxrkit", *sys.argv[1:]]), on_log=_progress)
     typer.echo(str(out))
 
@@ -101,8 +113,8 @@ def _stage_two(route: str, hq: list[str] | None, pairs: Path | None, preset: str
     from cxrkit.pipe import parse_line
 
     if route == "img2img":
-        if hq or pairs:
-            raise typer.BadParameter("--hq and --pairs are for --route two-stage")
+        if pairs:
+            raise typer.BadParameter("--pairs is for --route two-stage", param_hint="--pairs")
         return None
     if pairs is not None:
         with open(pairs) as fh:
