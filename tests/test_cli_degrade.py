@@ -195,3 +195,13 @@ def test_refuses_non_display_input(tmp_path: Path) -> None:
                                       "line_integral"))
     result = run_cli("degrade", str(path), "-o", str(tmp_path / "out"))
     assert result.returncode == 1 and b"needs a display radiograph" in result.stderr
+
+
+def test_records_from_a_jsonl_file_argument(radiograph_path: Path, tmp_path: Path) -> None:
+    records_file = tmp_path / "in.jsonl"
+    records_file.write_text(json.dumps({"id": "p1", "path": str(radiograph_path),
+                                        "project": {"view": "PA"}}) + "\n\n")
+    code, (rec,), error = invoke(str(records_file), "--preset", "bicubic", "--scale", "2",
+                                 "-o", str(tmp_path / "out"))
+    assert code == 0, error
+    assert rec["id"] == "p1" and rec["project"] == {"view": "PA"}

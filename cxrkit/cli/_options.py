@@ -25,6 +25,7 @@ from cxrkit.pipe import (
     UniqueIds,
     expand_paths,
     new_record,
+    parse_line,
     read_stdin_records,
     shard,
     take_shard,
@@ -37,8 +38,9 @@ log = logging.getLogger("cxrkit.cli")
 
 Inputs = Annotated[
     list[str] | None,
-    typer.Argument(help="Input files, folders or globs; '-' or none reads stdin (JSON records, "
-                        "paths one per line, or one raw image).", show_default=False),
+    typer.Argument(help="Input files, folders or globs, or .jsonl record files; '-' or none "
+                        "reads stdin (JSON records, paths one per line, or one raw image).",
+                   show_default=False),
 ]
 Out = Annotated[
     Path | None,
@@ -112,17 +114,34 @@ def format_suffix(fmt: str) -> str:
 
 def iter_inputs(inputs: list[str] | None, *, is_item_dir: Callable[[Path], bool] | None = None,
                 patterns: tuple[str, ...] = ("*",)) -> Iterator[Record]:
-    """Records from positional inputs, or from stdin when there are none (or only '-')."""
+    """Records from positional inputs, or from stdin when there are none (or only '-').
+
+    A positional ``.jsonl`` file is read as records, one per line (so that every process of
+    ``accelerate launch`` reads the same records: stdin reaches only one of them).
+    """
     args = [a for a in (inputs or []) if a != "-"]
     if args:
-        for p in expand_paths(args, is_item_dir=is_item_dir, patterns=patterns):
-            yield new_record(p)
+        for arg in args:
+            if arg.lower().endswith(".jsonl") and Path(arg).is_file():
+                yield from read_record_file(Path(arg))
+                continue
+            for p in expand_paths([arg], is_item_dir=is_item_dir, patterns=patterns):
+                yield new_record(p)
         return
     if sys.stdin is None or sys.stdin.isatty():
         raise typer.BadParameter("no input given and stdin is a terminal",
                                  param_hint="INPUTS")
     spool = Path(tempfile.mkdtemp(prefix="cxrkit-stdin-"))
     yield from read_stdin_records(sys.stdin.buffer, spool_dir=spool)
+
+
+def read_record_file(path: Path) -> Iterator[Record]:
+    """The records of a JSON Lines file (blank lines skipped; errors name the line)."""
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            record = parse_line(line, where=f"{path} line {number}")
+            if record is not None:
+                yield record
 
 
 def run_items(
