@@ -3,7 +3,10 @@ pairs, each evaluated on held-out pairs of every kind and on real DRRs of LIDC-I
 
 Pair sources (the rows): ``bicubic`` (the paper's bicubic-DDPM baseline), the physics presets
 ``drr-like`` and ``low-dose`` (``portable`` and ``realistic`` too at full scale), ``munit``
-(MUNIT-LQ) and ``ddpm`` (DDPM-LQ, img2img route; the two-stage route is added at full scale).
+(MUNIT-LQ), ``ddpm`` (DDPM-LQ, img2img route of arXiv 2303.06994) and ``ddpm-two-stage``
+(DDPM-LQ, DiffusionXRay's two-stage route: stage 1 on DRRs, stage 2 conditioned on HQ), at every
+scale. The two DDPM-LQ routes get the same number of optimizer steps (two-stage: half in each
+stage), and every source's enhancer the same budget.
 
 Steps, every one a cxrkit command (outputs under ``--work``; finished steps are skipped on a rerun):
 
@@ -12,7 +15,8 @@ Steps, every one a cxrkit command (outputs under ``--work``; finished steps are 
    (``repro/make_lq_domain.py``), and held-out test DRRs at the LQ size with the nodule box.
 3. ``cxrkit train-munit`` and ``cxrkit train-ddpm-lq`` on (HQ train, LQ domain).
 4. ``cxrkit degrade --scale 2`` of HQ train and test with every source: the pairs.
-5. ``cxrkit train-enhance --pairs``: one enhancer per source, the same budget for each.
+5. ``cxrkit train-enhance --pairs PAIRS.jsonl``: one enhancer per source, the same budget for
+   each (the records are a file argument, not stdin, so every process of a launcher reads them).
 6. ``cxrkit enhance`` of every test kind and of the real DRRs with every enhancer;
    ``cxrkit eval --json`` per (enhancer, kind), ``cxrkit eval --upsample bicubic`` as the baseline,
    ``cxrkit eval --report`` per enhancer (HTML with image grids).
@@ -23,6 +27,12 @@ Steps, every one a cxrkit command (outputs under ``--work``; finished steps are 
 Gates: ``psnr``/``ssim`` (the lowest, over enhancers, of the mean on the enhancer's own test
 kind), ``psnr_gain`` (lowest own-kind gain over bicubic, dB), ``cnr_ratio`` (lowest CNR
 after / before on the real DRRs).
+
+Multi-GPU: run this script itself as one process and give ``--launcher``; the training commands
+then run as ``accelerate launch -m cxrkit train-…`` (each writes its model and ``run.json`` on
+the main process only); degrading, enhancing, evaluating and the tables run once, here. The
+number of processes must divide the batch sizes (8 for the degraders, the scale's enhancer
+batch). Launched itself under several processes, the script refuses (exit 2).
 
 Example::
 
@@ -50,7 +60,11 @@ CHECK_FAILED = 8
 
 @dataclass(frozen=True)
 class Scale:
-    """Sizes and budgets of one run (``small`` must finish on a 2-core CPU within an hour)."""
+    """Sizes and budgets of one run (``small`` must finish on a 2-core CPU within an hour).
+
+    ``ddpm_steps`` is the budget of each DDPM-LQ route: img2img trains that many steps, two-stage
+    ``ddpm_steps // 2`` in stage 1 and the rest in stage 2.
+    """
 
     hq_size: int
     train_images: int
@@ -72,9 +86,9 @@ class Scale:
 
 SCALES = {
     "tiny": Scale(128, 8, 3, 24, 2, 64, 32, 30, 1e-4, 30, 2e-4, 30, 32, "8,16", 4,
-                  ("bicubic", "drr-like", "munit", "ddpm")),
+                  ("bicubic", "drr-like", "munit", "ddpm", "ddpm-two-stage")),
     "small": Scale(256, 40, 8, 120, 4, 128, 64, 2000, 2e-4, 2000, 5e-4, 1500, 96, "16,32,64", 8,
-                   ("bicubic", "drr-like", "low-dose", "munit", "ddpm")),
+                   ("bicubic", "drr-like", "low-dose", "munit", "ddpm", "ddpm-two-stage")),
     "full": Scale(1024, 0, 20, 400, 8, 256, 128, 100000, 1e-4, 50000, 1e-4, 20000, 192,
                   "32,64,128", 16,
                   ("bicubic", "drr-like", "low-dose", "portable", "realistic", "munit", "ddpm",
@@ -86,7 +100,8 @@ SCALES = {
 def run(command: list[str], *, stdin: Path | None = None, stdout: Path | None = None,
         launcher: list[str] | None = None) -> str:
     """Run one command (logged on stderr); its stdout goes to ``stdout`` or is returned."""
-    full = [*(launcher or []), *command]
+    # cxrkit of this interpreter (whether or not its venv is active), or under the launcher
+    full = [*(launcher or [sys.executable, "-m"]), *command] if command[0] == "cxrkit" else command
     print("+", shlex.join(full), file=sys.stderr, flush=True)
     with open(stdin or os.devnull) as fin:
         done = subprocess.run(full, stdin=fin, capture_output=True, text=True)
@@ -158,11 +173,11 @@ def train_degraders(work: Path, scale: Scale, hq_train: Path, lq: Path, seed: in
              "--steps", str(scale.ddpm_steps), "--lr", str(scale.ddpm_lr), "--validate-every", "0",
              "-o", str(models["ddpm"])], launcher=launcher)
     if "ddpm-two-stage" in scale.sources and not (models["ddpm-two-stage"] / "run.json").exists():
+        stage1 = scale.ddpm_steps // 2
         run(["cxrkit", "train-ddpm-lq", "--route", "two-stage", "--lq", str(lq), "--hq",
-             str(hq_train), *common, "--steps", str(scale.ddpm_steps), "--lr", str(scale.ddpm_lr),
-             "--stage2-steps",
-             str(scale.ddpm_steps // 2), "-o", str(models["ddpm-two-stage"])],
-            launcher=launcher)
+             str(hq_train), *common, "--steps", str(stage1), "--stage2-steps",
+             str(scale.ddpm_steps - stage1), "--lr", str(scale.ddpm_lr), "--validate-every", "0",
+             "-o", str(models["ddpm-two-stage"])], launcher=launcher)
     options = {}
     for source in scale.sources:
         if source in models:
@@ -194,12 +209,11 @@ def train_enhancers(work: Path, scale: Scale, pairs: dict[tuple[str, str], Path]
     for source in scale.sources:
         out = work / "enhancers" / source
         if not (out / "run.json").exists():
-            run(["cxrkit", "train-enhance", "--pairs", "--scale", "2", "--crop",
-                 str(scale.enhance_crop), "--steps", str(scale.enhance_steps), "--batch-size",
-                 str(scale.enhance_batch), "--channels", scale.enhance_channels,
+            run(["cxrkit", "train-enhance", str(pairs[(source, "train")]), "--pairs", "--scale",
+                 "2", "--crop", str(scale.enhance_crop), "--steps", str(scale.enhance_steps),
+                 "--batch-size", str(scale.enhance_batch), "--channels", scale.enhance_channels,
                  "--checkpoint-every", "0", "--validate-every", "0", "--val-crop", "0",
-                 "--val-count", "4", "--seed", str(seed), "-o", str(out)],
-                stdin=pairs[(source, "train")], launcher=launcher)
+                 "--val-count", "4", "--seed", str(seed), "-o", str(out)], launcher=launcher)
         models[source] = out
     return models
 
@@ -313,15 +327,23 @@ def gates(table: dict[str, Any], thresholds: dict[str, float]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the recipe; see ``--help``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scale", choices=sorted(SCALES), default="small")
-    parser.add_argument("--work", type=Path, default=Path("table1-work"))
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", choices=sorted(SCALES), default="small",
+                        help="; ".join(f"{k}: {', '.join(v.sources)}" for k, v in SCALES.items()))
+    parser.add_argument("--work", type=Path, default=Path("table1-work"),
+                        help="folder of every intermediate and of table1.md/.json, reports/")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fail-under", action="append", default=[], metavar="GATE=VALUE")
+    parser.add_argument("--fail-under", action="append", default=[], metavar="GATE=VALUE",
+                        help="exit 8 when GATE (psnr, ssim, psnr_gain, cnr_ratio) < VALUE")
     parser.add_argument("--launcher", default="",
                         help="prefix of the training commands, e.g. 'accelerate launch -m' "
-                             "(then the commands run as 'accelerate launch -m cxrkit …')")
+                             "(then the commands run as 'accelerate launch -m cxrkit …'); "
+                             "default: this Python's 'python -m cxrkit'")
     args = parser.parse_args(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        parser.error("run this script as one process; give --launcher 'accelerate launch -m' "
+                     "to run the training commands on several")
     thresholds = {k: float(v) for k, v in (g.split("=", 1) for g in args.fail_under)}
     scale = SCALES[args.scale]
     launcher = shlex.split(args.launcher)
