@@ -63,6 +63,11 @@ def edge_correlation(a: np.ndarray, b: np.ndarray, sigma: float = 1.5) -> float:
     return float(np.corrcoef(ga.ravel(), gb.ravel())[0, 1])
 
 
+def intensity_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of the pixel values of two ``(H, W)`` images."""
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
 def _config(tmp: Path, steps: int) -> TrainConfig:
     return TrainConfig(output_dir=str(tmp), steps=steps, batch_size=4, lr=1e-3, warmup_steps=0,
                        max_grad_norm=0.0, ema_decay=0.0, checkpoint_every=0, validate_every=0,
@@ -116,6 +121,10 @@ def test_translation_keeps_edges_and_changes_look(trained: tuple[Path, Munit, Mu
     chance = np.mean([edge_correlation(x, y) for x, y in zip(hq, outs[1:] + outs[:1],
                                                              strict=True)])
     assert paired > 0.3 and paired > 3 * chance, (paired, chance)
+    # and so does the anatomy's polarity: what is bright in the input stays bright in every
+    # translation (a translation that paints other or inverted anatomy correlates ≤ 0)
+    intensity = [intensity_correlation(x, y) for x, y in zip(hq, outs, strict=True)]
+    assert min(intensity) > 0.2 and np.mean(intensity) > 0.4, intensity
     # the look moves to the LQ domain (darker), here with a reference style
     like = MunitDegrader(folder, style_reference=lq[0])
     outs = [like(x, generator=np.random.default_rng(i)).image for i, x in enumerate(hq)]
