@@ -25,7 +25,9 @@ optionally, a validation function and a way to save the model; :func:`train` sup
 
 from __future__ import annotations
 
+import atexit
 import copy
+import functools
 import json
 import logging
 import math
@@ -353,11 +355,23 @@ def train(
         _write_run_json(out, config, world, result, {**info, **(run_info or {})},
                         seconds=time.monotonic() - began, start=start)
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    # Not accelerator.end_training(): it destroys the process group, and a caller may train
+    # again in the same processes (DDPM-LQ's two stages). The group ends with the process.
+    _destroy_process_group_at_exit()
     return result
 
 
 # ---- helpers (the loop above reads without them) ------------------------------------------------
+
+
+@functools.cache
+def _destroy_process_group_at_exit() -> None:
+    """Destroy the distributed process group (if any) once, when the interpreter exits."""
+    def destroy() -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+    atexit.register(destroy)
 
 
 def _resolve_phases(loss_fn: LossFn | Sequence[Phase], config: TrainConfig) -> list[Phase]:

@@ -165,6 +165,11 @@ SCRIPT = textwrap.dedent("""
         from tests.test_train import TINY, ToyPairs
         model = Enhancer.new(TINY, generator=torch.Generator().manual_seed(0))
         result = train(model, diffusion_loss, ToyPairs(), config)
+        # a second run in the same processes (as DDPM-LQ's two stages do) must find the group
+        again = __import__("dataclasses").replace(config, output_dir=sys.argv[1] + "-again",
+                                                  steps=1)
+        train(Enhancer.new(TINY, generator=torch.Generator().manual_seed(1)), diffusion_loss,
+              ToyPairs(), again)
     else:  # a GAN: alternating discriminator and generator phases
         import numpy as np
         from cxrkit.munit import PHASES, Munit, UnpairedCrops
