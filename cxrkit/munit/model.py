@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cxrkit.errors import InputError, ModelError
+from cxrkit.errors import ModelError
+from cxrkit.modelfiles import CONFIG_NAME, read_config
+from cxrkit.modelfiles import settings_values as _settings_values
 from cxrkit.munit.networks import (
     MUNIT_KIND,
     Generator,
@@ -28,7 +30,6 @@ from cxrkit.munit.networks import (
     MunitSettings,
 )
 
-CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 DOMAINS = ("hq", "lq")
 
@@ -193,37 +194,3 @@ def unwrap_munit(model: nn.Module) -> Munit:
 def _lsgan(scores: Sequence[torch.Tensor], target: float) -> torch.Tensor:
     """Least-squares GAN loss summed over scales: ``Σ mean((D - target)²)``."""
     return torch.stack([torch.mean((d - target) ** 2) for d in scores]).sum()
-
-
-def read_config(folder: Path, kind: str) -> dict[str, Any]:
-    """The ``config.json`` of a cxrkit model folder, checked to be of ``kind``.
-
-    Raises:
-        ModelError: not a folder, no readable ``config.json``, or another kind of model.
-    """
-    if not folder.is_dir():
-        raise ModelError("no such model folder", path=str(folder))
-    meta = folder / CONFIG_NAME
-    found = meta if meta.is_file() else folder / "enhancer.json"
-    if not found.is_file():
-        raise ModelError(f"not a cxrkit {kind} model (no {CONFIG_NAME})", path=str(folder))
-    try:
-        raw = json.loads(found.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"unreadable {found.name}: {exc}", path=str(found)) from exc
-    actual = raw.get("kind") if isinstance(raw, dict) else None
-    if actual != kind:
-        raise ModelError(f"model is of kind {actual!r}, not {kind!r}", path=str(folder),
-                         hint=f"give a folder written by the {kind} training command")
-    return raw  # type: ignore[no-any-return]
-
-
-def _settings_values(raw: dict[str, Any], cls: type, folder: Path) -> dict[str, Any]:
-    known = {f.name for f in fields(cls)}
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in known}
-    try:
-        cls(**values)
-    except (InputError, TypeError) as exc:
-        raise ModelError(f"bad {CONFIG_NAME}: {exc}", path=str(folder)) from exc
-    return values
-

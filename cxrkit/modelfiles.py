@@ -1,0 +1,67 @@
+"""The ``config.json`` of a cxrkit model folder: read it, check its ``kind``, and pick the
+fields of a settings dataclass from it (used by MUNIT-LQ and DDPM-LQ ``from_pretrained``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from cxrkit.errors import InputError, ModelError
+
+CONFIG_NAME = "config.json"
+
+
+def read_config(folder: Path, kind: str) -> dict[str, Any]:
+    """The ``config.json`` of a cxrkit model folder, checked to be of ``kind``.
+
+    Args:
+        folder: the model folder (``enhancer.json`` is read when there is no ``config.json``).
+        kind: the expected ``"kind"`` value, e.g. ``munit-lq`` or ``ddpm-lq``.
+
+    Returns:
+        The parsed JSON object.
+
+    Raises:
+        ModelError: not a folder, no readable ``config.json``, or another kind of model.
+    """
+    if not folder.is_dir():
+        raise ModelError("no such model folder", path=str(folder))
+    meta = folder / CONFIG_NAME
+    found = meta if meta.is_file() else folder / "enhancer.json"
+    if not found.is_file():
+        raise ModelError(f"not a cxrkit {kind} model (no {CONFIG_NAME})", path=str(folder))
+    try:
+        raw = json.loads(found.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"unreadable {found.name}: {exc}", path=str(found)) from exc
+    actual = raw.get("kind") if isinstance(raw, dict) else None
+    if actual != kind:
+        raise ModelError(f"model is of kind {actual!r}, not {kind!r}", path=str(folder),
+                         hint=f"give a folder written by the {kind} training command")
+    return raw  # type: ignore[no-any-return]
+
+
+def settings_values(raw: dict[str, Any], cls: type, folder: Path) -> dict[str, Any]:
+    """The entries of ``raw`` that are fields of the dataclass ``cls`` (JSON lists as tuples),
+    checked by constructing ``cls`` from them.
+
+    Args:
+        raw: a config read by :func:`read_config`.
+        cls: the settings dataclass (keys that are not its fields are dropped).
+        folder: the model folder, for the error.
+
+    Returns:
+        Keyword arguments for ``cls``.
+
+    Raises:
+        ModelError: ``cls`` refuses the values (``InputError`` or ``TypeError``).
+    """
+    known = {f.name for f in fields(cls)}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in known}
+    try:
+        cls(**values)
+    except (InputError, TypeError) as exc:
+        raise ModelError(f"bad {CONFIG_NAME}: {exc}", path=str(folder)) from exc
+    return values
