@@ -13,6 +13,7 @@ from cxrkit.cli._options import iter_inputs
 
 MIXED = ("no", "bf16", "fp16")
 IMAGE_PATTERNS = ("*.png", "*.tif", "*.tiff", "*.dcm")
+DISC_INIT_NAMES = ("kaiming", "gaussian")  # cxrkit.munit.DISC_INITS, kept torch-free here
 
 
 def train_munit(
@@ -36,9 +37,20 @@ def train_munit(
     recon_cycle_weight: Annotated[float, typer.Option(
         help="Explicit cycle reconstruction weight x → other domain → x (MUNIT's recon_x_cyc_w; "
              "its configs use 0 or 10; 10 keeps more structure in short runs).")] = 0.0,
+    disc_scales: Annotated[int, typer.Option(
+        help="Image scales the multi-scale discriminator judges (paper: 3).")] = 3,
+    disc_init: Annotated[str, typer.Option(
+        help="Discriminator init: kaiming (He-normal, right at any width) or gaussian (MUNIT's "
+             "N(0, 0.02), sized for width 64; at width 16 the discriminators barely learn).")
+                         ] = "kaiming",
+    disc_lr_ratio: Annotated[float, typer.Option(
+        help="Discriminator learning rate as a multiple of --lr (two time-scale update rule; "
+             "paper: 1).")] = 4.0,
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 2000,
     batch_size: Annotated[int, typer.Option(help="Global batch per step (paper: 1).")] = 4,
-    lr: Annotated[float, typer.Option(help="Learning rate (paper: 1e-4).")] = 1e-4,
+    lr: Annotated[float, typer.Option(
+        help="Generator learning rate (paper: 1e-4); the discriminators use --disc-lr-ratio "
+             "times it.")] = 1e-4,
     weight_decay: Annotated[float, typer.Option(help="Adam weight decay (paper: 1e-4).")
                             ] = 1e-4,
     mixed_precision: Annotated[str, typer.Option(help="no, bf16 or fp16 autocast.")] = "no",
@@ -56,7 +68,8 @@ def train_munit(
     LSGAN discriminators; image, content and style reconstruction plus adversarial losses. Each
     step draws random unpaired crops of both domains (seeded), then updates the discriminators
     on detached translations and then the generators, each with its own Adam (betas 0.5,
-    0.999; --lr and --weight-decay apply to both). The folder holds config.json
+    0.999; --weight-decay applies to both, the discriminators learn --disc-lr-ratio times
+    faster than --lr). The folder holds config.json
     (kind munit-lq), model.safetensors (the generators) and run.json (the command, settings,
     data hashes and validation: reconstruction L1 and content preservation). Checkpoints go to
     OUT/checkpoints (--resume latest); runs multi-process under accelerate launch.
@@ -73,10 +86,14 @@ def train_munit(
 
     if mixed_precision not in MIXED:
         raise typer.BadParameter(f"use one of {', '.join(MIXED)}", param_hint="--mixed-precision")
+    if disc_init not in DISC_INIT_NAMES:
+        raise typer.BadParameter(f"use one of {', '.join(DISC_INIT_NAMES)}",
+                                 param_hint="--disc-init")
     hq_paths = domain_paths(hq, "--hq")
     lq_paths = domain_paths(lq, "--lq")
     settings = MunitSettings(width=width, residual_blocks=residual_blocks, style_dim=style_dim,
-                             mlp_width=16 * width, disc_width=width,
+                             mlp_width=16 * width, disc_width=width, disc_scales=disc_scales,
+                             disc_init=disc_init, disc_lr_ratio=disc_lr_ratio,
                              recon_image_weight=recon_image_weight,
                              recon_cycle_weight=recon_cycle_weight, image_size=image_size)
     config = TrainConfig(

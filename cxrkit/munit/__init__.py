@@ -13,7 +13,7 @@ Domain ``hq`` is real radiographs, domain ``lq`` real DRRs. The package follows 
 - :mod:`~cxrkit.munit.model`: :class:`Munit` (both domains, the loss terms, the model folder);
 - :mod:`~cxrkit.munit.data`: display images of the two domains, resizing, hold-out, crops;
 - :mod:`~cxrkit.munit.training`: the alternating discriminator and generator updates
-  (:data:`PHASES`) and :func:`train_munit`;
+  (:data:`PHASES`, :func:`phases`) and :func:`train_munit`;
 - :mod:`~cxrkit.munit.degrader`: :class:`MunitDegrader`, the ``munit`` method of ``degrade``.
 
 Losses (MUNIT eq. 5, its default weights): ``gan_weight·L_GAN + recon_image_weight·L1(x, x̂) +
@@ -42,6 +42,7 @@ from cxrkit.munit.model import (
     unwrap_munit,
 )
 from cxrkit.munit.networks import (
+    DISC_INITS,
     MUNIT_KIND,
     ContentEncoder,
     Decoder,
@@ -51,12 +52,18 @@ from cxrkit.munit.networks import (
     StyleEncoder,
     adain,
 )
-from cxrkit.munit.training import PHASES, discriminator_loss, generator_loss, train_munit
+from cxrkit.munit.training import (
+    PHASES,
+    discriminator_loss,
+    generator_loss,
+    phases,
+    train_munit,
+)
 
 __all__ = [
-    "CONFIG_NAME", "DOMAINS", "MUNIT_KIND", "PHASES", "WEIGHTS_NAME", "ContentEncoder",
-    "Decoder", "Generator", "MultiScaleDiscriminator", "Munit", "MunitDegrader",
-    "MunitSettings", "StyleEncoder", "UnpairedCrops", "adain", "discriminator_loss",
-    "generator_loss", "holdout", "load_display", "read_config", "resize", "resize_short_side",
-    "train_munit", "unwrap_munit",
+    "CONFIG_NAME", "DISC_INITS", "DOMAINS", "MUNIT_KIND", "PHASES", "WEIGHTS_NAME",
+    "ContentEncoder", "Decoder", "Generator", "MultiScaleDiscriminator", "Munit",
+    "MunitDegrader", "MunitSettings", "StyleEncoder", "UnpairedCrops", "adain",
+    "discriminator_loss", "generator_loss", "holdout", "load_display", "phases", "read_config",
+    "resize", "resize_short_side", "train_munit", "unwrap_munit",
 ]

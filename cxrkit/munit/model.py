@@ -54,15 +54,18 @@ class Munit(nn.Module):
     @classmethod
     def new(cls, settings: MunitSettings, *, generator: torch.Generator) -> Munit:
         """Freshly initialised weights from ``generator``: Kaiming-normal convs and linears in the
-        generators, N(0, 0.02) in the discriminators (MUNIT's ``kaiming`` / ``gaussian`` init)."""
+        generators (MUNIT's ``kaiming``); the discriminators as ``settings.disc_init`` says
+        (He-normal for LeakyReLU(0.2), or MUNIT's ``gaussian`` N(0, 0.02))."""
         model = cls(settings)
-        for part, std in ((model.gen, None), (model.dis, 0.02)):
+        for part, init in ((model.gen, "generator"), (model.dis, settings.disc_init)):
             for module in part.modules():
                 if isinstance(module, nn.Conv2d | nn.Linear):
-                    if std is None:
-                        nn.init.kaiming_normal_(module.weight, generator=generator)
+                    if init == "gaussian":
+                        nn.init.normal_(module.weight, 0.0, 0.02, generator=generator)
+                    elif init == "kaiming":  # LeakyReLU(0.2) between the discriminator's convs
+                        nn.init.kaiming_normal_(module.weight, a=0.2, generator=generator)
                     else:
-                        nn.init.normal_(module.weight, 0.0, std, generator=generator)
+                        nn.init.kaiming_normal_(module.weight, generator=generator)
                     if module.bias is not None:
                         nn.init.zeros_(module.bias)
         return model

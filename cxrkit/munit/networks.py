@@ -26,6 +26,11 @@ from torch import nn
 from cxrkit.errors import InputError
 
 MUNIT_KIND = "munit-lq"
+DISC_INITS = {
+    "kaiming": "He-normal for LeakyReLU(0.2): scores of order 1 at any width",
+    "gaussian": "MUNIT's N(0, 0.02): sized for the paper's width 64",
+}
+"""Initialisations of the discriminators' convs (:attr:`MunitSettings.disc_init`)."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,12 @@ class MunitSettings:
         disc_width: channels of the first discriminator conv (paper: 64).
         disc_layers: strided convs per discriminator (paper: 4).
         disc_scales: image scales judged by the multi-scale discriminator (paper: 3).
+        disc_init: initial discriminator weights, a key of :data:`DISC_INITS`: ``kaiming``
+            (He-normal for LeakyReLU(0.2), scaled for any width) or ``gaussian`` (MUNIT's
+            N(0, 0.02), which suits only the paper's width: at width 16 the scores start at ~0
+            and the discriminators barely learn).
+        disc_lr_ratio: discriminator learning rate ÷ generator learning rate (two time-scale
+            update rule, Heusel et al. 2017; paper: 1).
         gan_weight: weight of the LSGAN term (paper: 1).
         recon_image_weight: weight of the within-domain L1 image reconstruction (paper: 10).
         recon_style_weight: weight of the style-code reconstruction (paper: 1).
@@ -61,6 +72,8 @@ class MunitSettings:
     disc_width: int = 16
     disc_layers: int = 3
     disc_scales: int = 3
+    disc_init: str = "kaiming"
+    disc_lr_ratio: float = 4.0
     gan_weight: float = 1.0
     recon_image_weight: float = 10.0
     recon_style_weight: float = 1.0
@@ -77,6 +90,11 @@ class MunitSettings:
             raise InputError("MUNIT widths, depths and sizes must all be ≥ 1")
         if self.style_downsamples < 2:
             raise InputError("the style encoder needs at least 2 downsamplings")
+        if self.disc_init not in DISC_INITS:
+            raise InputError(f"disc_init must be one of {tuple(DISC_INITS)}, not "
+                             f"{self.disc_init!r}")
+        if self.disc_lr_ratio <= 0:
+            raise InputError(f"disc_lr_ratio must be > 0, got {self.disc_lr_ratio}")
         if self.kind != MUNIT_KIND:
             raise InputError(f"MUNIT settings must have kind {MUNIT_KIND!r}, got {self.kind!r}")
 
