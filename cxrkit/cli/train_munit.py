@@ -36,7 +36,8 @@ def train_munit(
                                   ] = 10.0,
     recon_cycle_weight: Annotated[float, typer.Option(
         help="Explicit cycle reconstruction weight x → other domain → x (MUNIT's recon_x_cyc_w; "
-             "its configs use 0 or 10; 10 keeps more structure in short runs).")] = 0.0,
+             "its configs use 0 or 10; with the default discriminators, 10 inverted the "
+             "anatomy in a 1000-step 128 px run).")] = 0.0,
     disc_scales: Annotated[int, typer.Option(
         help="Image scales the multi-scale discriminator judges (paper: 3).")] = 3,
     disc_init: Annotated[str, typer.Option(
