@@ -81,7 +81,9 @@ def roi_box(record: dict[str, Any], center: np.ndarray, extent_mm: float) -> lis
 def render(ct: Path, out: Path, index: int, pose: dict[str, Any], size: int) -> dict[str, Any]:
     """One ``cxrkit project`` call; returns its record with ``id`` = the file stem."""
     target = out / f"drr-{index:04d}.tiff"
-    command = ["cxrkit", "-q", "project", str(ct), "-o", str(target), "--size", str(size),
+    # this interpreter's cxrkit: works without an activated virtual environment
+    command = [sys.executable, "-m", "cxrkit", "-q", "project", str(ct), "-o", str(target),
+               "--size", str(size),
                "--pixel-mm", str(pose["pixel_mm"]), "--sid-mm", str(pose["sid_mm"]),
                "--kev", str(pose["kev"]),
                "--rotation-deg", ",".join(map(str, pose["rotation_deg"])),
