@@ -149,9 +149,15 @@ def test_train_enhance_fine_tunes_from_a_model_and_records_it(tiny_model_dir: Pa
     result = invoke("train-enhance", str(tmp_path / "hq"), "--init", str(tiny_model_dir),
                     "--ssim-weight", "5", "--steps", "2", "--batch-size", "2", "--crop", "32",
                     "--val-fraction", "0.3", "--val-crop", "0", "--validate-every", "0",
-                    "--checkpoint-every", "0", "-o", str(model))
+                    "--checkpoint-every", "0", "--seed", "5", "-o", str(model))
     assert result.exit_code == 0, result.output
     run = json.loads((model / "run.json").read_text())
+    # the held-out patients follow --split-seed (0), not the training seed
+    from cxrkit.diffusion import split_by_patient
+
+    paths = sorted((tmp_path / "hq").glob("*.png"))
+    held = {paths[i].name for i in split_by_patient(paths, 0.3, seed=0)[1]}
+    assert set(run["data"]["validation"]) == held
     start = tiny_model_dir / "unet" / "diffusion_pytorch_model.safetensors"
     assert run["init"]["weights_sha256"] == hashlib.sha256(start.read_bytes()).hexdigest()
     assert run["loss"]["ssim_weight"] == 5.0 and run["validation"]["count"] >= 1

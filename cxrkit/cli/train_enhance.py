@@ -46,6 +46,9 @@ def train_enhance(
     val_fraction: Annotated[float, typer.Option(help="Share of patients held out.")] = 0.2,
     val_crop: Annotated[int, typer.Option(help="Validation crop side (0: whole image).")] = 512,
     val_count: Annotated[int, typer.Option(help="Validation images used (0: all).")] = 12,
+    split_seed: Annotated[int, typer.Option(
+        help="Seed of the patient split and the validation pairs (keep it when fine-tuning "
+             "with --init, so the held-out patients stay held out).")] = 0,
     resume: Annotated[str | None, typer.Option(
         help="'latest' or a checkpoint folder to continue from.", show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the weights and the data order.")] = 0,
@@ -92,7 +95,7 @@ def train_enhance(
         ema_decay=ema, mixed_precision=mixed_precision, checkpoint_every=checkpoint_every,
         validate_every=validate_every, seed=seed, resume=resume, cpu=cpu)
     pair_settings = PairSettings(preset=preset, crop=crop, val_fraction=val_fraction,
-                                 val_crop=val_crop, val_count=val_count)
+                                 val_crop=val_crop, val_count=val_count, split_seed=split_seed)
     train_enhancer(hq, settings, config, pairs=pair_settings, ssim_weight=ssim_weight, init=init,
                    lq_paths=[r["path"] for r in records] if pairs else None,
                    command=shlex.join(["cxrkit", *sys.argv[1:]]), on_log=_progress)

@@ -220,6 +220,9 @@ class PairSettings:
         val_crop: side of the centred validation crop (0: whole images).
         val_count: at most this many validation images (0: all).
         val_tile: tile side used when validating (see :func:`cxrkit.diffusion.enhance`).
+        split_seed: seed of the patient split, of the validation pairs' degradations and of the
+            validation sampling; independent of the training seed, so that a fine-tune with
+            another seed keeps the same patients held out and its numbers stay comparable.
     """
 
     preset: str = "drr-like"
@@ -229,6 +232,7 @@ class PairSettings:
     val_crop: int = 512
     val_count: int = 12
     val_tile: int = 512
+    split_seed: int = 0
 
 
 def train_enhancer(hq_paths: Sequence[str | Path], settings: EnhancerSettings,
@@ -273,7 +277,7 @@ def train_enhancer(hq_paths: Sequence[str | Path], settings: EnhancerSettings,
         settings = model.settings
     else:
         model = Enhancer.new(settings, generator=generator)
-    train_idx, val_idx = split_by_patient(hq_paths, pairs.val_fraction, seed=config.seed)
+    train_idx, val_idx = split_by_patient(hq_paths, pairs.val_fraction, seed=pairs.split_seed)
     hq = load_images(hq_paths)
     lq = load_images(lq_paths) if lq_paths is not None else None
 
@@ -283,11 +287,11 @@ def train_enhancer(hq_paths: Sequence[str | Path], settings: EnhancerSettings,
 
     data = subset(train_idx, pairs.crop)
     val_items = subset(val_idx[: pairs.val_count or None], pairs.crop).fixed(
-        pairs.val_crop, seed=config.seed) if val_idx else []
+        pairs.val_crop, seed=pairs.split_seed) if val_idx else []
 
     def validate(model: Any) -> dict[str, float]:
         def run(image: np.ndarray) -> np.ndarray:
-            gen = torch.Generator().manual_seed(config.seed)
+            gen = torch.Generator().manual_seed(pairs.split_seed)
             return enhance(model, image, generator=gen, tile=pairs.val_tile)
 
         return evaluate_pairs(run, val_items)
