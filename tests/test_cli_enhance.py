@@ -161,6 +161,7 @@ def test_train_enhance_fine_tunes_from_a_model_and_records_it(tiny_model_dir: Pa
     start = tiny_model_dir / "unet" / "diffusion_pytorch_model.safetensors"
     assert run["init"]["weights_sha256"] == hashlib.sha256(start.read_bytes()).hexdigest()
     assert run["loss"]["ssim_weight"] == 5.0 and run["validation"]["count"] >= 1
+    assert "_name_or_path" not in json.loads((model / "unet" / "config.json").read_text())
     tuned = Enhancer.from_pretrained(model)
     assert tuned.settings.block_out_channels == (8, 16)  # the architecture of --init
     bad = invoke("train-enhance", str(tmp_path / "hq"), "--init", str(tmp_path / "hq"),

@@ -144,6 +144,10 @@ class Enhancer(nn.Module):
         out = Path(directory)
         (out / "unet").mkdir(parents=True, exist_ok=True)
         self.unet.save_config(out / "unet")  # type: ignore[operator]
+        config_file = out / "unet" / "config.json"  # a model loaded from a folder names it there
+        config = json.loads(config_file.read_text())
+        if config.pop("_name_or_path", None) is not None:
+            config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         state = {k: v.detach().to(DTYPES[dtype]).contiguous()
                  for k, v in self.unet.state_dict().items()}
         save_file(state, out / "unet" / "diffusion_pytorch_model.safetensors",
