@@ -15,12 +15,11 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from cxrkit.diffusion.models import UNetDenoiser, new_unet
 from cxrkit.errors import InputError, ModelError
 from cxrkit.modelfiles import read_config, settings_values
 
@@ -85,7 +84,7 @@ class DdpmLQSettings:
         return self.unshuffle * 2 ** (len(self.block_out_channels) - 1)
 
 
-class DdpmLQ(nn.Module):
+class DdpmLQ(UNetDenoiser):
     """UNet + formulation: predicts ``ε`` (or ``v``) of a noisy LQ image, optionally given HQ.
 
     Args:
@@ -95,18 +94,11 @@ class DdpmLQ(nn.Module):
         settings: the model's settings.
     """
 
-    def __init__(self, unet: nn.Module, scheduler_config: dict[str, Any],
-                 settings: DdpmLQSettings) -> None:
-        super().__init__()
-        self.unet = unet
-        self.scheduler_config = dict(scheduler_config)
-        self.settings = settings
+    settings: DdpmLQSettings
 
     @classmethod
     def new(cls, settings: DdpmLQSettings, *, generator: torch.Generator) -> DdpmLQ:
         """A freshly initialised model (weights drawn from ``generator``)."""
-        from cxrkit.diffusion.models import new_unet
-
         r2 = settings.unshuffle**2
         unet, scheduler_config = new_unet(
             (2 if settings.conditional else 1) * r2, r2, settings.block_out_channels,
@@ -126,14 +118,10 @@ class DdpmLQ(nn.Module):
         Returns:
             ``(B, 1, H, W)`` predicted ``ε`` (or ``v``), float32.
         """
-        r = self.settings.unshuffle
         inputs = x_t
         if self.settings.conditional:
             inputs = torch.cat([x_t, torch.zeros_like(x_t) if cond is None else cond], dim=1)
-        inputs = F.pixel_unshuffle(inputs, r)  # (B, c·r², H/r, W/r)
-        dtype = next(self.unet.parameters()).dtype
-        out = self.unet(inputs.to(dtype), t).sample  # (B, r², H/r, W/r)
-        return F.pixel_shuffle(out, r).float()  # (B, 1, H, W)
+        return self.denoise(inputs, t)
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write the model directory (see the module docstring), fp32 safetensors."""

@@ -84,7 +84,46 @@ class EnhancerSettings:
         return self.unshuffle * 2 ** (len(self.block_out_channels) - 1)
 
 
-class Enhancer(nn.Module):
+class UNetDenoiser(nn.Module):
+    """A diffusers ``UNet2DModel`` run behind a space-to-depth rearrangement, with its schedule.
+
+    The shared body of :class:`Enhancer` and :class:`cxrkit.ddpm_lq.DdpmLQ`: each subclass builds
+    the UNet's input channels and calls :meth:`denoise`.
+
+    Args:
+        unet: a diffusers ``UNet2DModel`` with ``c·r²`` input and ``r²`` output channels.
+        scheduler_config: the ``DDPMScheduler`` config (schedule, prediction type).
+        settings: the model's settings (a dataclass with at least ``unshuffle``).
+    """
+
+    def __init__(self, unet: nn.Module, scheduler_config: dict[str, Any], settings: Any) -> None:
+        super().__init__()
+        self.unet = unet
+        self.scheduler_config = dict(scheduler_config)
+        self.settings = settings
+
+    def denoise(self, inputs: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``(B, c, H, W)`` stacked inputs → ``(B, 1, H, W)`` float32 UNet output.
+
+        The inputs are pixel-unshuffled by ``settings.unshuffle = r`` (``(B, c·r², H/r, W/r)``),
+        cast to the weights' dtype, denoised at timesteps ``t`` ``(B,)`` and shuffled back.
+        """
+        r = self.settings.unshuffle
+        out = self.unet(F.pixel_unshuffle(inputs, r).to(self.dtype), t).sample
+        return F.pixel_shuffle(out, r).float()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the weights."""
+        return next(self.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the weights."""
+        return next(self.parameters()).device
+
+
+class Enhancer(UNetDenoiser):
     """UNet + formulation: predicts ``v`` (or ``ε``) of the residual given the upsampled LQ.
 
     Args:
@@ -93,12 +132,7 @@ class Enhancer(nn.Module):
         settings: the enhancer's settings.
     """
 
-    def __init__(self, unet: nn.Module, scheduler_config: dict[str, Any],
-                 settings: EnhancerSettings) -> None:
-        super().__init__()
-        self.unet = unet
-        self.scheduler_config = dict(scheduler_config)
-        self.settings = settings
+    settings: EnhancerSettings
 
     @classmethod
     def new(cls, settings: EnhancerSettings, *, generator: torch.Generator) -> Enhancer:
@@ -121,20 +155,7 @@ class Enhancer(nn.Module):
         Returns:
             ``(B, 1, H, W)`` predicted ``v`` (or ``ε``), float32.
         """
-        r = self.settings.unshuffle
-        inputs = F.pixel_unshuffle(torch.cat([x_t, cond], dim=1), r)  # (B, 2r², H/r, W/r)
-        out = self.unet(inputs.to(self.dtype), t).sample  # (B, r², H/r, W/r)
-        return F.pixel_shuffle(out, r).float()  # (B, 1, H, W)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of the weights."""
-        return next(self.parameters()).dtype
-
-    @property
-    def device(self) -> torch.device:
-        """The device of the weights."""
-        return next(self.parameters()).device
+        return self.denoise(torch.cat([x_t, cond], dim=1), t)
 
     def save_pretrained(self, directory: str | Path, *, dtype: str = "fp32") -> None:
         """Write the model directory (see the module docstring), weights in ``dtype``."""
