@@ -52,6 +52,7 @@ LossFn = Callable[[nn.Module, dict[str, torch.Tensor], Sequence[torch.Generator]
 """``(model, batch, generators) → scalar loss``; one CPU generator per sample of the batch."""
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
+LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adamw": torch.optim.AdamW,  # decoupled weight decay (Loshchilov & Hutter 2019)
     "adam": torch.optim.Adam,  # L2 penalty in the gradient, as MUNIT and most GAN code use
@@ -114,6 +115,8 @@ class TrainConfig:
         grad_accum: micro-batches per optimizer step.
         lr: peak learning rate (of every phase that does not set its own).
         warmup_steps: linear learning-rate warm-up.
+        lr_schedule: after the warm-up, ``constant`` or ``cosine`` (half a cosine from the peak
+            to 0 at the last step, Loshchilov & Hutter 2017).
         weight_decay: weight decay (of every phase that does not set its own).
         max_grad_norm: gradient clipping norm (0 disables).
         ema_decay: EMA decay of the weights (0 disables); validation and the saved model use it.
@@ -134,6 +137,7 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 2e-4
     warmup_steps: int = 100
+    lr_schedule: str = "constant"
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     ema_decay: float = 0.999
@@ -154,6 +158,16 @@ class TrainConfig:
             raise InputError("steps, batch size and grad accumulation must be ≥ 1, lr > 0")
         if not 0 <= self.ema_decay < 1:
             raise InputError(f"ema decay must be in [0, 1), got {self.ema_decay}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise InputError(f"lr schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+
+    def lr_factor(self, step: int) -> float:
+        """The multiplier of the peak learning rate at optimizer step ``step`` (0-based)."""
+        warm = min(1.0, (step + 1) / max(1, self.warmup_steps))
+        if self.lr_schedule == "constant" or step < self.warmup_steps:
+            return warm
+        span = max(1, self.steps - self.warmup_steps)
+        return warm * 0.5 * (1 + math.cos(math.pi * (step - self.warmup_steps) / span))
 
 
 @dataclass
@@ -297,7 +311,7 @@ def train(
     began = time.monotonic()
     model.train()
     for step in range(start, config.steps):
-        warm = min(1.0, (step + 1) / max(1, config.warmup_steps))
+        warm = config.lr_factor(step)
         micro_batches = []  # this step's micro-batches, seen by every phase
         for _ in range(config.grad_accum):
             batch, seeds = next(batches)

@@ -168,3 +168,33 @@ def test_train_enhance_fine_tunes_from_a_model_and_records_it(tiny_model_dir: Pa
                  "-o", str(tmp_path / "x"))
     assert isinstance(bad.exception, ModelError) and "not a cxrkit enhancer" in str(bad.exception)
     assert not (tmp_path / "x").exists()
+
+
+def test_train_enhance_adds_an_encoder_and_focuses_on_one_step(tiny_model_dir: Path,
+                                                               tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    y, x = np.mgrid[0:96, 0:96] / 95.0
+    for name in ("00000001_000", "00000002_000", "00000003_000"):
+        pixels = np.clip(0.4 + 0.3 * np.cos(rng.uniform(2, 5) * y) * x, 0, 1).astype(np.float32)
+        write_radiograph(tmp_path / "hq" / f"{name}.png", Radiograph(pixels), record={})
+    model = tmp_path / "tuned"
+    result = invoke("train-enhance", str(tmp_path / "hq"), "--init", str(tiny_model_dir),
+                    "--context-channels", "4,8,8", "--sampler-steps", "1", "--ssim-weight", "1",
+                    "--lr-schedule", "cosine", "--steps", "3", "--batch-size", "2", "--crop", "32",
+                    "--val-fraction", "0.3", "--val-crop", "0", "--validate-every", "0",
+                    "--checkpoint-every", "0", "-o", str(model))
+    assert result.exit_code == 0, result.output
+    run = json.loads((model / "run.json").read_text())
+    assert run["loss"]["timesteps"] == [999] and run["config"]["lr_schedule"] == "cosine"
+    tuned = Enhancer.from_pretrained(model)
+    assert tuned.settings.default_steps == 1 and tuned.settings.context_channels == (4, 8, 8)
+    assert tuned.context is not None
+    assert any(p.abs().sum() > 0 for p in tuned.context.head[-1].parameters())  # it trained
+    out = tmp_path / "out.tif"
+    enhanced = invoke("enhance", str(tmp_path / "hq" / "00000001_000.png"), "--model", str(model),
+                      "-o", str(out))
+    assert enhanced.exit_code == 0, enhanced.output
+    assert read_radiograph(out).pixels.shape == (192, 192)
+    bad = invoke("train-enhance", str(tmp_path / "hq"), "--context-channels", "4,x",
+                 "-o", str(tmp_path / "y"))
+    assert bad.exit_code == 2 and not (tmp_path / "y").exists()

@@ -174,3 +174,104 @@ def test_ssim_term_adds_to_the_diffusion_loss_and_trains_the_clean_estimate() ->
     with_ssim.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_sampler_timesteps_are_the_ones_ddim_visits_and_focus_the_loss() -> None:
+    from cxrkit.diffusion import sampler_timesteps
+    from cxrkit.diffusion.models import diffusion_loss
+
+    model = Enhancer.new(TINY, generator=torch.Generator().manual_seed(0))
+    T = TINY.num_train_timesteps
+    assert sampler_timesteps(model.scheduler_config, 1) == (T - 1,)
+    assert sampler_timesteps(model.scheduler_config, 2) == (T - 1, T // 2 - 1)
+    with pytest.raises(InputError):
+        sampler_timesteps(model.scheduler_config, 0)
+    # at the one-step timestep the loss is the v-MSE there: with a model that outputs zeros it
+    # is the mean square of v = √ᾱ·ε − √(1−ᾱ)·x0, whatever the generators draw
+    zero = Enhancer.new(TINY, generator=torch.Generator().manual_seed(0))
+    for p in zero.parameters():
+        p.data.zero_()
+    hq = torch.rand(3, 1, 32, 32)
+    batch = {"hq": hq, "lq_up": torch.full_like(hq, 0.5)}
+    gens = [torch.Generator().manual_seed(i) for i in range(3)]
+    noise_gens = [torch.Generator().manual_seed(i) for i in range(3)]
+    for g in noise_gens:
+        torch.randint(0, T, (), generator=g)  # the loss draws t first, then the noise
+    noise = torch.stack([torch.randn((1, 32, 32), generator=g) for g in noise_gens])
+    a = train_alphas_cumprod(model.scheduler_config)[T - 1]
+    x0 = TINY.residual_scale * (hq - 0.5)
+    expected = ((a.sqrt() * noise - (1 - a).sqrt() * x0) ** 2).mean()
+    got = diffusion_loss(zero, batch, gens, timesteps=(T - 1,))
+    assert torch.allclose(got, expected, rtol=1e-5), (got, expected)
+    with pytest.raises(InputError):
+        diffusion_loss(zero, batch, gens, timesteps=(T,))
+
+
+CONTEXT = EnhancerSettings(scale=2, block_out_channels=(8, 16), unshuffle=2, default_steps=2,
+                           context_channels=(4, 8, 8, 8), context_crop=64)
+
+
+def _with_live_encoder(model: Enhancer) -> Enhancer:
+    """``model`` with its encoder's zero output layer drawn at random (so it changes outputs)."""
+    assert model.context is not None
+    gen = torch.Generator().manual_seed(7)
+    for p in model.context.head[-1].parameters():
+        p.data = torch.randn(p.shape, generator=gen)
+    return model.eval()
+
+
+def test_degradation_encoder_pools_tiles_exactly_like_one_pass() -> None:
+    model = _with_live_encoder(Enhancer.new(CONTEXT, generator=torch.Generator().manual_seed(0)))
+    assert model.context is not None
+    lq = torch.rand(2, 1, 200, 136, generator=torch.Generator().manual_seed(1))
+    whole, tiled = model.context(lq), model.context.pool(lq, tile=48)
+    assert whole.shape == (2, 4 * 8) and whole.abs().mean() > 0.1
+    assert torch.allclose(whole, tiled, atol=1e-5), (whole - tiled).abs().max()
+
+
+def test_enhancer_with_encoder_round_trips_tiles_and_starts_from_its_base(tmp_path: Path) -> None:
+    model = _with_live_encoder(Enhancer.new(CONTEXT, generator=torch.Generator().manual_seed(0)))
+    model.save_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / "context" / "degradation_encoder.safetensors").is_file()
+    loaded = Enhancer.from_pretrained(tmp_path / "m")
+    assert loaded.settings.context_channels == (4, 8, 8, 8)
+    lq = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+
+    def run(m: Enhancer, tile: int | None) -> np.ndarray:
+        return enhance(m, lq, generator=torch.Generator().manual_seed(0), tile=tile)
+
+    assert np.array_equal(run(model, None), run(loaded, None))  # the encoder's weights came back
+    assert np.allclose(run(loaded, None), run(loaded, 64), atol=1e-6)  # one tile == untiled
+    # the image's embedding matters: another image's embedding changes the output
+    other = loaded.encode(torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(3)))
+    assert not torch.allclose(other, loaded.encode(torch.from_numpy(lq)[None, None]))
+    with pytest.raises(InputError, match="embedding"):
+        loaded(torch.zeros(1, 1, 64, 64), torch.zeros(1, 1, 64, 64), torch.zeros(1).long())
+    # adding an encoder to a model without one leaves its outputs unchanged until it trains
+    base = Enhancer.new(TINY, generator=torch.Generator().manual_seed(0)).eval()
+    before = run(base, None)
+    grown = base.with_context((4, 8), 64, generator=torch.Generator().manual_seed(1))
+    assert grown.settings.context_channels == (4, 8) and np.array_equal(run(grown, None), before)
+    with pytest.raises(ModelError, match="already"):
+        grown.with_context((4, 8), 64, generator=torch.Generator().manual_seed(1))
+    (tmp_path / "m" / "context" / "degradation_encoder.safetensors").unlink()
+    with pytest.raises(ModelError, match="degradation encoder"):
+        Enhancer.from_pretrained(tmp_path / "m")
+
+
+def test_pairs_with_a_view_cut_crop_and_view_from_one_degradation() -> None:
+    from cxrkit.diffusion import PairData
+    from cxrkit.diffusion.training import to_uint16
+
+    y, x = np.mgrid[0:160, 0:200] / 50.0
+    image = to_uint16(0.5 + 0.4 * np.sin(3 * x) * np.cos(2 * y))
+    data = PairData([image], crop=32, scale=2, context=48)
+    assert data.view_side == 96
+    item = data.pair(0, 40, 60, np.random.default_rng(0), view=(20, 30))
+    assert item["lq_context"].shape == (1, 48, 48) and item["hq"].shape == (1, 32, 32)
+    view = item["lq_context"][0].numpy()
+    assert np.array_equal(item["lq"][0].numpy(), view[10:26, 15:31])  # ((40-20)/2, (60-30)/2)
+    sampled = data.sample(np.random.default_rng(1))
+    assert sampled["lq_context"].shape == (1, 48, 48)
+    small = PairData([image[:80, :90]], crop=32, scale=2, context=48)
+    assert small.view_side == 80  # the smallest image bounds the view

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -52,6 +53,23 @@ def test_tiny_unet_loss_falls(tmp_path: Path) -> None:
     assert run["command"] == "test" and run["config"]["steps"] == 60
     assert run["validation"] == {"score": 1.0} and run["cxrkit_version"]
     Enhancer.from_pretrained(tmp_path / "m")  # the model folder loads
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero(tmp_path: Path) -> None:
+    config = TrainConfig(output_dir=str(tmp_path / "m"), steps=12, batch_size=2, lr=1e-3,
+                         warmup_steps=4, lr_schedule="cosine", checkpoint_every=0, cpu=True,
+                         log_every=1)
+    factors = [config.lr_factor(s) for s in range(12)]
+    assert factors[:5] == [0.25, 0.5, 0.75, 1.0, 1.0]  # linear warm-up to the peak
+    assert all(a > b for a, b in itertools.pairwise(factors[4:]))  # then strictly down
+    assert factors[-1] == pytest.approx(0.5 * (1 + np.cos(np.pi * 7 / 8)))  # → 0 after the end
+    assert TrainConfig(output_dir="x", warmup_steps=4).lr_factor(11) == 1.0  # constant
+    with pytest.raises(InputError, match="lr schedule"):
+        TrainConfig(output_dir="x", lr_schedule="linear")
+    logs: list[dict[str, float]] = []
+    train(_tiny(), diffusion_loss, ToyPairs(), config, on_log=logs.append)
+    logged = [e["lr"] for e in logs if "lr" in e]
+    assert logged == pytest.approx([1e-3 * f for f in factors])
 
 
 def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path: Path) -> None:

@@ -30,6 +30,8 @@ def train_enhance(
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 4000,
     batch_size: Annotated[int, typer.Option(help="Global batch per step (all processes).")] = 8,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 5e-4,
+    lr_schedule: Annotated[str, typer.Option(
+        help="After the warm-up: constant, or cosine decay to 0 at the last step.")] = "constant",
     grad_accum: Annotated[int, typer.Option(help="Micro-batches per step.")] = 1,
     mixed_precision: Annotated[str, typer.Option(help="no, bf16 or fp16 autocast.")] = "no",
     ema: Annotated[float, typer.Option("--ema", help="EMA decay (0: off).")] = 0.999,
@@ -38,6 +40,14 @@ def train_enhance(
     ssim_weight: Annotated[float, typer.Option(
         min=0.0, help="Weight of the SSIM term on the model's clean-image estimate (0: plain MSE "
              "diffusion loss); sharper few-step results.")] = 0.0,
+    sampler_steps: Annotated[int, typer.Option(
+        min=0, help="Train only at the timesteps an N-step DDIM sampler visits (1: the one-step "
+             "regression of the residual) and make N the model's default step count; 0: every "
+             "timestep.")] = 0,
+    context_channels: Annotated[str, typer.Option(
+        help="Widths of a degradation encoder that reads the whole LQ image and conditions the "
+             "UNet on it (e.g. 16,32,64,64; with --init it is added to that model, starting "
+             "from its behaviour); empty: none.")] = "",
     init: Annotated[Path | None, typer.Option(
         help="Start from this model folder's weights and architecture (fine-tune); "
              "--channels and --prediction are then taken from it.", show_default=False)] = None,
@@ -79,6 +89,8 @@ def train_enhance(
     from cxrkit.diffusion import EnhancerSettings, PairSettings, train_enhancer
     from cxrkit.train import TrainConfig
 
+    if lr_schedule not in ("constant", "cosine"):
+        raise typer.BadParameter("use constant or cosine", param_hint="--lr-schedule")
     if mixed_precision not in MIXED:
         raise typer.BadParameter(f"use one of {', '.join(MIXED)}", param_hint="--mixed-precision")
     records = list(iter_inputs(inputs, patterns=("*.png", "*.tif", "*.tiff", "*.dcm")))
@@ -88,15 +100,21 @@ def train_enhance(
     if pairs and any("reference" not in r for r in records):
         raise typer.BadParameter("with --pairs every record needs a 'reference' (its HQ image)")
     hq = [r["reference"] if pairs else r["path"] for r in records]
-    widths = tuple(int(c) for c in channels.split(","))
+    try:
+        widths = tuple(int(c) for c in channels.split(","))
+        context = tuple(int(c) for c in context_channels.split(",")) if context_channels else ()
+    except ValueError:
+        raise typer.BadParameter("give comma-separated integers, e.g. 32,64,128") from None
     settings = EnhancerSettings(scale=scale, block_out_channels=widths, prediction_type=prediction)
     config = TrainConfig(
         output_dir=str(out), steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
+        lr_schedule=lr_schedule,
         ema_decay=ema, mixed_precision=mixed_precision, checkpoint_every=checkpoint_every,
         validate_every=validate_every, seed=seed, resume=resume, cpu=cpu)
     pair_settings = PairSettings(preset=preset, crop=crop, val_fraction=val_fraction,
                                  val_crop=val_crop, val_count=val_count, split_seed=split_seed)
     train_enhancer(hq, settings, config, pairs=pair_settings, ssim_weight=ssim_weight, init=init,
+                   sampler_steps=sampler_steps, add_context=context,
                    lq_paths=[r["path"] for r in records] if pairs else None,
                    command=shlex.join(["cxrkit", *sys.argv[1:]]), on_log=_progress)
     if shard()[0] == 0:  # one line from the main process under accelerate launch

@@ -25,6 +25,7 @@ from cxrkit.diffusion.models import (
     bicubic_enhance,
     bicubic_upsample,
     diffusion_loss,
+    sampler_timesteps,
 )
 from cxrkit.diffusion.sampling import SAMPLERS, enhance, make_scheduler, sample, tiled_predict
 from cxrkit.diffusion.training import PairData, PairSettings, split_by_patient, train_enhancer
@@ -43,6 +44,7 @@ __all__ = [
     "enhance",
     "make_scheduler",
     "sample",
+    "sampler_timesteps",
     "split_by_patient",
     "tiled_predict",
     "train_enhancer",

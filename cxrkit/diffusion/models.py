@@ -19,14 +19,20 @@ A model directory (diffusers ``save_pretrained`` layout)::
     enhancer.json           cxrkit's settings (kind, scale, unshuffle, residual_scale, defaults)
     unet/                   config.json + diffusion_pytorch_model.safetensors
     scheduler/              scheduler_config.json (DDPMScheduler: schedule and prediction type)
+    context/                degradation_encoder.safetensors (only with a DegradationEncoder)
     run.json                how it was trained (written by :mod:`cxrkit.train`)
+
+Optionally a :class:`DegradationEncoder` reads the whole LQ image once and adds what it infers of
+the degradation (blur width, tone curve) to the UNet's time embedding, so every tile is restored
+with the same image-wide estimate (DASR-style blind restoration).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +62,10 @@ class EnhancerSettings:
         residual_scale: ``s`` in ``x0 = s·(HQ - up)``; brings residuals (std ~0.025) to ~0.5.
         default_steps: sampling steps used when the caller gives none.
         default_sampler: sampler used when the caller gives none (a key of ``SAMPLERS``).
+        context_channels: widths of the :class:`DegradationEncoder` that reads the whole LQ image
+            and conditions every UNet block on what it sees (empty: no encoder).
+        context_crop: side, in LQ pixels, of the view the encoder sees in training (at inference
+            it pools over the whole image).
     """
 
     scale: int = 2
@@ -67,6 +77,8 @@ class EnhancerSettings:
     residual_scale: float = 20.0
     default_steps: int = 10
     default_sampler: str = "ddim"
+    context_channels: tuple[int, ...] = ()
+    context_crop: int = 256
     kind: str = field(default=ENHANCER_KIND)
 
     def __post_init__(self) -> None:
@@ -77,6 +89,9 @@ class EnhancerSettings:
                              f"got {self.prediction_type!r}")
         if self.unshuffle < 1 or not self.block_out_channels:
             raise InputError("unshuffle must be ≥ 1 and block_out_channels non-empty")
+        if self.context_channels and self.context_crop < DegradationEncoder.RECEPTIVE:
+            raise InputError(f"context crop must be ≥ {DegradationEncoder.RECEPTIVE} px, "
+                             f"got {self.context_crop}")
 
     @property
     def multiple(self) -> int:
@@ -102,14 +117,19 @@ class UNetDenoiser(nn.Module):
         self.scheduler_config = dict(scheduler_config)
         self.settings = settings
 
-    def denoise(self, inputs: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def denoise(self, inputs: torch.Tensor, t: torch.Tensor,
+                embedding: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, c, H, W)`` stacked inputs → ``(B, 1, H, W)`` float32 UNet output.
 
         The inputs are pixel-unshuffled by ``settings.unshuffle = r`` (``(B, c·r², H/r, W/r)``),
         cast to the weights' dtype, denoised at timesteps ``t`` ``(B,)`` and shuffled back.
+        ``embedding`` ``(B, D)`` is added to the UNet's time embedding (a UNet built with
+        ``class_embed_type="identity"``).
         """
         r = self.settings.unshuffle
-        out = self.unet(F.pixel_unshuffle(inputs, r).to(self.dtype), t).sample
+        labels = None if embedding is None else embedding.to(self.dtype)
+        out = self.unet(F.pixel_unshuffle(inputs, r).to(self.dtype), t,
+                        class_labels=labels).sample
         return F.pixel_shuffle(out, r).float()
 
     @property
@@ -134,6 +154,13 @@ class Enhancer(UNetDenoiser):
 
     settings: EnhancerSettings
 
+    def __init__(self, unet: nn.Module, scheduler_config: dict[str, Any],
+                 settings: EnhancerSettings, context: DegradationEncoder | None = None) -> None:
+        super().__init__(unet, scheduler_config, settings)
+        if bool(settings.context_channels) != (context is not None):
+            raise ModelError("the enhancer's settings and its degradation encoder disagree")
+        self.context = context
+
     @classmethod
     def new(cls, settings: EnhancerSettings, *, generator: torch.Generator) -> Enhancer:
         """A freshly initialised enhancer (weights drawn from ``generator``)."""
@@ -141,21 +168,67 @@ class Enhancer(UNetDenoiser):
         unet, scheduler_config = new_unet(
             2 * r2, r2, settings.block_out_channels, settings.layers_per_block,
             num_train_timesteps=settings.num_train_timesteps,
-            prediction_type=settings.prediction_type, generator=generator)
-        return cls(unet, scheduler_config, settings)
+            prediction_type=settings.prediction_type, generator=generator,
+            embedding=bool(settings.context_channels))
+        context = None
+        if settings.context_channels:
+            context = DegradationEncoder.new(settings.context_channels,
+                                             4 * settings.block_out_channels[0],
+                                             generator=generator)
+        return cls(unet, scheduler_config, settings, context)
 
-    def forward(self, x_t: torch.Tensor, cond: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def with_context(self, channels: tuple[int, ...], crop: int, *,
+                     generator: torch.Generator) -> Enhancer:
+        """This enhancer with a new :class:`DegradationEncoder` (for fine-tuning).
+
+        The encoder's last layer starts at zero, so the returned model computes exactly what this
+        one does until training moves it. The UNet is shared, not copied.
+
+        Raises:
+            ModelError: the model has an encoder already.
+        """
+        if self.context is not None:
+            raise ModelError("the enhancer has a degradation encoder already")
+        if self.unet.class_embedding is not None:  # type: ignore[union-attr]
+            raise ModelError("the enhancer's UNet has a class embedding of its own")
+        self.unet.register_to_config(class_embed_type="identity")  # type: ignore[operator]
+        self.unet.class_embedding = nn.Identity()  # adds the embedding to the time embedding
+        settings = replace(self.settings, context_channels=tuple(channels), context_crop=crop)
+        encoder = DegradationEncoder.new(settings.context_channels,
+                                         4 * settings.block_out_channels[0], generator=generator)
+        return Enhancer(self.unet, self.scheduler_config, settings,
+                        encoder.to(self.device, self.dtype))
+
+    def encode(self, lq: torch.Tensor) -> torch.Tensor | None:
+        """The degradation embedding ``(B, D)`` of LQ images ``(B, 1, h, w)`` in [0, 1] (None
+        without an encoder); memory-bounded for large images (see :meth:`DegradationEncoder.pool`).
+        """
+        if self.context is None:
+            return None
+        return self.context.pool(lq.to(self.device, self.dtype))
+
+    def forward(self, x_t: torch.Tensor, cond: torch.Tensor, t: torch.Tensor, *,
+                embedding: torch.Tensor | None = None,
+                lq_context: torch.Tensor | None = None) -> torch.Tensor:
         """The model output for noisy residuals.
 
         Args:
             x_t: ``(B, 1, H, W)`` noisy residual; ``H, W`` multiples of ``settings.multiple``.
             cond: ``(B, 1, H, W)`` upsampled LQ mapped to [-1, 1].
             t: ``(B,)`` integer timesteps in ``[0, T)``.
+            embedding: ``(B, D)`` degradation embedding from :meth:`encode` (inference: once per
+                image, shared by its tiles).
+            lq_context: ``(B, 1, h, w)`` LQ views in [0, 1] to encode here (training, so the
+                encoder runs inside the (possibly DDP-wrapped) forward).
 
         Returns:
             ``(B, 1, H, W)`` predicted ``v`` (or ``ε``), float32.
         """
-        return self.denoise(torch.cat([x_t, cond], dim=1), t)
+        if self.context is not None and embedding is None:
+            if lq_context is None:
+                raise InputError("this enhancer needs the LQ image's degradation embedding")
+            embedding = self.context(lq_context.to(self.dtype))
+        return self.denoise(torch.cat([x_t, cond], dim=1), t, embedding)
 
     def save_pretrained(self, directory: str | Path, *, dtype: str = "fp32") -> None:
         """Write the model directory (see the module docstring), weights in ``dtype``."""
@@ -174,6 +247,11 @@ class Enhancer(UNetDenoiser):
         save_file(state, out / "unet" / "diffusion_pytorch_model.safetensors",
                   metadata={"format": "pt"})
         DDPMScheduler.from_config(self.scheduler_config).save_pretrained(out / "scheduler")
+        if self.context is not None:
+            (out / "context").mkdir(exist_ok=True)
+            save_file({k: v.detach().to(DTYPES[dtype]).contiguous()
+                       for k, v in self.context.state_dict().items()},
+                      out / "context" / CONTEXT_WEIGHTS, metadata={"format": "pt"})
         import diffusers
 
         index = {"_class_name": "CxrkitEnhancer", "_diffusers_version": diffusers.__version__,
@@ -204,17 +282,131 @@ class Enhancer(UNetDenoiser):
             scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
         except (OSError, ValueError, RuntimeError) as exc:
             raise ModelError(f"cannot load the enhancer: {exc}"[:300], path=str(folder)) from exc
-        model = cls(unet, dict(scheduler.config), settings)
+        context = None
+        if settings.context_channels:
+            context = DegradationEncoder(settings.context_channels,
+                                         4 * settings.block_out_channels[0])
+            load_weights(context, folder / "context" / CONTEXT_WEIGHTS, what="degradation encoder")
+            context = context.to(dtype)
+        model = cls(unet, dict(scheduler.config), settings, context)
         return model.to(device).eval().requires_grad_(False)
+
+
+class DegradationEncoder(nn.Module):
+    """Reads a whole LQ image and says how it was degraded, as an embedding for the UNet.
+
+    The degradations a blind enhancer faces are image-wide (one slice-blur width, one tone curve
+    per radiograph), but a UNet tile sees a few dozen pixels of context, too little to tell a
+    5 mm slice blur from smooth anatomy. As in DASR (Wang et al. 2021,
+    https://arxiv.org/abs/2104.00416) a small CNN estimates the degradation from the whole image
+    instead: strided 3×3 convolutions, mean and standard-deviation pooling over every position,
+    and an MLP to the UNet's time-embedding width; the embedding is added to the time embedding,
+    so it shifts the features of every ResNet block. The MLP's last layer starts at zero, so a
+    new encoder leaves an enhancer's output unchanged.
+
+    In training the encoder sees a ``context_crop``-sided LQ view around each training crop; at
+    inference it pools over the whole image (:meth:`pool`), once per image, shared by all tiles.
+
+    Args:
+        channels: conv widths; the first conv keeps the resolution, each later one halves it.
+        out_dim: embedding width (the UNet's time-embedding width).
+    """
+
+    RECEPTIVE = 64
+    """An LQ-pixel margin that covers the convolutions' receptive field (with room to spare)."""
+
+    def __init__(self, channels: tuple[int, ...], out_dim: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = 1
+        for i, c in enumerate(channels):
+            layers += [nn.Conv2d(c_in, c, 3, stride=1 if i == 0 else 2, padding=1,
+                                 padding_mode="replicate"), nn.SiLU()]
+            c_in = c
+        self.features = nn.Sequential(*layers)
+        self.stride = 2 ** (len(channels) - 1)
+        self.head = nn.Sequential(nn.Linear(2 * c_in, 2 * c_in), nn.SiLU(),
+                                  nn.Linear(2 * c_in, out_dim))
+
+    @classmethod
+    def new(cls, channels: tuple[int, ...], out_dim: int, *,
+            generator: torch.Generator) -> DegradationEncoder:
+        """A fresh encoder, weights from ``generator``, the output layer zero."""
+        state = torch.random.get_rng_state()
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        try:
+            encoder = cls(channels, out_dim)
+        finally:
+            torch.random.set_rng_state(state)
+        last = encoder.head[-1]
+        assert isinstance(last, nn.Linear)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        return encoder
+
+    def forward(self, lq: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, h, w)`` LQ in [0, 1] → ``(B, D)`` embedding (pooling over the whole view)."""
+        f = self.features(2 * lq - 1).float()  # (B, C, h', w')
+        mean = f.mean(dim=(2, 3))
+        std = (f.square().mean(dim=(2, 3)) - mean.square()).clamp_min(0).add(1e-6).sqrt()
+        return self.head(torch.cat([mean, std], 1).to(lq.dtype)).float()
+
+    def pool(self, lq: torch.Tensor, *, tile: int = 1024) -> torch.Tensor:
+        """:meth:`forward` for images of any size in bounded memory.
+
+        The conv features are computed on overlapping tiles (``tile`` LQ pixels plus a
+        :attr:`RECEPTIVE` margin, aligned to the stride) and their sums pooled over each tile's
+        core, so the result equals one pass over the whole image (to float rounding).
+        """
+        h, w = lq.shape[-2:]
+        if max(h, w) <= tile:
+            return self.forward(lq)
+        s, m = self.stride, self.RECEPTIVE
+        tile = max(s, tile // s * s)
+        total = sq = None
+        count = 0
+        for y in range(0, h, tile):
+            for x in range(0, w, tile):
+                y0, x0 = max(0, y - m), max(0, x - m)
+                y1, x1 = min(h, y + tile + m), min(w, x + tile + m)
+                f = self.features(2 * lq[..., y0:y1, x0:x1] - 1).float()
+                fy, fx = (y - y0) // s, (x - x0) // s  # the core's first feature row / column
+                core = f[..., fy : fy + math.ceil(min(tile, h - y) / s),
+                         fx : fx + math.ceil(min(tile, w - x) / s)]
+                part, part_sq = core.sum(dim=(2, 3)), core.square().sum(dim=(2, 3))
+                total = part if total is None else total + part
+                sq = part_sq if sq is None else sq + part_sq
+                count += core.shape[-2] * core.shape[-1]
+        assert total is not None and sq is not None
+        mean, mean_sq = total / count, sq / count
+        std = (mean_sq - mean.square()).clamp_min(0).add(1e-6).sqrt()
+        return self.head(torch.cat([mean, std], 1).to(lq.dtype)).float()
+
+
+CONTEXT_WEIGHTS = "degradation_encoder.safetensors"
+
+
+def load_weights(module: nn.Module, path: Path, *, what: str) -> None:
+    """Load ``module``'s weights from a safetensors file (strict), or raise :class:`ModelError`."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise ModelError(f"the {what} has no safetensors weights", path=str(path))
+    try:
+        module.load_state_dict(load_file(path), strict=True)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise ModelError(f"cannot load the {what}: {exc}"[:300], path=str(path)) from exc
 
 
 def new_unet(
     in_channels: int, out_channels: int, block_out_channels: tuple[int, ...],
     layers_per_block: int, *, num_train_timesteps: int, prediction_type: str,
-    generator: torch.Generator,
+    generator: torch.Generator, embedding: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """A freshly initialised attention-free diffusers ``UNet2DModel`` and its cosine-schedule
-    ``DDPMScheduler`` config (trailing timesteps), weights drawn from ``generator``.
+    ``DDPMScheduler`` config (trailing timesteps), weights drawn from ``generator``. With
+    ``embedding`` the UNet adds a given ``(B, D)`` vector to its time embedding
+    (``class_embed_type="identity"``).
 
     diffusers initialises layers from torch's global RNG; this seeds it from ``generator`` for the
     call only and restores it afterwards, so callers' global RNG state is untouched.
@@ -229,7 +421,8 @@ def new_unet(
             sample_size=64, in_channels=in_channels, out_channels=out_channels,
             block_out_channels=block_out_channels, layers_per_block=layers_per_block,
             down_block_types=("DownBlock2D",) * levels, up_block_types=("UpBlock2D",) * levels,
-            norm_num_groups=min(8, block_out_channels[0]), add_attention=False)
+            norm_num_groups=min(8, block_out_channels[0]), add_attention=False,
+            class_embed_type="identity" if embedding else None)
     finally:
         torch.random.set_rng_state(state)
     scheduler = DDPMScheduler(
@@ -260,6 +453,7 @@ def read_settings(folder: Path) -> EnhancerSettings:
     known = set(EnhancerSettings.__dataclass_fields__)
     values = {k: v for k, v in raw.items() if k in known}
     values["block_out_channels"] = tuple(values.get("block_out_channels", ()))
+    values["context_channels"] = tuple(values.get("context_channels", ()))
     try:
         return EnhancerSettings(**values)
     except (InputError, TypeError) as exc:
@@ -271,7 +465,8 @@ def read_settings(folder: Path) -> EnhancerSettings:
 
 def diffusion_loss(model: nn.Module, batch: dict[str, torch.Tensor],
                    generators: Sequence[torch.Generator], *,
-                   ssim_weight: float = 0.0) -> torch.Tensor:
+                   ssim_weight: float = 0.0,
+                   timesteps: Sequence[int] | None = None) -> torch.Tensor:
     """MSE between the model output and the true ``v`` (or ``ε``) at a random timestep, plus an
     optional structural term on the model's estimate of the clean image.
 
@@ -283,10 +478,13 @@ def diffusion_loss(model: nn.Module, batch: dict[str, torch.Tensor],
 
     Args:
         model: an :class:`Enhancer` (possibly wrapped by accelerate/DDP).
-        batch: ``hq`` and ``lq_up``, each ``(B, 1, h, w)`` float32 in [0, 1].
+        batch: ``hq`` and ``lq_up``, each ``(B, 1, h, w)`` float32 in [0, 1]; for an enhancer
+            with a degradation encoder also ``lq_context`` ``(B, 1, k, k)``, the LQ views it reads.
         generators: one CPU generator per sample; each draws that sample's timestep and noise,
             so the loss of a sample does not depend on how the batch is split across processes.
         ssim_weight: weight ``w`` of the SSIM term (0: the plain diffusion loss).
+        timesteps: train only at these timesteps (drawn uniformly), e.g. the ones an N-step
+            sampler visits (:func:`sampler_timesteps`); None: every ``t`` in ``[0, T)``.
 
     Returns:
         The scalar loss, averaged over the batch.
@@ -297,7 +495,14 @@ def diffusion_loss(model: nn.Module, batch: dict[str, torch.Tensor],
     hq, lq_up = batch["hq"], batch["lq_up"]
     x0 = settings.residual_scale * (hq - lq_up)  # (B, 1, h, w)
     T = settings.num_train_timesteps
-    t = torch.stack([torch.randint(0, T, (), generator=g) for g in generators])  # (B,)
+    if timesteps:
+        allowed = torch.as_tensor(list(timesteps), dtype=torch.long)
+        if int(allowed.min()) < 0 or int(allowed.max()) >= T:
+            raise InputError(f"training timesteps must lie in [0, {T}), got {list(timesteps)}")
+        t = torch.stack([allowed[torch.randint(0, len(allowed), (), generator=g)]
+                         for g in generators])  # (B,)
+    else:
+        t = torch.stack([torch.randint(0, T, (), generator=g) for g in generators])  # (B,)
     noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in generators])
     noise, t = noise.to(x0.device), t.to(x0.device)
     alphas = train_alphas_cumprod(unwrap_enhancer(model).scheduler_config).to(x0.device)
@@ -306,7 +511,8 @@ def diffusion_loss(model: nn.Module, batch: dict[str, torch.Tensor],
     x_t = a * x0 + b * noise
     v_pred = settings.prediction_type == "v_prediction"
     target = a * noise - b * x0 if v_pred else noise
-    pred = model(x_t, 2 * lq_up - 1, t).float()
+    context = {"lq_context": batch["lq_context"]} if "lq_context" in batch else {}
+    pred = model(x_t, 2 * lq_up - 1, t, **context).float()
     loss = F.mse_loss(pred, target)
     if ssim_weight > 0:
         # ε-prediction divides by √ᾱ, unbounded at t → T: clamp as a sampler would.
@@ -314,6 +520,24 @@ def diffusion_loss(model: nn.Module, batch: dict[str, torch.Tensor],
         estimate = (lq_up + x0_hat / settings.residual_scale).clamp(0, 1)
         loss = loss + ssim_weight * (1 - ssim_torch(estimate, hq)).mean()
     return loss
+
+
+def sampler_timesteps(scheduler_config: dict[str, Any], steps: int) -> tuple[int, ...]:
+    """The timesteps a ``steps``-step DDIM sampler visits (trailing spacing, as in
+    :func:`cxrkit.diffusion.sampling.make_scheduler`): ``(T-1,)`` for one step, ``(999, 499)``
+    for two steps of a 1000-step schedule, and so on.
+
+    Raises:
+        InputError: ``steps`` < 1 or more than the schedule's length.
+    """
+    from diffusers import DDIMScheduler
+
+    T = int(scheduler_config["num_train_timesteps"])
+    if not 1 <= steps <= T:
+        raise InputError(f"sampler steps must be in [1, {T}], got {steps}")
+    scheduler = DDIMScheduler.from_config(scheduler_config, timestep_spacing="trailing")
+    scheduler.set_timesteps(steps)
+    return tuple(int(t) for t in scheduler.timesteps)
 
 
 def train_alphas_cumprod(scheduler_config: dict[str, Any]) -> torch.Tensor:

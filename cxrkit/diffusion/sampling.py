@@ -201,7 +201,15 @@ def enhance(model: Enhancer, lq: np.ndarray, *, sampler: str | None = None,
     pad_h, pad_w = (-H) % m, (-W) % m
     cond = F.pad(up[None, None] * 2 - 1, (0, pad_w, 0, pad_h), mode="replicate")  # (1,1,H',W')
     with torch.inference_mode():
-        residual = sample(model, cond.to(model.device), scheduler=scheduler,
+        # one degradation estimate for the whole image (None without an encoder), for every tile
+        embedding = model.encode(torch.from_numpy(np.ascontiguousarray(lq, np.float32))[None, None])
+
+        def model_fn(x: torch.Tensor, c: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            if embedding is None:
+                return model(x, c, t)
+            return model(x, c, t, embedding=embedding.expand(len(x), -1))
+
+        residual = sample(model_fn, cond.to(model.device), scheduler=scheduler,
                           steps=steps or settings.default_steps, generator=generator,
                           tile=tile, overlap=overlap, tile_batch=tile_batch)
     out = up + residual[0, 0, :H, :W].cpu() / settings.residual_scale

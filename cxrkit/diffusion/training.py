@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,7 @@ from cxrkit.diffusion.models import (
     EnhancerSettings,
     bicubic_upsample,
     diffusion_loss,
+    sampler_timesteps,
     unwrap_enhancer,
 )
 from cxrkit.errors import InputError, ModelError
@@ -79,6 +80,9 @@ class PairData:
         pixel_mm: pixel pitch of the HQ images (for physical blur sizes).
         lq_images: explicit LQ images, ``(H/scale, W/scale)`` uint16, aligned with ``images``.
         margin: context around a crop, HQ pixels (covers the preset's blur kernels).
+        context: side, in LQ pixels, of the view of the whole LQ image that a degradation encoder
+            reads (``lq_context``); the training crop lies inside it and both come from the same
+            degradation. 0: no view.
     """
 
     images: Sequence[np.ndarray]
@@ -88,6 +92,7 @@ class PairData:
     pixel_mm: float = 0.35
     lq_images: Sequence[np.ndarray] | None = None
     margin: int = 32
+    context: int = 0
 
     def __post_init__(self) -> None:
         if not self.images:
@@ -95,21 +100,43 @@ class PairData:
         if self.crop % self.scale or self.margin % self.scale:
             raise InputError(f"crop {self.crop} must be a multiple of the scale {self.scale}")
 
+    @functools.cached_property
+    def view_side(self) -> int:
+        """HQ side of the degradation encoder's view: ``context·scale``, or less where an image
+        is smaller (one side for every sample, so that views stack into a batch)."""
+        s = self.scale
+        smallest = min(min(H - H % s, W - W % s) for H, W in (im.shape for im in self.images))
+        return min(self.context * s, smallest)
+
     def sample(self, generator: np.random.Generator) -> dict[str, torch.Tensor]:
-        """One random pair: a random image, crop position and degradation from ``generator``."""
+        """One random pair: a random image, crop position and degradation from ``generator``
+        (with ``context``: a random view, and the crop at a random place inside it)."""
         index = int(generator.integers(len(self.images)))
         H, W = self.images[index].shape
         c, s = min(self.crop, H - H % self.scale), self.scale
+        if self.context:
+            K = self.view_side
+            c = min(c, K)
+            ky = int(generator.integers(0, (H - K) // s + 1)) * s
+            kx = int(generator.integers(0, (W - K) // s + 1)) * s
+            y = ky + int(generator.integers(0, (K - c) // s + 1)) * s
+            x = kx + int(generator.integers(0, (K - c) // s + 1)) * s
+            return self.pair(index, y, x, generator, crop=c, view=(ky, kx))
         y = int(generator.integers(0, (H - c) // s + 1)) * s
         x = int(generator.integers(0, (W - c) // s + 1)) * s
         return self.pair(index, y, x, generator, crop=c)
 
     def pair(self, index: int, y: int, x: int, generator: np.random.Generator, *,
-             crop: int | None = None) -> dict[str, torch.Tensor]:
+             crop: int | None = None, view: tuple[int, int] | None = None
+             ) -> dict[str, torch.Tensor]:
         """The pair of image ``index`` at HQ offset ``(y, x)`` (multiples of the scale).
 
+        With ``view`` (its HQ offset; side :attr:`view_side`, containing the crop) the region
+        around the view is degraded once, and the pair and the view are cut from it.
+
         Returns:
-            ``hq``, ``lq_up``: ``(1, c, c)`` float32 in [0, 1]; ``lq``: ``(1, c/s, c/s)``.
+            ``hq``, ``lq_up``: ``(1, c, c)`` float32 in [0, 1]; ``lq``: ``(1, c/s, c/s)``; with
+            ``view`` also ``lq_context`` ``(1, K/s, K/s)``.
         """
         from cxrkit.degrade import degrade
 
@@ -117,8 +144,13 @@ class PairData:
         H, W = hq_full.shape
         c, s, m = crop or self.crop, self.scale, self.margin
         ch, cw = min(c, H - y), min(c, W - x)
-        y0, x0 = max(0, y - m), max(0, x - m)
-        y1, x1 = min(H - H % s, y + ch + m), min(W - W % s, x + cw + m)
+        if view is None:
+            y0, x0 = max(0, y - m), max(0, x - m)
+            y1, x1 = min(H - H % s, y + ch + m), min(W - W % s, x + cw + m)
+        else:
+            K = self.view_side
+            y0, x0 = max(0, view[0] - m), max(0, view[1] - m)
+            y1, x1 = min(H - H % s, view[0] + K + m), min(W - W % s, view[1] + K + m)
         if self.lq_images is not None:
             lq = self.lq_images[index][y0 // s : y1 // s, x0 // s : x1 // s] / np.float32(65535)
         else:
@@ -128,9 +160,14 @@ class PairData:
         up = bicubic_upsample(torch.from_numpy(np.ascontiguousarray(lq, np.float32)), s)
         oy, ox = y - y0, x - x0
         hq = torch.from_numpy(hq_full[y : y + ch, x : x + cw].astype(np.float32) / 65535)
-        return {"hq": hq[None], "lq_up": up[None, oy : oy + ch, ox : ox + cw].contiguous(),
-                "lq": torch.from_numpy(np.ascontiguousarray(
-                    lq[oy // s : (oy + ch) // s, ox // s : (ox + cw) // s], np.float32))[None]}
+        out = {"hq": hq[None], "lq_up": up[None, oy : oy + ch, ox : ox + cw].contiguous(),
+               "lq": torch.from_numpy(np.ascontiguousarray(
+                   lq[oy // s : (oy + ch) // s, ox // s : (ox + cw) // s], np.float32))[None]}
+        if view is not None:
+            vy, vx, k = (view[0] - y0) // s, (view[1] - x0) // s, self.view_side // s
+            out["lq_context"] = torch.from_numpy(np.ascontiguousarray(
+                lq[vy : vy + k, vx : vx + k], np.float32))[None]
+        return out
 
     def fixed(self, crop: int, *, seed: int) -> list[dict[str, torch.Tensor]]:
         """One deterministic centre-crop pair per image (``crop`` 0: the whole image)."""
@@ -239,7 +276,8 @@ def train_enhancer(hq_paths: Sequence[str | Path], settings: EnhancerSettings,
                    config: TrainConfig, *, pairs: PairSettings | None = None,
                    lq_paths: Sequence[str | Path] | None = None, command: str = "",
                    weights_dtype: str = "fp16", ssim_weight: float = 0.0,
-                   init: str | Path | None = None,
+                   init: str | Path | None = None, sampler_steps: int = 0,
+                   add_context: tuple[int, ...] = (),
                    on_log: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
     """Train a diffusion enhancer with :func:`cxrkit.train.train` and write its model directory.
 
@@ -254,6 +292,13 @@ def train_enhancer(hq_paths: Sequence[str | Path], settings: EnhancerSettings,
         ssim_weight: weight of the SSIM term of :func:`diffusion_loss` (0: plain MSE).
         init: a model directory to start from (fine-tuning); its weights and architecture replace
             ``settings``' architecture, and ``run.json`` records its weights' hash and command.
+        sampler_steps: ``N`` > 0 trains only at the timesteps an ``N``-step DDIM sampler visits
+            (:func:`sampler_timesteps`; ``N`` = 1: the one-step regression of the residual), so a
+            small model spends its capacity on the path it is sampled along; the model's default
+            step count becomes ``N``. 0: every timestep.
+        add_context: widths of a :class:`~cxrkit.diffusion.models.DegradationEncoder` to add to
+            the ``init`` model (zero-initialised output, so training starts from that model's
+            behaviour); a new model takes its encoder from ``settings.context_channels``.
         on_log: progress callback (see :func:`cxrkit.train.train`).
 
     Returns:
@@ -275,15 +320,27 @@ def train_enhancer(hq_paths: Sequence[str | Path], settings: EnhancerSettings,
             raise ModelError(f"the model to start from has scale {model.settings.scale}, not "
                              f"{settings.scale}", path=str(init))
         settings = model.settings
+        if add_context:
+            model = model.with_context(add_context, settings.context_crop, generator=generator)
+            model.requires_grad_(True).train()
+            settings = model.settings
     else:
+        if add_context:
+            settings = replace(settings, context_channels=tuple(add_context))
         model = Enhancer.new(settings, generator=generator)
+    timesteps: tuple[int, ...] | None = None
+    if sampler_steps:
+        timesteps = sampler_timesteps(model.scheduler_config, sampler_steps)
+        settings = replace(settings, default_steps=sampler_steps, default_sampler="ddim")
+        model.settings = settings
     train_idx, val_idx = split_by_patient(hq_paths, pairs.val_fraction, seed=pairs.split_seed)
     hq = load_images(hq_paths)
     lq = load_images(lq_paths) if lq_paths is not None else None
 
     def subset(idx: list[int], crop: int) -> PairData:
         return PairData([hq[i] for i in idx], crop, settings.scale, pairs.preset, pairs.pixel_mm,
-                        [lq[i] for i in idx] if lq is not None else None)
+                        [lq[i] for i in idx] if lq is not None else None,
+                        context=settings.context_crop if settings.context_channels else 0)
 
     data = subset(train_idx, pairs.crop)
     val_items = subset(val_idx[: pairs.val_count or None], pairs.crop).fixed(
@@ -298,7 +355,8 @@ def train_enhancer(hq_paths: Sequence[str | Path], settings: EnhancerSettings,
 
     run_info = {
         "command": command, "enhancer": asdict(settings), "pairs": asdict(pairs),
-        "loss": {"diffusion": "mse", "ssim_weight": ssim_weight},
+        "loss": {"diffusion": "mse", "ssim_weight": ssim_weight,
+                 "timesteps": list(timesteps) if timesteps else "all"},
         "init": init_record(init) if init is not None else None,
         "parameters": sum(p.numel() for p in model.parameters()),
         "data": {"train": files_sha256([hq_paths[i] for i in train_idx]),
@@ -309,6 +367,6 @@ def train_enhancer(hq_paths: Sequence[str | Path], settings: EnhancerSettings,
     def save(trained: torch.nn.Module, folder: Path) -> None:
         unwrap_enhancer(trained).save_pretrained(folder, dtype=weights_dtype)
 
-    loss = functools.partial(diffusion_loss, ssim_weight=ssim_weight)
+    loss = functools.partial(diffusion_loss, ssim_weight=ssim_weight, timesteps=timesteps)
     return train(model, loss, data, config, validate=validate if val_items else None,
                  save_model=save, run_info=run_info, on_log=on_log)
