@@ -10,7 +10,8 @@ same inputs. Reported per step count:
   bounded by the tile, so it does not grow with the step count);
 * ``PSNR``/``SSIM`` and their gain over bicubic (means over the images, dB / SSIM units);
 * ``TFLOP/img``: FLOPs of all model evaluations for one image, counted by
-  ``torch.utils.flop_counter`` (2 FLOPs per multiply-add, tiles and overlaps included);
+  ``torch.utils.flop_counter`` (2 FLOPs per multiply-add, tiles and overlaps included, plus the
+  degradation encoder's one pass where the model has one);
 * ``× fewer``: the DiffusionXRay configuration's 435 TFLOP per image (2000 DDPM steps of its
   91 M-parameter SR3 UNet at 1024², 217.5 GFLOP per step; ``../shared/research/enhance.md``)
   divided by ours.
@@ -47,14 +48,28 @@ DIFFUSIONXRAY_TFLOP = 435.0  # 2000 × 217.5 GFLOP (enhance.md §1, measured the
 NIH = Path(__file__).resolve().parents[2] / "shared" / "data" / "nih-cxr14" / "images"
 
 
-def flops_per_step(model: Enhancer, size: int, tile: int | None, overlap: int) -> float:
-    """FLOPs of one denoising step (all tiles) for a ``size``² output."""
+def flops_per_image(model: Enhancer, size: int, tile: int | None,
+                    overlap: int) -> tuple[float, float]:
+    """FLOPs for a ``size``² output: ``(once per image, per denoising step)``.
+
+    Once per image: the degradation encoder (0 without one); per step: the UNet on all tiles.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
     x = torch.zeros(1, 1, size, size)
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        tiled_predict(model, x, x, 500, tile=tile, overlap=overlap)
-    return float(counter.get_total_flops())
+        embedding = model.encode(torch.zeros(1, 1, size // model.settings.scale,
+                                             size // model.settings.scale))
+    once = float(counter.get_total_flops())
+
+    def model_fn(x_t: torch.Tensor, cond: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if embedding is None:
+            return model(x_t, cond, t)
+        return model(x_t, cond, t, embedding=embedding.expand(len(x_t), -1))
+
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        tiled_predict(model_fn, x, x, 500, tile=tile, overlap=overlap)
+    return once, float(counter.get_total_flops())
 
 
 def validation_images(model_dir: Path, count: int) -> list[Path]:
@@ -89,7 +104,7 @@ def main() -> None:
     bicubic = [bicubic_enhance(lq, 2) for _, lq in pairs]
     base_psnr = float(np.mean([psnr(b, hq) for b, (hq, _) in zip(bicubic, pairs, strict=True)]))
     base_ssim = float(np.mean([ssim(b, hq) for b, (hq, _) in zip(bicubic, pairs, strict=True)]))
-    per_step = flops_per_step(model, 1024, args.tile, args.overlap)
+    once, per_step = flops_per_image(model, 1024, args.tile, args.overlap)
 
     rows = []
     for n in steps:
@@ -101,7 +116,7 @@ def main() -> None:
             times.append(time.perf_counter() - start)
             ps.append(psnr(out, hq))
             ss.append(ssim(out, hq))
-        tflop = n * per_step / 1e12
+        tflop = (once + n * per_step) / 1e12
         rows.append({"steps": n, "s_per_image": statistics.median(times),
                      "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                      "psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)),
@@ -114,7 +129,7 @@ def main() -> None:
           f"full 1024² from 512²)  sampler {args.sampler}  tile {args.tile}/{args.overlap}  "
           f"threads {args.threads}")
     print(f"bicubic: PSNR {base_psnr:.2f} dB  SSIM {base_ssim:.4f}  "
-          f"GFLOP/step {per_step / 1e9:.1f}")
+          f"GFLOP/step {per_step / 1e9:.1f}  GFLOP/image once {once / 1e9:.2f}")
     print(f"{'steps':>5} {'s/img':>7} {'peak MB':>8} {'PSNR':>7} {'gain dB':>8} {'SSIM':>7} "
           f"{'gain':>7} {'TFLOP/img':>10} {'× fewer':>8}")
     for r in rows:

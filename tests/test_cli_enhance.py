@@ -188,6 +188,7 @@ def test_train_enhance_adds_an_encoder_and_focuses_on_one_step(tiny_model_dir: P
     assert run["loss"]["timesteps"] == [999] and run["config"]["lr_schedule"] == "cosine"
     tuned = Enhancer.from_pretrained(model)
     assert tuned.settings.default_steps == 1 and tuned.settings.context_channels == (4, 8, 8)
+    assert tuned.settings.trained_steps == 1
     assert tuned.context is not None
     assert any(p.abs().sum() > 0 for p in tuned.context.head[-1].parameters())  # it trained
     out = tmp_path / "out.tif"
@@ -195,6 +196,10 @@ def test_train_enhance_adds_an_encoder_and_focuses_on_one_step(tiny_model_dir: P
                       "-o", str(out))
     assert enhanced.exit_code == 0, enhanced.output
     assert read_radiograph(out).pixels.shape == (192, 192)
+    assert "trained for 1-step" not in enhanced.output
+    off_path = invoke("enhance", str(tmp_path / "hq" / "00000001_000.png"), "--model", str(model),
+                      "--steps", "4", "-o", str(tmp_path / "four.tif"))
+    assert off_path.exit_code == 0 and "trained for 1-step DDIM sampling" in off_path.output
     bad = invoke("train-enhance", str(tmp_path / "hq"), "--context-channels", "4,x",
                  "-o", str(tmp_path / "y"))
     assert bad.exit_code == 2 and not (tmp_path / "y").exists()

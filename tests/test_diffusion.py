@@ -275,3 +275,15 @@ def test_pairs_with_a_view_cut_crop_and_view_from_one_degradation() -> None:
     assert sampled["lq_context"].shape == (1, 48, 48)
     small = PairData([image[:80, :90]], crop=32, scale=2, context=48)
     assert small.view_side == 80  # the smallest image bounds the view
+
+
+def test_model_hash_covers_the_encoder_and_settings_but_not_run_json(tmp_path: Path) -> None:
+    from cxrkit.diffusion.models import model_sha256
+
+    model = Enhancer.new(CONTEXT, generator=torch.Generator().manual_seed(0))
+    model.save_pretrained(tmp_path / "a")
+    first = model_sha256(tmp_path / "a")
+    (tmp_path / "a" / "run.json").write_text("{}")
+    assert model_sha256(tmp_path / "a") == first
+    _with_live_encoder(model).save_pretrained(tmp_path / "a")  # only the encoder changes
+    assert model_sha256(tmp_path / "a") != first

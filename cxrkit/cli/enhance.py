@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,6 +26,8 @@ from cxrkit.cli._options import (
 )
 from cxrkit.errors import InputError
 from cxrkit.pipe import Record
+
+log = logging.getLogger("cxrkit.cli")
 
 METHODS = ("diffusion", "bicubic")
 SAMPLER_NAMES = ("ddim", "dpmpp", "ddpm")  # cxrkit.diffusion.SAMPLERS, kept torch-free here
@@ -105,6 +108,7 @@ class EnhanceJob:
         self.seed = seed
         self._model: Any = None
         self._model_sha256: str | None = None
+        self._warned = False
 
     def done(self, record: Record) -> Record | None:
         """The stored record of an item already enhanced (for --resume), else None."""
@@ -148,6 +152,12 @@ class EnhanceJob:
         opts.update(scale=settings.scale, steps=opts["steps"] or settings.default_steps,
                     sampler=opts["sampler"] or settings.default_sampler,
                     model=str(self.model_dir), device=str(model.device))
+        trained = settings.trained_steps
+        if trained and not self._warned and (opts["steps"], opts["sampler"]) != (trained, "ddim"):
+            self._warned = True
+            log.warning("the model was trained for %d-step DDIM sampling; %d %s steps leave its "
+                        "training path and may enhance less", trained, opts["steps"],
+                        opts["sampler"])
         out = run_enhancer(model, lq, sampler=opts["sampler"], steps=opts["steps"],
                            generator=torch.Generator().manual_seed(seed), tile=opts["tile"],
                            overlap=opts["overlap"])
@@ -156,12 +166,12 @@ class EnhanceJob:
     def _load(self) -> Any:
         if self._model is None:
             from cxrkit.diffusion import Enhancer, default_model_dir
-            from cxrkit.pipe import file_sha256
+            from cxrkit.diffusion.models import model_sha256
 
             self.model_dir = self.model_dir or default_model_dir()
             self._model = Enhancer.from_pretrained(self.model_dir,
                                                    device=_device(self.options["device"]))
-            self._model_sha256 = file_sha256(self.model_dir / "unet")
+            self._model_sha256 = model_sha256(self.model_dir)
         return self._model
 
 

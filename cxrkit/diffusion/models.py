@@ -29,6 +29,7 @@ with the same image-wide estimate (DASR-style blind restoration).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -66,6 +67,9 @@ class EnhancerSettings:
             and conditions every UNet block on what it sees (empty: no encoder).
         context_crop: side, in LQ pixels, of the view the encoder sees in training (at inference
             it pools over the whole image).
+        trained_steps: ``N`` > 0: the model was last trained only at the timesteps an ``N``-step
+            DDIM sampler visits (``train-enhance --sampler-steps``), so other step counts and
+            samplers leave its training path; 0: trained at every timestep.
     """
 
     scale: int = 2
@@ -79,6 +83,7 @@ class EnhancerSettings:
     default_sampler: str = "ddim"
     context_channels: tuple[int, ...] = ()
     context_crop: int = 256
+    trained_steps: int = 0
     kind: str = field(default=ENHANCER_KIND)
 
     def __post_init__(self) -> None:
@@ -429,6 +434,23 @@ def new_unet(
         num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2",
         prediction_type=prediction_type, clip_sample=False, timestep_spacing="trailing")
     return unet, dict(scheduler.config)  # type: ignore[attr-defined, return-value]
+
+
+MODEL_PARTS = ("enhancer.json", "scheduler", "unet", "context")
+"""The files and folders of a model directory that decide its outputs (not ``run.json``)."""
+
+
+def model_sha256(folder: str | Path) -> str:
+    """One sha256 over everything that decides an enhancer's output: its settings, schedule,
+    UNet and degradation encoder (each part hashed with :func:`cxrkit.pipe.file_sha256`)."""
+    from cxrkit.pipe import file_sha256
+
+    digest = hashlib.sha256()
+    for name in MODEL_PARTS:
+        part = Path(folder) / name
+        if part.exists():
+            digest.update(f"{name}:{file_sha256(part)};".encode())
+    return digest.hexdigest()
 
 
 def read_settings(folder: Path) -> EnhancerSettings:

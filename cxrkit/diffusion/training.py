@@ -25,6 +25,7 @@ from cxrkit.diffusion.models import (
     EnhancerSettings,
     bicubic_upsample,
     diffusion_loss,
+    model_sha256,
     sampler_timesteps,
     unwrap_enhancer,
 )
@@ -221,7 +222,7 @@ def init_record(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
     record: dict[str, Any] = {"path": str(folder), "weights_sha256": files_sha256([weights])[
-        weights.name]}
+        weights.name], "model_sha256": model_sha256(folder)}
     try:
         previous = json.loads((folder / "run.json").read_text())
     except (OSError, json.JSONDecodeError):
@@ -332,7 +333,8 @@ def train_enhancer(hq_paths: Sequence[str | Path], settings: EnhancerSettings,
     if sampler_steps:
         timesteps = sampler_timesteps(model.scheduler_config, sampler_steps)
         settings = replace(settings, default_steps=sampler_steps, default_sampler="ddim")
-        model.settings = settings
+    settings = replace(settings, trained_steps=sampler_steps)
+    model.settings = settings
     train_idx, val_idx = split_by_patient(hq_paths, pairs.val_fraction, seed=pairs.split_seed)
     hq = load_images(hq_paths)
     lq = load_images(lq_paths) if lq_paths is not None else None
