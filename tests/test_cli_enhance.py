@@ -179,7 +179,8 @@ def test_train_enhance_adds_an_encoder_and_focuses_on_one_step(tiny_model_dir: P
         write_radiograph(tmp_path / "hq" / f"{name}.png", Radiograph(pixels), record={})
     model = tmp_path / "tuned"
     result = invoke("train-enhance", str(tmp_path / "hq"), "--init", str(tiny_model_dir),
-                    "--context-channels", "4,8,8", "--sampler-steps", "1", "--ssim-weight", "1",
+                    "--context-channels", "4,8,8", "--sampler-steps", "1", "--zero-start",
+                    "--ssim-weight", "1",
                     "--lr-schedule", "cosine", "--steps", "3", "--batch-size", "2", "--crop", "32",
                     "--val-fraction", "0.3", "--val-crop", "0", "--validate-every", "0",
                     "--checkpoint-every", "0", "-o", str(model))
@@ -188,7 +189,8 @@ def test_train_enhance_adds_an_encoder_and_focuses_on_one_step(tiny_model_dir: P
     assert run["loss"]["timesteps"] == [999] and run["config"]["lr_schedule"] == "cosine"
     tuned = Enhancer.from_pretrained(model)
     assert tuned.settings.default_steps == 1 and tuned.settings.context_channels == (4, 8, 8)
-    assert tuned.settings.trained_steps == 1
+    assert tuned.settings.trained_steps == 1 and tuned.settings.zero_start
+    assert run["loss"]["zero_start"] is True
     assert tuned.context is not None
     assert any(p.abs().sum() > 0 for p in tuned.context.head[-1].parameters())  # it trained
     out = tmp_path / "out.tif"

@@ -287,3 +287,31 @@ def test_model_hash_covers_the_encoder_and_settings_but_not_run_json(tmp_path: P
     assert model_sha256(tmp_path / "a") == first
     _with_live_encoder(model).save_pretrained(tmp_path / "a")  # only the encoder changes
     assert model_sha256(tmp_path / "a") != first
+
+
+def test_zero_start_trains_and_samples_the_first_step_without_noise() -> None:
+    from dataclasses import replace
+
+    from cxrkit.diffusion.models import diffusion_loss
+
+    T = TINY.num_train_timesteps
+    zero = Enhancer.new(TINY, generator=torch.Generator().manual_seed(0))
+    for p in zero.parameters():
+        p.data.zero_()
+    hq = torch.rand(2, 1, 32, 32)
+    batch = {"hq": hq, "lq_up": torch.full_like(hq, 0.5)}
+    b2 = 1 - train_alphas_cumprod(zero.scheduler_config)[T - 1]
+    x0 = TINY.residual_scale * (hq - 0.5)
+    got = diffusion_loss(zero, batch, [torch.Generator().manual_seed(i) for i in range(2)],
+                         timesteps=(T - 1,), zero_start=True)
+    assert torch.allclose(got, (b2 * x0**2).mean(), rtol=1e-5)  # target v = -√(1-ᾱ)·x0 only
+    # a zero-start model gives the same output whatever the seed; a noise-start one does not
+    model = Enhancer.new(replace(TINY, default_steps=1), generator=torch.Generator().manual_seed(0))
+    lq = np.random.default_rng(0).random((16, 16)).astype(np.float32)
+
+    def run(seed: int) -> np.ndarray:
+        return enhance(model, lq, generator=torch.Generator().manual_seed(seed))
+
+    assert not np.array_equal(run(0), run(1))
+    model.settings = replace(model.settings, zero_start=True)
+    assert np.array_equal(run(0), run(1))

@@ -44,6 +44,10 @@ def train_enhance(
         min=0, help="Train only at the timesteps an N-step DDIM sampler visits (1: the one-step "
              "regression of the residual) and make N the model's default step count; 0: every "
              "timestep.")] = 0,
+    zero_start: Annotated[bool, typer.Option(
+        "--zero-start", help="Feed the model 0 instead of pure noise at the first timestep, in "
+                             "training and in sampling (with --sampler-steps 1: a deterministic "
+                             "one-step model).")] = False,
     context_channels: Annotated[str, typer.Option(
         help="Widths of a degradation encoder that reads the whole LQ image and conditions the "
              "UNet on it (e.g. 16,32,64,64; with --init it is added to that model, starting "
@@ -114,7 +118,7 @@ def train_enhance(
     pair_settings = PairSettings(preset=preset, crop=crop, val_fraction=val_fraction,
                                  val_crop=val_crop, val_count=val_count, split_seed=split_seed)
     train_enhancer(hq, settings, config, pairs=pair_settings, ssim_weight=ssim_weight, init=init,
-                   sampler_steps=sampler_steps, add_context=context,
+                   sampler_steps=sampler_steps, zero_start=zero_start, add_context=context,
                    lq_paths=[r["path"] for r in records] if pairs else None,
                    command=shlex.join(["cxrkit", *sys.argv[1:]]), on_log=_progress)
     if shard()[0] == 0:  # one line from the main process under accelerate launch

@@ -70,6 +70,10 @@ class EnhancerSettings:
         trained_steps: ``N`` > 0: the model was last trained only at the timesteps an ``N``-step
             DDIM sampler visits (``train-enhance --sampler-steps``), so other step counts and
             samplers leave its training path; 0: trained at every timestep.
+        zero_start: the sampler starts from ``x_T = 0``, the mean of the pure noise it would
+            draw (at ``t = T - 1`` the noisy input carries ``√ᾱ ≈ 5e-5`` of the image, nothing
+            usable), so a one-step model is a deterministic regressor that spends no capacity on
+            ignoring noise; its training used the same zero input (``--zero-start``).
     """
 
     scale: int = 2
@@ -84,6 +88,7 @@ class EnhancerSettings:
     context_channels: tuple[int, ...] = ()
     context_crop: int = 256
     trained_steps: int = 0
+    zero_start: bool = False
     kind: str = field(default=ENHANCER_KIND)
 
     def __post_init__(self) -> None:
@@ -488,7 +493,8 @@ def read_settings(folder: Path) -> EnhancerSettings:
 def diffusion_loss(model: nn.Module, batch: dict[str, torch.Tensor],
                    generators: Sequence[torch.Generator], *,
                    ssim_weight: float = 0.0,
-                   timesteps: Sequence[int] | None = None) -> torch.Tensor:
+                   timesteps: Sequence[int] | None = None,
+                   zero_start: bool = False) -> torch.Tensor:
     """MSE between the model output and the true ``v`` (or ``ε``) at a random timestep, plus an
     optional structural term on the model's estimate of the clean image.
 
@@ -507,6 +513,8 @@ def diffusion_loss(model: nn.Module, batch: dict[str, torch.Tensor],
         ssim_weight: weight ``w`` of the SSIM term (0: the plain diffusion loss).
         timesteps: train only at these timesteps (drawn uniformly), e.g. the ones an N-step
             sampler visits (:func:`sampler_timesteps`); None: every ``t`` in ``[0, T)``.
+        zero_start: at ``t = T - 1`` the model sees ``x_t = 0`` and learns ``v = -√(1−ᾱ)·x0``
+            (the noise drawn is set to zero), as a ``zero_start`` sampler feeds it.
 
     Returns:
         The scalar loss, averaged over the batch.
@@ -527,10 +535,14 @@ def diffusion_loss(model: nn.Module, batch: dict[str, torch.Tensor],
         t = torch.stack([torch.randint(0, T, (), generator=g) for g in generators])  # (B,)
     noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in generators])
     noise, t = noise.to(x0.device), t.to(x0.device)
+    if zero_start:  # the first step of a zero-start sampler: no noise, and x_t = 0 below
+        noise = noise * (t != T - 1).view(-1, 1, 1, 1)
     alphas = train_alphas_cumprod(unwrap_enhancer(model).scheduler_config).to(x0.device)
     a = alphas[t].sqrt().view(-1, 1, 1, 1)
     b = (1 - alphas[t]).sqrt().view(-1, 1, 1, 1)
     x_t = a * x0 + b * noise
+    if zero_start:
+        x_t = x_t * (t != T - 1).view(-1, 1, 1, 1)
     v_pred = settings.prediction_type == "v_prediction"
     target = a * noise - b * x0 if v_pred else noise
     context = {"lq_context": batch["lq_context"]} if "lq_context" in batch else {}

@@ -63,7 +63,7 @@ def make_scheduler(name: str, config: dict[str, Any]) -> Any:
 
 def sample(model_fn: ModelFn, cond: torch.Tensor, *, scheduler: Any, steps: int,
            generator: torch.Generator, tile: int | None = None, overlap: int = 0,
-           tile_batch: int = 4) -> torch.Tensor:
+           tile_batch: int = 4, zero_start: bool = False) -> torch.Tensor:
     """Run the reverse diffusion: pure noise → clean sample, conditioned on ``cond``.
 
     Args:
@@ -75,6 +75,7 @@ def sample(model_fn: ModelFn, cond: torch.Tensor, *, scheduler: Any, steps: int,
         tile: tile side in pixels, or None to run the whole image at once.
         overlap: overlap of neighbouring tiles in pixels.
         tile_batch: tiles per model call.
+        zero_start: start from ``x_T = 0`` (the noise's mean) instead of drawn noise.
 
     Returns:
         ``(1, 1, H, W)`` float32 sample ``x_0``.
@@ -83,7 +84,7 @@ def sample(model_fn: ModelFn, cond: torch.Tensor, *, scheduler: Any, steps: int,
         raise InputError(f"steps must be ≥ 1, got {steps}")
     scheduler.set_timesteps(steps)
     x = torch.randn(cond.shape, generator=generator).to(cond.device)  # (1, 1, H, W)
-    x = x * scheduler.init_noise_sigma
+    x = x * (0.0 if zero_start else scheduler.init_noise_sigma)
     for t in scheduler.timesteps:
         model_input = scheduler.scale_model_input(x, t)
         out = tiled_predict(model_fn, model_input, cond, int(t), tile=tile, overlap=overlap,
@@ -211,6 +212,7 @@ def enhance(model: Enhancer, lq: np.ndarray, *, sampler: str | None = None,
 
         residual = sample(model_fn, cond.to(model.device), scheduler=scheduler,
                           steps=steps or settings.default_steps, generator=generator,
-                          tile=tile, overlap=overlap, tile_batch=tile_batch)
+                          tile=tile, overlap=overlap, tile_batch=tile_batch,
+                          zero_start=settings.zero_start)
     out = up + residual[0, 0, :H, :W].cpu() / settings.residual_scale
     return out.clamp(0, 1).numpy().astype(np.float32)

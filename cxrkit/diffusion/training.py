@@ -278,7 +278,7 @@ def train_enhancer(hq_paths: Sequence[str | Path], settings: EnhancerSettings,
                    lq_paths: Sequence[str | Path] | None = None, command: str = "",
                    weights_dtype: str = "fp16", ssim_weight: float = 0.0,
                    init: str | Path | None = None, sampler_steps: int = 0,
-                   add_context: tuple[int, ...] = (),
+                   zero_start: bool = False, add_context: tuple[int, ...] = (),
                    on_log: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
     """Train a diffusion enhancer with :func:`cxrkit.train.train` and write its model directory.
 
@@ -297,6 +297,9 @@ def train_enhancer(hq_paths: Sequence[str | Path], settings: EnhancerSettings,
             (:func:`sampler_timesteps`; ``N`` = 1: the one-step regression of the residual), so a
             small model spends its capacity on the path it is sampled along; the model's default
             step count becomes ``N``. 0: every timestep.
+        zero_start: the model's input at ``t = T - 1`` is 0 instead of noise, in training and
+            (recorded in its settings) in sampling: with ``sampler_steps`` 1 a deterministic
+            one-step model.
         add_context: widths of a :class:`~cxrkit.diffusion.models.DegradationEncoder` to add to
             the ``init`` model (zero-initialised output, so training starts from that model's
             behaviour); a new model takes its encoder from ``settings.context_channels``.
@@ -333,7 +336,7 @@ def train_enhancer(hq_paths: Sequence[str | Path], settings: EnhancerSettings,
     if sampler_steps:
         timesteps = sampler_timesteps(model.scheduler_config, sampler_steps)
         settings = replace(settings, default_steps=sampler_steps, default_sampler="ddim")
-    settings = replace(settings, trained_steps=sampler_steps)
+    settings = replace(settings, trained_steps=sampler_steps, zero_start=zero_start)
     model.settings = settings
     train_idx, val_idx = split_by_patient(hq_paths, pairs.val_fraction, seed=pairs.split_seed)
     hq = load_images(hq_paths)
@@ -358,7 +361,7 @@ def train_enhancer(hq_paths: Sequence[str | Path], settings: EnhancerSettings,
     run_info = {
         "command": command, "enhancer": asdict(settings), "pairs": asdict(pairs),
         "loss": {"diffusion": "mse", "ssim_weight": ssim_weight,
-                 "timesteps": list(timesteps) if timesteps else "all"},
+                 "timesteps": list(timesteps) if timesteps else "all", "zero_start": zero_start},
         "init": init_record(init) if init is not None else None,
         "parameters": sum(p.numel() for p in model.parameters()),
         "data": {"train": files_sha256([hq_paths[i] for i in train_idx]),
@@ -369,6 +372,7 @@ def train_enhancer(hq_paths: Sequence[str | Path], settings: EnhancerSettings,
     def save(trained: torch.nn.Module, folder: Path) -> None:
         unwrap_enhancer(trained).save_pretrained(folder, dtype=weights_dtype)
 
-    loss = functools.partial(diffusion_loss, ssim_weight=ssim_weight, timesteps=timesteps)
+    loss = functools.partial(diffusion_loss, ssim_weight=ssim_weight, timesteps=timesteps,
+                             zero_start=zero_start)
     return train(model, loss, data, config, validate=validate if val_items else None,
                  save_model=save, run_info=run_info, on_log=on_log)
