@@ -47,7 +47,8 @@ def enhance(
         help="Output size / input size, 1 or 2. Default: the model's (bicubic: 2).",
         show_default=False)] = None,
     steps: Annotated[int | None, typer.Option(
-        min=1, help="Denoising steps (model evaluations). Default: the model's (shipped: 2).",
+        min=1, help="Denoising steps (model evaluations). Default: the model's (shipped: 1, "
+                    "the step it was fine-tuned for).",
         show_default=False)] = None,
     sampler: Annotated[str | None, typer.Option(
         help="ddim (deterministic), dpmpp (DPM-Solver++ 2M) or ddpm (ancestral). Default: the "
@@ -67,9 +68,11 @@ def enhance(
 
     A conditional diffusion model denoises the difference between the HQ image and the bicubic
     upsampling of the input, in --steps steps of --sampler, tile by tile over one shared noisy
-    image. Reads display radiographs (8/16-bit PNG, TIFF, DICOM) or records; writes one image and
-    one record per input. The record's 'reference' passes through, so cxrkit eval can score the
-    result; its 'enhance' key holds the options, seed and model sha256.
+    image; a model with a degradation encoder first reads the whole input once and conditions
+    every tile on what it infers (blur width, tone curve). Reads display radiographs (8/16-bit
+    PNG, TIFF, DICOM) or records; writes one image and one record per input. The record's
+    'reference' passes through, so cxrkit eval can score the result; its 'enhance' key holds the
+    options, seed and model sha256.
 
     Example:
 
