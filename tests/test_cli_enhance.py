@@ -138,13 +138,18 @@ def test_default_model_enhances_a_real_radiograph(shared_data: Path) -> None:
     assert psnr(out, hq) > psnr(bicubic, hq), (psnr(out, hq), psnr(bicubic, hq))
 
 
-def test_train_enhance_fine_tunes_from_a_model_and_records_it(tiny_model_dir: Path,
-                                                              tmp_path: Path) -> None:
-    rng = np.random.default_rng(1)
-    y, x = np.mgrid[0:64, 0:64] / 63.0
+def _write_patients(folder: Path, *, size: int, seed: int) -> None:
+    """Three smooth ``size``² PNG radiographs of three NIH-named patients."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / (size - 1.0)
     for name in ("00000001_000", "00000002_000", "00000003_000"):
         pixels = np.clip(0.4 + 0.3 * np.cos(rng.uniform(2, 5) * y) * x, 0, 1).astype(np.float32)
-        write_radiograph(tmp_path / "hq" / f"{name}.png", Radiograph(pixels), record={})
+        write_radiograph(folder / f"{name}.png", Radiograph(pixels), record={})
+
+
+def test_train_enhance_fine_tunes_from_a_model_and_records_it(tiny_model_dir: Path,
+                                                              tmp_path: Path) -> None:
+    _write_patients(tmp_path / "hq", size=64, seed=1)
     model = tmp_path / "tuned"
     result = invoke("train-enhance", str(tmp_path / "hq"), "--init", str(tiny_model_dir),
                     "--ssim-weight", "5", "--steps", "2", "--batch-size", "2", "--crop", "32",
@@ -172,11 +177,7 @@ def test_train_enhance_fine_tunes_from_a_model_and_records_it(tiny_model_dir: Pa
 
 def test_train_enhance_adds_an_encoder_and_focuses_on_one_step(tiny_model_dir: Path,
                                                                tmp_path: Path) -> None:
-    rng = np.random.default_rng(2)
-    y, x = np.mgrid[0:96, 0:96] / 95.0
-    for name in ("00000001_000", "00000002_000", "00000003_000"):
-        pixels = np.clip(0.4 + 0.3 * np.cos(rng.uniform(2, 5) * y) * x, 0, 1).astype(np.float32)
-        write_radiograph(tmp_path / "hq" / f"{name}.png", Radiograph(pixels), record={})
+    _write_patients(tmp_path / "hq", size=96, seed=2)
     model = tmp_path / "tuned"
     result = invoke("train-enhance", str(tmp_path / "hq"), "--init", str(tiny_model_dir),
                     "--context-channels", "4,8,8", "--sampler-steps", "1", "--zero-start",

@@ -252,6 +252,7 @@ def test_enhancer_with_encoder_round_trips_tiles_and_starts_from_its_base(tmp_pa
     before = run(base, None)
     grown = base.with_context((4, 8), 64, generator=torch.Generator().manual_seed(1))
     assert grown.settings.context_channels == (4, 8) and np.array_equal(run(grown, None), before)
+    assert np.array_equal(run(base, None), before)  # the model it grew from still works
     with pytest.raises(ModelError, match="already"):
         grown.with_context((4, 8), 64, generator=torch.Generator().manual_seed(1))
     (tmp_path / "m" / "context" / "degradation_encoder.safetensors").unlink()

@@ -91,10 +91,11 @@ def train_enhance(
         accelerate launch --multi_gpu --num_processes 2 -m cxrkit train-enhance nih/images/ -o m/
     """
     from cxrkit.diffusion import EnhancerSettings, PairSettings, train_enhancer
-    from cxrkit.train import TrainConfig
+    from cxrkit.train import LR_SCHEDULES, TrainConfig
 
-    if lr_schedule not in ("constant", "cosine"):
-        raise typer.BadParameter("use constant or cosine", param_hint="--lr-schedule")
+    if lr_schedule not in LR_SCHEDULES:
+        raise typer.BadParameter(f"use one of {', '.join(LR_SCHEDULES)}",
+                                 param_hint="--lr-schedule")
     if mixed_precision not in MIXED:
         raise typer.BadParameter(f"use one of {', '.join(MIXED)}", param_hint="--mixed-precision")
     records = list(iter_inputs(inputs, patterns=("*.png", "*.tif", "*.tiff", "*.dcm")))

@@ -29,6 +29,7 @@ with the same image-wide estimate (DASR-style blind restoration).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -192,7 +193,7 @@ class Enhancer(UNetDenoiser):
         """This enhancer with a new :class:`DegradationEncoder` (for fine-tuning).
 
         The encoder's last layer starts at zero, so the returned model computes exactly what this
-        one does until training moves it. The UNet is shared, not copied.
+        one does until training moves it. The UNet is copied; this model is left as it was.
 
         Raises:
             ModelError: the model has an encoder already.
@@ -201,13 +202,13 @@ class Enhancer(UNetDenoiser):
             raise ModelError("the enhancer has a degradation encoder already")
         if self.unet.class_embedding is not None:  # type: ignore[union-attr]
             raise ModelError("the enhancer's UNet has a class embedding of its own")
-        self.unet.register_to_config(class_embed_type="identity")  # type: ignore[operator]
-        self.unet.class_embedding = nn.Identity()  # adds the embedding to the time embedding
+        unet = copy.deepcopy(self.unet)
+        unet.register_to_config(class_embed_type="identity")  # type: ignore[operator]
+        unet.class_embedding = nn.Identity()  # adds the embedding to the time embedding
         settings = replace(self.settings, context_channels=tuple(channels), context_crop=crop)
         encoder = DegradationEncoder.new(settings.context_channels,
                                          4 * settings.block_out_channels[0], generator=generator)
-        return Enhancer(self.unet, self.scheduler_config, settings,
-                        encoder.to(self.device, self.dtype))
+        return Enhancer(unet, self.scheduler_config, settings, encoder.to(self.device, self.dtype))
 
     def encode(self, lq: torch.Tensor) -> torch.Tensor | None:
         """The degradation embedding ``(B, D)`` of LQ images ``(B, 1, h, w)`` in [0, 1] (None
