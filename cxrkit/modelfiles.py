@@ -1,14 +1,18 @@
 """The ``config.json`` of a cxrkit model folder: read it, check its ``kind``, and pick the
-fields of a settings dataclass from it (used by MUNIT-LQ and DDPM-LQ ``from_pretrained``)."""
+fields of a settings dataclass from it (used by MUNIT-LQ and DDPM-LQ ``from_pretrained``); and
+:func:`load_weights`, the one strict safetensors loader of cxrkit's own modules."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cxrkit.errors import InputError, ModelError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 CONFIG_NAME = "config.json"
 
@@ -65,3 +69,20 @@ def settings_values(raw: dict[str, Any], cls: type, folder: Path) -> dict[str, A
     except (InputError, TypeError) as exc:
         raise ModelError(f"bad {CONFIG_NAME}: {exc}", path=str(folder)) from exc
     return values
+
+
+def load_weights(module: nn.Module, path: Path, *, what: str) -> None:
+    """Load ``module``'s weights from the safetensors file ``path`` (strict; never a pickle).
+
+    Raises:
+        ModelError: the file is missing, unreadable, or its tensors do not fit ``module``.
+    """
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise ModelError(f"the {what} has no {path.name}", path=str(path.parent),
+                         hint="weights are read from safetensors only (never pickles)")
+    try:
+        module.load_state_dict(load_file(path), strict=True)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise ModelError(f"cannot load the {what} weights: {exc}"[:300], path=str(path)) from exc

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrkit.errors import InputError, ModelError
+from cxrkit.modelfiles import load_weights
 
 ENHANCER_KIND = "cxrkit-enhancer"
 PREDICTION_TYPES = ("v_prediction", "epsilon")
@@ -297,7 +298,8 @@ class Enhancer(UNetDenoiser):
         if settings.context_channels:
             context = DegradationEncoder(settings.context_channels,
                                          4 * settings.block_out_channels[0])
-            load_weights(context, folder / "context" / CONTEXT_WEIGHTS, what="degradation encoder")
+            load_weights(context, folder / "context" / CONTEXT_WEIGHTS,
+                         what="degradation encoder")
             context = context.to(dtype)
         model = cls(unet, dict(scheduler.config), settings, context)
         return model.to(device).eval().requires_grad_(False)
@@ -358,9 +360,16 @@ class DegradationEncoder(nn.Module):
     def forward(self, lq: torch.Tensor) -> torch.Tensor:
         """``(B, 1, h, w)`` LQ in [0, 1] → ``(B, D)`` embedding (pooling over the whole view)."""
         f = self.features(2 * lq - 1).float()  # (B, C, h', w')
-        mean = f.mean(dim=(2, 3))
-        std = (f.square().mean(dim=(2, 3)) - mean.square()).clamp_min(0).add(1e-6).sqrt()
-        return self.head(torch.cat([mean, std], 1).to(lq.dtype)).float()
+        return self._embed(f.sum(dim=(2, 3)), f.square().sum(dim=(2, 3)),
+                           f.shape[-2] * f.shape[-1], lq.dtype)
+
+    def _embed(self, total: torch.Tensor, total_sq: torch.Tensor, count: int,
+               dtype: torch.dtype) -> torch.Tensor:
+        """The embedding from per-channel feature sums and sums of squares over ``count``
+        positions: mean and standard-deviation pooling, then the MLP."""
+        mean = total / count
+        std = (total_sq / count - mean.square()).clamp_min(0).add(1e-6).sqrt()
+        return self.head(torch.cat([mean, std], 1).to(dtype)).float()
 
     def pool(self, lq: torch.Tensor, *, tile: int = 1024) -> torch.Tensor:
         """:meth:`forward` for images of any size in bounded memory.
@@ -389,24 +398,10 @@ class DegradationEncoder(nn.Module):
                 sq = part_sq if sq is None else sq + part_sq
                 count += core.shape[-2] * core.shape[-1]
         assert total is not None and sq is not None
-        mean, mean_sq = total / count, sq / count
-        std = (mean_sq - mean.square()).clamp_min(0).add(1e-6).sqrt()
-        return self.head(torch.cat([mean, std], 1).to(lq.dtype)).float()
+        return self._embed(total, sq, count, lq.dtype)
 
 
 CONTEXT_WEIGHTS = "degradation_encoder.safetensors"
-
-
-def load_weights(module: nn.Module, path: Path, *, what: str) -> None:
-    """Load ``module``'s weights from a safetensors file (strict), or raise :class:`ModelError`."""
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise ModelError(f"the {what} has no safetensors weights", path=str(path))
-    try:
-        module.load_state_dict(load_file(path), strict=True)
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise ModelError(f"cannot load the {what}: {exc}"[:300], path=str(path)) from exc
 
 
 def new_unet(

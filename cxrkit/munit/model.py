@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrkit.errors import ModelError
-from cxrkit.modelfiles import CONFIG_NAME, read_config
+from cxrkit.modelfiles import CONFIG_NAME, load_weights, read_config
 from cxrkit.modelfiles import settings_values as _settings_values
 from cxrkit.munit.networks import (
     MUNIT_KIND,
@@ -168,21 +168,11 @@ class Munit(nn.Module):
             ModelError: not a folder, another kind of model, no safetensors weights, or weights
                 that do not fit the settings.
         """
-        from safetensors.torch import load_file
-
         folder = Path(directory)
         settings = MunitSettings(**_settings_values(read_config(folder, MUNIT_KIND),
                                                     MunitSettings, folder))
-        weights = folder / WEIGHTS_NAME
-        if not weights.is_file():
-            raise ModelError(f"MUNIT-LQ model has no {WEIGHTS_NAME}", path=str(folder),
-                             hint="weights are read from safetensors only (never pickles)")
         model = cls(settings, discriminators=False)
-        try:
-            model.gen.load_state_dict(load_file(weights))
-        except (RuntimeError, OSError) as exc:
-            raise ModelError(f"cannot load the MUNIT-LQ weights: {exc}"[:300],
-                             path=str(weights)) from exc
+        load_weights(model.gen, folder / WEIGHTS_NAME, what="MUNIT-LQ model")
         return model.to(device).eval().requires_grad_(False)
 
 
