@@ -18,9 +18,11 @@ runner = CliRunner()
 COMMANDS = sorted(get_command(app).commands)  # type: ignore[attr-defined]
 
 
-def run_cli(*args: str, stdin: str | bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    """The real console entry point in a subprocess (exit codes, stderr, pipes)."""
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "2"}
+def run_cli(*args: str, stdin: str | bytes | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    """The real console entry point in a subprocess (exit codes, stderr, pipes); ``env`` adds
+    variables to the environment."""
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "2", **(env or {})}
     data = stdin.encode() if isinstance(stdin, str) else stdin
     return subprocess.run([sys.executable, "-m", "cxrkit", *args], input=data,
                           capture_output=True, env=env, timeout=300)

@@ -165,12 +165,15 @@ def test_missing_file_is_one_line_error(tmp_path: Path) -> None:
 
 
 def test_raw_image_on_stdin(radiograph_path: Path, tmp_path: Path) -> None:
+    spool = tmp_path / "tmp"
+    spool.mkdir()
     result = run_cli("degrade", "--preset", "bicubic", "--scale", "2", "-o", str(tmp_path),
-                     stdin=radiograph_path.read_bytes())
+                     stdin=radiograph_path.read_bytes(), env={"TMPDIR": str(spool)})
     assert result.returncode == 0, result.stderr.decode()
     (rec,) = records(result.stdout)
     assert rec["id"] == "stdin" and rec["source"] == "-"
     assert read_radiograph(rec["path"]).pixels.shape == (32, 32)
+    assert list(spool.iterdir()) == []  # the spooled stdin image is gone with the process
 
 
 def test_resume_reemits_the_stored_record(radiograph_path: Path, tmp_path: Path) -> None:

@@ -7,8 +7,10 @@ stream on stdout. A command supplies one function that turns a record into a new
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -131,7 +133,10 @@ def iter_inputs(inputs: list[str] | None, *, is_item_dir: Callable[[Path], bool]
     if sys.stdin is None or sys.stdin.isatty():
         raise typer.BadParameter("no input given and stdin is a terminal",
                                  param_hint="INPUTS")
+    # a raw image on stdin is spooled to a file; the folder goes when the process ends (not
+    # when this generator does: a command may read its records' files after collecting them)
     spool = Path(tempfile.mkdtemp(prefix="cxrkit-stdin-"))
+    atexit.register(shutil.rmtree, spool, ignore_errors=True)
     yield from read_stdin_records(sys.stdin.buffer, spool_dir=spool)
 
 
