@@ -123,6 +123,30 @@ def test_two_stage_trains_both_stages_and_samples_conditioned(tmp_path: Path) ->
     assert out.shape == (32, 32) and out.min() >= 0 and out.max() <= 1
 
 
+def test_two_stage_with_v_prediction_learns_its_hq_condition(tmp_path: Path) -> None:
+    """Stage 2 must use the HQ it is given: generated from pure noise, each output matches its
+    own HQ far better than another's (with ε-prediction this tiny run stays near 0.05, the
+    reason the CLI's two-stage default is v)."""
+    settings = DdpmLQSettings(route="two-stage", block_out_channels=(16, 32), unshuffle=1,
+                              image_size=32, max_train_timestep=1000, default_strength=1.0,
+                              default_steps=10, prediction_type="v_prediction")
+    rng = np.random.default_rng(0)
+    real = [grainy(rng) for _ in range(32)]
+    hq = [smooth(rng) for _ in range(32)]
+    model = DdpmLQ.new(settings, generator=torch.Generator().manual_seed(0))
+    stage1 = train(model, ddpm_lq_loss, LQCrops(real, 32), _config(tmp_path / "s1", 50))
+    pairs = ConditionedCrops(hq, None, real, 32, preset="drr-like", p_uncond=0.1)
+    stage2 = train(stage1.model.requires_grad_(True).train(), ddpm_lq_loss, pairs,
+                   _config(tmp_path / "s2", 150))
+    rng = np.random.default_rng(9)
+    test = [smooth(rng) for _ in range(6)]
+    outs = [degrade_lq(stage2.model, x, strength=1.0, steps=10,
+                       generator=torch.Generator().manual_seed(i)) for i, x in enumerate(test)]
+    paired = np.mean([ssim(y, x) for x, y in zip(test, outs, strict=True)])
+    unpaired = np.mean([ssim(y, x) for x, y in zip(test, outs[1:] + outs[:1], strict=True)])
+    assert paired > 0.5 and paired > unpaired + 0.3, (paired, unpaired)
+
+
 def _write_domains(folder: Path, hq: int, lq: int) -> tuple[list[Path], list[Path]]:
     """``hq`` smooth images of distinct patients and ``lq`` grainy ones, as display TIFFs."""
     from cxrkit.io import Radiograph, write_radiograph
@@ -227,7 +251,8 @@ def test_cli_train_ddpm_lq_then_degrade(tmp_path: Path) -> None:
         "32", "--crop", "32", "--steps", "2", "--batch-size", "2", "--checkpoint-every", "0",
         "--hq", str(tmp_path / "hq"), "--val-fraction", "0.3", "-o", str(model)])
     assert result.exit_code == 0, result.output
-    assert json.loads((model / "config.json").read_text())["route"] == "img2img"
+    config = json.loads((model / "config.json").read_text())
+    assert config["route"] == "img2img" and config["prediction_type"] == "epsilon"
     validation = json.loads((model / "run.json").read_text())["validation"]
     assert {"loss", "ssim_to_hq", "hf_ratio"} <= set(validation)
     result = runner.invoke(app, ["degrade", str(tmp_path / "hq"), "--method", "ddpm",
@@ -240,3 +265,11 @@ def test_cli_train_ddpm_lq_then_degrade(tmp_path: Path) -> None:
     result = runner.invoke(app, ["train-ddpm-lq", "--lq", str(tmp_path / "lq"), "--route",
                                  "two-stage", "-o", str(tmp_path / "m2")])
     assert result.exit_code == 2 and "--hq" in result.output
+    result = runner.invoke(app, [
+        "train-ddpm-lq", "--lq", str(tmp_path / "lq"), "--route", "two-stage", "--hq",
+        str(tmp_path / "hq"), "--channels", "8,16", "--image-size", "32", "--crop", "32",
+        "--steps", "1", "--stage2-steps", "1", "--batch-size", "2", "--checkpoint-every", "0",
+        "-o", str(tmp_path / "m2")])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "m2" / "config.json").read_text())
+    assert config["route"] == "two-stage" and config["prediction_type"] == "v_prediction"

@@ -38,7 +38,9 @@ def train_ddpm_lq(
         help="Images are resized so the short side is this (px); sampling runs at it.")] = 256,
     crop: Annotated[int, typer.Option(help="Random training crop side (px).")] = 128,
     channels: Annotated[str, typer.Option(help="UNet widths per level.")] = "32,64,128",
-    prediction: Annotated[str, typer.Option(help="epsilon or v_prediction.")] = "epsilon",
+    prediction: Annotated[str | None, typer.Option(
+        help="epsilon or v_prediction (default: epsilon for img2img, v_prediction for "
+             "two-stage).", show_default=False)] = None,
     max_timestep: Annotated[int | None, typer.Option(
         help="Train on t below this (default: 500 for img2img, 1000 for two-stage).",
         show_default=False)] = None,
@@ -64,7 +66,9 @@ def train_ddpm_lq(
     of the schedule; degrade noises an HQ radiograph to --strength (0.25) and denoises it.
     two-stage (DiffusionXRay): stage 1 trains [x_t, 0] on DRRs into OUT/stage1, stage 2
     fine-tunes [x_t, HQ] on pairs (HQ with --preset, or --pairs records) with 10% zero-condition
-    DRRs. The folder holds config.json (kind ddpm-lq), unet/ and scheduler/ (diffusers,
+    DRRs; it samples from pure noise, and predicts v by default because with ε stage 2 ignored
+    its HQ condition at small budgets (at t near T, ε says almost nothing about the image).
+    The folder holds config.json (kind ddpm-lq), unet/ and scheduler/ (diffusers,
     safetensors) and run.json (command, settings, data hashes, validation).
 
     Validation holds out --val-fraction of the HQ patients (file-name prefix before '_') and of
@@ -92,7 +96,8 @@ def train_ddpm_lq(
     stage_two = _stage_two(route, hq, pairs, preset, stage2_steps)
     settings = DdpmLQSettings(
         route=route, block_out_channels=tuple(int(c) for c in channels.split(",")),
-        prediction_type=prediction, image_size=image_size,
+        prediction_type=prediction or ("epsilon" if route == "img2img" else "v_prediction"),
+        image_size=image_size,
         max_train_timestep=max_timestep or (500 if route == "img2img" else 1000),
         default_strength=0.25 if route == "img2img" else 1.0)
     config = TrainConfig(

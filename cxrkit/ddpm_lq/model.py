@@ -37,7 +37,9 @@ class DdpmLQSettings:
         block_out_channels: UNet widths per resolution level.
         layers_per_block: ResNet blocks per level.
         unshuffle: space-to-depth factor in front of the UNet (1 disables it).
-        prediction_type: ``epsilon`` (2303.06994, DiffusionXRay) or ``v_prediction``.
+        prediction_type: ``epsilon`` (2303.06994, DiffusionXRay) or ``v_prediction`` (what
+            ``cxrkit train-ddpm-lq`` uses for two-stage: at ``t`` near ``T`` an ε target says
+            almost nothing about the image, so an ε model learns its HQ condition very slowly).
         num_train_timesteps: schedule length ``T`` (cosine).
         max_train_timestep: train on ``t <`` this (2303.06994: 500 of 1000; img2img never goes
             higher); ``T`` for two-stage.
