@@ -7,7 +7,8 @@ same inputs. Reported per step count:
 
 * ``s/img``: wall time of :func:`cxrkit.diffusion.enhance` for one 1024² output (median);
 * ``peak MB``: peak resident memory of this process so far (``ru_maxrss``; the denoiser's memory is
-  bounded by the tile, so it does not grow with the step count);
+  bounded by the tile, so it does not grow with the step count); with ``--device cuda``, the peak
+  GPU memory allocated by torch during that step count's runs (``torch.cuda.max_memory_allocated``);
 * ``PSNR``/``SSIM`` and their gain over bicubic (means over the images, dB / SSIM units);
 * ``TFLOP/img``: FLOPs of all model evaluations for one image, counted by
   ``torch.utils.flop_counter`` (2 FLOPs per multiply-add, tiles and overlaps included, plus the
@@ -23,6 +24,7 @@ Usage (repository root, cxrkit's environment)::
 
     python benchmarks/bench_enhance.py                       # the shipped model, 4 images
     python benchmarks/bench_enhance.py --model my-enhancer/ --count 8 --steps 1,4,10
+    python benchmarks/bench_enhance.py --device cuda --images nih-copy/   # GPU timings
 """
 
 from __future__ import annotations
@@ -72,11 +74,11 @@ def flops_per_image(model: Enhancer, size: int, tile: int | None,
     return once, float(counter.get_total_flops())
 
 
-def validation_images(model_dir: Path, count: int) -> list[Path]:
-    """The first ``count`` images of the model's validation split (by patient)."""
+def validation_images(model_dir: Path, count: int, folder: Path = NIH) -> list[Path]:
+    """The first ``count`` images of the model's validation split (by patient), in ``folder``."""
     run = json.loads((model_dir / "run.json").read_text())
     names = sorted(run["data"]["validation"])[:count]
-    return [NIH / n for n in names]
+    return [folder / n for n in names]
 
 
 def main() -> None:
@@ -89,12 +91,15 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=1024)
     parser.add_argument("--overlap", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--images", type=Path, default=NIH,
+                        help="folder holding the NIH images of the validation split")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = Enhancer.from_pretrained(args.model)
     steps = [int(s) for s in args.steps.split(",")]
-    paths = validation_images(args.model, args.count)
+    paths = validation_images(args.model, args.count, args.images)
 
     pairs = []
     for i, p in enumerate(paths):
@@ -105,20 +110,28 @@ def main() -> None:
     base_psnr = float(np.mean([psnr(b, hq) for b, (hq, _) in zip(bicubic, pairs, strict=True)]))
     base_ssim = float(np.mean([ssim(b, hq) for b, (hq, _) in zip(bicubic, pairs, strict=True)]))
     once, per_step = flops_per_image(model, 1024, args.tile, args.overlap)
+    cuda = torch.device(args.device).type == "cuda"
+    model = model.to(args.device)
+    if cuda:  # one untimed run: CUDA context, kernels and allocator warm-up
+        enhance(model, pairs[0][1], sampler=args.sampler, steps=1, tile=args.tile,
+                overlap=args.overlap, generator=torch.Generator().manual_seed(0))
 
     rows = []
     for n in steps:
         times, ps, ss = [], [], []
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
         for hq, lq in pairs:
             start = time.perf_counter()
             out = enhance(model, lq, sampler=args.sampler, steps=n, tile=args.tile,
                           overlap=args.overlap, generator=torch.Generator().manual_seed(0))
-            times.append(time.perf_counter() - start)
+            times.append(time.perf_counter() - start)  # enhance returns a CPU array: synced
             ps.append(psnr(out, hq))
             ss.append(ssim(out, hq))
         tflop = (once + n * per_step) / 1e12
         rows.append({"steps": n, "s_per_image": statistics.median(times),
-                     "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                     "peak_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda
+                     else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                      "psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)),
                      "psnr_gain": float(np.mean(ps)) - base_psnr,
                      "ssim_gain": float(np.mean(ss)) - base_ssim,
@@ -127,7 +140,8 @@ def main() -> None:
 
     print(f"model {args.model}  images {len(pairs)} (validation patients, drr-like ×2 LQ, "
           f"full 1024² from 512²)  sampler {args.sampler}  tile {args.tile}/{args.overlap}  "
-          f"threads {args.threads}")
+          f"threads {args.threads}  device {args.device}"
+          f"{' (' + torch.cuda.get_device_name() + ')' if cuda else ''}")
     print(f"bicubic: PSNR {base_psnr:.2f} dB  SSIM {base_ssim:.4f}  "
           f"GFLOP/step {per_step / 1e9:.1f}  GFLOP/image once {once / 1e9:.2f}")
     print(f"{'steps':>5} {'s/img':>7} {'peak MB':>8} {'PSNR':>7} {'gain dB':>8} {'SSIM':>7} "
