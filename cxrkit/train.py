@@ -129,6 +129,8 @@ class TrainConfig:
         resume: ``latest``, a checkpoint folder, or None to start afresh.
         num_workers: data-loader worker processes.
         cpu: force the CPU even where CUDA is present.
+        time_limit_s: stop cleanly after the first step that ends this many seconds after the
+            loop began (0: no limit), as on SIGTERM: see :func:`train`.
     """
 
     output_dir: str
@@ -150,6 +152,7 @@ class TrainConfig:
     resume: str | None = None
     num_workers: int = 0
     cpu: bool = False
+    time_limit_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mixed_precision not in MIXED_PRECISION:
@@ -160,6 +163,8 @@ class TrainConfig:
             raise InputError(f"ema decay must be in [0, 1), got {self.ema_decay}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise InputError(f"lr schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if not self.time_limit_s >= 0:
+            raise InputError(f"time limit must be ≥ 0 seconds, got {self.time_limit_s}")
 
     def lr_factor(self, step: int) -> float:
         """The multiplier of the peak learning rate at optimizer step ``step`` (0-based)."""
@@ -181,6 +186,9 @@ class TrainResult:
         phase_losses: each phase's mean loss of each step, by phase name.
         metrics: the last validation metrics (empty without validation).
         history: every validation, as ``{"step": …, **metrics}``.
+        steps_done: optimizer steps reached (``config.steps`` unless stopped early).
+        stopped: why the run stopped before ``config.steps`` (``time limit``, ``SIGTERM``,
+            ``SIGINT``), or None.
     """
 
     model: nn.Module
@@ -188,6 +196,8 @@ class TrainResult:
     phase_losses: dict[str, list[float]] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
+    steps_done: int = 0
+    stopped: str | None = None
 
 
 class EMA:
@@ -248,6 +258,12 @@ def train(
         on_log: receives ``{"step", "loss", "lr", "elapsed_s"}`` (with several phases also
             ``loss/<name>`` per phase) and validation metrics (``val/…``) on the main process.
 
+    A clean early stop (``config.time_limit_s`` passed, or SIGTERM or SIGINT received, as a
+    batch scheduler sends before its wall-time kill) ends the loop after the current step on
+    every process. The run then saves a checkpoint there, validates, and writes the model
+    directory as at the end; ``run.json`` says ``stopped`` and ``steps_done``. ``resume="latest"``
+    with the same config continues to ``config.steps`` as if never stopped.
+
     Returns:
         The trained model and the losses and metrics of this call.
 
@@ -306,62 +322,79 @@ def train(
     batches = iter(loader)
 
     # ---- the loop ----------------------------------------------------------------------------
-    result = TrainResult(model=accelerator.unwrap_model(model))
+    result = TrainResult(model=accelerator.unwrap_model(model), steps_done=start)
     result.phase_losses = {p.name: [] for p in phases}
     began = time.monotonic()
     model.train()
-    for step in range(start, config.steps):
-        warm = config.lr_factor(step)
-        micro_batches = []  # this step's micro-batches, seen by every phase
-        for _ in range(config.grad_accum):
-            batch, seeds = next(batches)
-            micro_batches.append(({k: v.to(accelerator.device) for k, v in batch.items()},
-                                  [torch.Generator().manual_seed(s) for s in seeds]))
-        step_losses = torch.zeros(len(phases), device=accelerator.device)
-        for i, (phase, optimizer, params) in enumerate(zip(phases, optimizers, groups,
-                                                           strict=True)):
-            for group in optimizer.param_groups:
-                group["lr"] = cast(float, phase.lr) * warm
-            for batch, generators in micro_batches:
-                with accelerator.accumulate(model):
-                    with accelerator.autocast():
-                        loss = phase.loss(model, batch, generators)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and config.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(params, config.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                step_losses[i] += loss.detach().float() / config.grad_accum
-            if len(phases) > 1:  # drop what this loss put on other phases' parameters
-                model.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.update(accelerator.unwrap_model(model))
-        mean_losses = accelerator.reduce(step_losses, reduction="mean").tolist()
-        for phase, value in zip(phases, mean_losses, strict=True):
-            result.phase_losses[phase.name].append(value)
-        mean_loss = float(sum(mean_losses))
-        result.losses.append(mean_loss)
-        done = step + 1
-        if done % config.log_every == 0 or done == config.steps:
-            per_phase = ({f"loss/{p.name}": v for p, v in zip(phases, mean_losses, strict=True)}
-                         if len(phases) > 1 else {})
-            report({"step": done, "loss": mean_loss, **per_phase, "lr": config.lr * warm,
-                    "elapsed_s": time.monotonic() - began})
+    with _StopSignals() as signals:
+        for step in range(start, config.steps):
+            warm = config.lr_factor(step)
+            micro_batches = []  # this step's micro-batches, seen by every phase
+            for _ in range(config.grad_accum):
+                batch, seeds = next(batches)
+                micro_batches.append(({k: v.to(accelerator.device) for k, v in batch.items()},
+                                      [torch.Generator().manual_seed(s) for s in seeds]))
+            step_losses = torch.zeros(len(phases), device=accelerator.device)
+            for i, (phase, optimizer, params) in enumerate(zip(phases, optimizers, groups,
+                                                               strict=True)):
+                for group in optimizer.param_groups:
+                    group["lr"] = cast(float, phase.lr) * warm
+                for batch, generators in micro_batches:
+                    with accelerator.accumulate(model):
+                        with accelerator.autocast():
+                            loss = phase.loss(model, batch, generators)
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients and config.max_grad_norm > 0:
+                            accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                    step_losses[i] += loss.detach().float() / config.grad_accum
+                if len(phases) > 1:  # drop what this loss put on other phases' parameters
+                    model.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(accelerator.unwrap_model(model))
+            # one all-reduce per step: the phases' losses and whether any process must stop
+            reason = signals.received or ("time limit" if config.time_limit_s and
+                                          time.monotonic() - began >= config.time_limit_s
+                                          else None)
+            flags = torch.tensor([reason is not None, reason == "time limit"],
+                                 dtype=step_losses.dtype, device=step_losses.device)
+            *mean_losses, stop, timed = accelerator.reduce(
+                torch.cat([step_losses, flags]), reduction="mean").tolist()
+            result.steps_done = step + 1
+            if stop > 0 and result.steps_done < config.steps:
+                result.stopped = reason or ("time limit" if timed > 0 else "signal")
+            for phase, value in zip(phases, mean_losses, strict=True):
+                result.phase_losses[phase.name].append(value)
+            mean_loss = float(sum(mean_losses))
+            result.losses.append(mean_loss)
+            done = result.steps_done
+            if done % config.log_every == 0 or done == config.steps:
+                per_phase = ({f"loss/{p.name}": v
+                              for p, v in zip(phases, mean_losses, strict=True)}
+                             if len(phases) > 1 else {})
+                report({"step": done, "loss": mean_loss, **per_phase, "lr": config.lr * warm,
+                        "elapsed_s": time.monotonic() - began})
 
-        # ---- validation and checkpoints ----------------------------------------------------
-        if validate and config.validate_every and done % config.validate_every == 0 \
-                and done < config.steps:
-            current = ema.model if ema else accelerator.unwrap_model(model)
-            _validate(accelerator, validate, current, done, result, report)
-            model.train()
-        if config.checkpoint_every and done % config.checkpoint_every == 0:
-            _save_checkpoint(accelerator, ckpt_root, done, ema, config.keep_checkpoints)
+            # ---- validation and checkpoints ------------------------------------------------
+            if validate and config.validate_every and done % config.validate_every == 0 \
+                    and done < config.steps:
+                current = ema.model if ema else accelerator.unwrap_model(model)
+                _validate(accelerator, validate, current, done, result, report)
+                model.train()
+            if result.stopped is not None:  # a checkpoint to resume from, then the model
+                _save_checkpoint(accelerator, ckpt_root, done, ema, config.keep_checkpoints)
+                log.warning("stopped at step %d of %d (%s); --resume latest continues", done,
+                            config.steps, result.stopped)
+                break
+            if config.checkpoint_every and done % config.checkpoint_every == 0:
+                _save_checkpoint(accelerator, ckpt_root, done, ema, config.keep_checkpoints)
 
     # ---- the model directory -----------------------------------------------------------------
     final = ema.model if ema is not None else accelerator.unwrap_model(model)
     result.model = final
     if validate:
-        _validate(accelerator, validate, final, config.steps, result, report)
+        _validate(accelerator, validate, final, result.steps_done, result, report)
     if accelerator.is_main_process:
         if save_model is not None:
             save_model(final, out)
@@ -376,6 +409,44 @@ def train(
 
 
 # ---- helpers (the loop above reads without them) ------------------------------------------------
+
+
+class _StopSignals:
+    """While active, SIGTERM and SIGINT set :attr:`received` (the signal's name) instead of
+    ending the process, so the loop can stop cleanly; the previous handlers come back on exit.
+    Outside the main thread (where handlers cannot be set) it does nothing."""
+
+    SIGNALS = ("SIGTERM", "SIGINT")
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                number = getattr(signal, name)
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def _handle(self, number: int, frame: Any) -> None:
+        import signal
+
+        if self.received is not None:  # a second signal: stop now, the usual way
+            self.__exit__()
+            signal.raise_signal(number)
+            return
+        self.received = signal.Signals(number).name
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous = {}
 
 
 @functools.cache
@@ -516,6 +587,8 @@ def _write_run_json(out: Path, config: TrainConfig, world: int, result: TrainRes
         "versions": {"torch": torch.__version__, "accelerate": accelerate.__version__},
         "train_seconds": round(seconds, 1),
         "resumed_at_step": start or None,
+        "steps_done": result.steps_done,
+        "stopped": result.stopped,
         "final_loss": result.losses[-1] if result.losses else None,
         "validation": result.metrics,
         "validation_history": result.history,

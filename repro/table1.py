@@ -114,6 +114,13 @@ def run(command: list[str], *, stdin: Path | None = None, stdout: Path | None = 
     return done.stdout
 
 
+def finished(model: Path) -> bool:
+    """A training step is done when its model folder has a ``run.json`` of a run that was not
+    stopped early (a stopped one, by SIGTERM say, is trained again)."""
+    path = model / "run.json"
+    return path.exists() and json.loads(path.read_text()).get("stopped") is None
+
+
 def prepare_hq(work: Path, scale: Scale, seed: int) -> tuple[Path, Path]:
     """HQ train/test folders: NIH images split by patient, resized to ``hq_size`` (TIFF)."""
     import numpy as np
@@ -163,16 +170,16 @@ def train_degraders(work: Path, scale: Scale, hq_train: Path, lq: Path, seed: in
               "--seed", str(seed), "--checkpoint-every", "0"]
     models = {"munit": work / "models" / "munit", "ddpm": work / "models" / "ddpm",
               "ddpm-two-stage": work / "models" / "ddpm-two-stage"}
-    if "munit" in scale.sources and not (models["munit"] / "run.json").exists():
+    if "munit" in scale.sources and not finished(models["munit"]):
         run(["cxrkit", "train-munit", "--hq", str(hq_train), "--lq", str(lq), *common,
              "--steps", str(scale.munit_steps), "--lr", str(scale.munit_lr),
              "--validate-every", "0",
              "-o", str(models["munit"])], launcher=launcher)
-    if "ddpm" in scale.sources and not (models["ddpm"] / "run.json").exists():
+    if "ddpm" in scale.sources and not finished(models["ddpm"]):
         run(["cxrkit", "train-ddpm-lq", "--lq", str(lq), *common,
              "--steps", str(scale.ddpm_steps), "--lr", str(scale.ddpm_lr), "--validate-every", "0",
              "-o", str(models["ddpm"])], launcher=launcher)
-    if "ddpm-two-stage" in scale.sources and not (models["ddpm-two-stage"] / "run.json").exists():
+    if "ddpm-two-stage" in scale.sources and not finished(models["ddpm-two-stage"]):
         stage1 = scale.ddpm_steps // 2
         run(["cxrkit", "train-ddpm-lq", "--route", "two-stage", "--lq", str(lq), "--hq",
              str(hq_train), *common, "--steps", str(stage1), "--stage2-steps",
@@ -208,7 +215,7 @@ def train_enhancers(work: Path, scale: Scale, pairs: dict[tuple[str, str], Path]
     models = {}
     for source in scale.sources:
         out = work / "enhancers" / source
-        if not (out / "run.json").exists():
+        if not finished(out):
             run(["cxrkit", "train-enhance", str(pairs[(source, "train")]), "--pairs", "--scale",
                  "2", "--crop", str(scale.enhance_crop), "--steps", str(scale.enhance_steps),
                  "--batch-size", str(scale.enhance_batch), "--channels", scale.enhance_channels,

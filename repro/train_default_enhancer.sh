@@ -28,9 +28,11 @@ mkdir -p "$WORK"
 common=(--preset drr-like --scale 2 --batch-size 8 --crop 192 --split-seed 0)
 val=(--val-crop 0 --val-count 12)  # validation only reports; it does not change the weights
 
-run() {  # run OUT ARGS...: skip a finished run (its run.json exists)
+run() {  # run OUT ARGS...: skip a finished run (its run.json exists and it was not stopped)
     local out="$WORK/$1"; shift
-    if [[ -f "$out/run.json" ]]; then echo "done: $out" >&2; return; fi
+    if [[ -f "$out/run.json" ]] && ! grep -q '"stopped": "' "$out/run.json"; then
+        echo "done: $out" >&2; return
+    fi
     echo "+ cxrkit train-enhance $NIH $* -o $out" >&2
     "${CXRKIT[@]}" train-enhance "$NIH" "$@" -o "$out"
 }

@@ -175,6 +175,37 @@ def test_train_enhance_fine_tunes_from_a_model_and_records_it(tiny_model_dir: Pa
     assert not (tmp_path / "x").exists()
 
 
+def test_train_enhance_time_limit_stops_writes_the_model_and_exits_3(tiny_model_dir: Path,
+                                                                    tmp_path: Path) -> None:
+    _write_patients(tmp_path / "hq", size=64, seed=1)
+    model = tmp_path / "cut"
+    args = ("train-enhance", str(tmp_path / "hq"), "--init", str(tiny_model_dir), "--steps", "3",
+            "--batch-size", "2", "--crop", "32", "--val-fraction", "0.3", "--val-crop", "0",
+            "--validate-every", "0", "--checkpoint-every", "0", "-o", str(model))
+    result = invoke(*args, "--time-limit", "0.000001s")
+    assert result.exit_code == 3, result.output
+    assert "stopped at step 1 (time limit)" in result.stderr and "--resume latest" in result.stderr
+    run = json.loads((model / "run.json").read_text())
+    assert (run["stopped"], run["steps_done"]) == ("time limit", 1)
+    assert run["config"]["time_limit_s"] == 1e-6
+    assert Enhancer.from_pretrained(model).settings.block_out_channels == (8, 16)
+    result = invoke(*args, "--resume", "latest")
+    assert result.exit_code == 0, result.output
+    run = json.loads((model / "run.json").read_text())
+    assert (run["stopped"], run["steps_done"], run["resumed_at_step"]) == (None, 3, 1)
+    bad = invoke(*args, "--time-limit", "soon")
+    assert bad.exit_code == 2 and "not a duration" in bad.output
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("5400", 5400.0), ("90m", 5400.0),
+                                               ("1h30m", 5400.0), ("2h", 7200.0),
+                                               ("45s", 45.0), ("1.5h", 5400.0)])
+def test_durations(text: str, seconds: float) -> None:
+    from cxrkit.cli._options import parse_duration
+
+    assert parse_duration(text) == seconds and parse_duration(None) == 0.0
+
+
 def test_train_enhance_adds_an_encoder_and_focuses_on_one_step(tiny_model_dir: Path,
                                                                tmp_path: Path) -> None:
     _write_patients(tmp_path / "hq", size=96, seed=2)

@@ -88,6 +88,50 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path: Path)
         torch.testing.assert_close(_weights(resumed.model)[name], value, atol=1e-6, rtol=0)
 
 
+def test_a_time_limit_or_sigterm_stops_cleanly_and_resume_finishes_the_run(
+        tmp_path: Path) -> None:
+    import signal
+
+    def config(out: Path, **extra: object) -> TrainConfig:
+        return TrainConfig(output_dir=str(out), steps=6, batch_size=4, lr=1e-3, warmup_steps=2,
+                           checkpoint_every=0, ema_decay=0.9, cpu=True, seed=7,
+                           **extra)  # type: ignore[arg-type]
+
+    def save(model: torch.nn.Module, folder: Path) -> None:
+        model.save_pretrained(folder)  # type: ignore[operator]
+
+    whole = train(_tiny(), diffusion_loss, ToyPairs(), config(tmp_path / "whole"))
+    # any time limit ends the run after its first step; a checkpoint and the model are written
+    cut = train(_tiny(), diffusion_loss, ToyPairs(), config(tmp_path / "cut", time_limit_s=1e-9),
+                save_model=save)
+    assert (cut.stopped, cut.steps_done, len(cut.losses)) == ("time limit", 1, 1)
+    run = json.loads((tmp_path / "cut" / "run.json").read_text())
+    assert (run["stopped"], run["steps_done"]) == ("time limit", 1)
+    assert (tmp_path / "cut" / "checkpoints" / "checkpoint-1").is_dir()
+    assert Enhancer.from_pretrained(tmp_path / "cut") is not None
+    resumed = train(_tiny(), diffusion_loss, ToyPairs(), config(tmp_path / "cut",
+                                                                resume="latest"))
+    assert (resumed.stopped, resumed.steps_done) == (None, 6)
+    np.testing.assert_allclose(resumed.losses, whole.losses[1:], rtol=1e-6)
+    for name, value in _weights(whole.model).items():
+        torch.testing.assert_close(_weights(resumed.model)[name], value, atol=1e-6, rtol=0)
+
+    # SIGTERM during step 3 (as a batch scheduler sends it) ends the run after that step
+    calls = itertools.count(1)
+
+    def terminated_at_3(model: torch.nn.Module, batch: dict[str, torch.Tensor],
+                        generators: list[torch.Generator]) -> torch.Tensor:
+        if next(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return diffusion_loss(model, batch, generators)
+
+    before = signal.getsignal(signal.SIGTERM)
+    term = train(_tiny(), terminated_at_3, ToyPairs(), config(tmp_path / "term"))
+    assert (term.stopped, term.steps_done) == ("SIGTERM", 3)
+    np.testing.assert_allclose(term.losses, whole.losses[:3], rtol=1e-6)
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+
+
 def test_resume_without_checkpoint_and_bad_batch_are_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no checkpoint"):
         train(_tiny(), diffusion_loss, ToyPairs(),

@@ -240,6 +240,38 @@ def read_display(record: Record, tool: str) -> Radiograph:
     return image
 
 
+TIME_LIMIT_HELP = ("Stop cleanly once this much training time has passed (e.g. 5400, 90m, "
+                   "1h30m): checkpoint, validate, write the model, exit 3; SIGTERM does the "
+                   "same. --resume latest continues.")
+
+
+def parse_duration(text: str | None, name: str = "--time-limit") -> float:
+    """``"5400"``, ``"45s"``, ``"90m"``, ``"2h"``, ``"1h30m"`` → seconds; None → 0 (no limit)."""
+    import re
+
+    if text is None:
+        return 0.0
+    match = re.fullmatch(r"\s*(?:(\d+(?:\.\d*)?)h)?\s*(?:(\d+(?:\.\d*)?)m)?\s*"
+                         r"(?:(\d+(?:\.\d*)?)s?)?\s*", text)
+    if not text.strip() or match is None or not any(match.groups()):
+        raise typer.BadParameter(f"'{text}' is not a duration; e.g. 5400, 90m, 1h30m",
+                                 param_hint=name)
+    h, m, sec = (float(g) if g else 0.0 for g in match.groups())
+    return 3600 * h + 60 * m + sec
+
+
+def finish_training(result: Any, out: Path | str, tool: str) -> None:
+    """After a training command: print the model folder (main process only); a run that
+    stopped early (time limit or signal) says so on stderr and exits 3 (partial)."""
+    if shard()[0] == 0:
+        typer.echo(str(out))
+    if getattr(result, "stopped", None):
+        if shard()[0] == 0:
+            typer.echo(f"cxrkit {tool}: stopped at step {result.steps_done} ({result.stopped}); "
+                       f"the model in {out} is that step's; --resume latest continues", err=True)
+        raise typer.Exit(ExitCode.PARTIAL)
+
+
 def exit_with(code: int) -> None:
     """End a command with ``code`` (no-op for OK)."""
     if code:

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cxrkit.cli._options import TIME_LIMIT_HELP, finish_training, parse_duration
 from cxrkit.cli.train_munit import MIXED, domain_paths
 
 ROUTES = ("img2img", "two-stage")
@@ -59,6 +60,8 @@ def train_ddpm_lq(
         help="'latest' or a checkpoint folder to continue from.", show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the weights and the data order.")] = 0,
     cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even with CUDA.")] = False,
+    time_limit: Annotated[str | None, typer.Option(
+        help=TIME_LIMIT_HELP, show_default=False)] = None,
 ) -> None:
     """Train DDPM-LQ on real DRRs; writes a model folder for cxrkit degrade --method ddpm.
 
@@ -103,12 +106,13 @@ def train_ddpm_lq(
     config = TrainConfig(
         output_dir=str(out), steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema,
         mixed_precision=mixed_precision, checkpoint_every=checkpoint_every,
-        validate_every=validate_every, seed=seed, resume=resume, cpu=cpu)
-    train(domain_paths(lq, "--lq"), settings, config, crop=crop, stage_two=stage_two,
-          hq_paths=domain_paths(hq, "--hq") if hq and stage_two is None else None,
-          held_out=HeldOut(fraction=val_fraction),
-          command=shlex.join(["cxrkit", *sys.argv[1:]]), on_log=_progress)
-    typer.echo(str(out))
+        validate_every=validate_every, seed=seed, resume=resume, cpu=cpu,
+        time_limit_s=parse_duration(time_limit))
+    result = train(domain_paths(lq, "--lq"), settings, config, crop=crop, stage_two=stage_two,
+                   hq_paths=domain_paths(hq, "--hq") if hq and stage_two is None else None,
+                   held_out=HeldOut(fraction=val_fraction),
+                   command=shlex.join(["cxrkit", *sys.argv[1:]]), on_log=_progress)
+    finish_training(result, out, "train-ddpm-lq")
 
 
 def _stage_two(route: str, hq: list[str] | None, pairs: Path | None, preset: str,

@@ -9,8 +9,13 @@ from typing import Annotated, Any
 
 import typer
 
-from cxrkit.cli._options import Inputs, iter_inputs
-from cxrkit.pipe import shard
+from cxrkit.cli._options import (
+    TIME_LIMIT_HELP,
+    Inputs,
+    finish_training,
+    iter_inputs,
+    parse_duration,
+)
 
 MIXED = ("no", "bf16", "fp16")
 
@@ -67,6 +72,8 @@ def train_enhance(
         help="'latest' or a checkpoint folder to continue from.", show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the weights and the data order.")] = 0,
     cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even with CUDA.")] = False,
+    time_limit: Annotated[str | None, typer.Option(
+        help=TIME_LIMIT_HELP, show_default=False)] = None,
 ) -> None:
     """Train a conditional diffusion enhancer; writes a model folder for cxrkit enhance --model.
 
@@ -115,15 +122,16 @@ def train_enhance(
         output_dir=str(out), steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
         lr_schedule=lr_schedule,
         ema_decay=ema, mixed_precision=mixed_precision, checkpoint_every=checkpoint_every,
-        validate_every=validate_every, seed=seed, resume=resume, cpu=cpu)
+        validate_every=validate_every, seed=seed, resume=resume, cpu=cpu,
+        time_limit_s=parse_duration(time_limit))
     pair_settings = PairSettings(preset=preset, crop=crop, val_fraction=val_fraction,
                                  val_crop=val_crop, val_count=val_count, split_seed=split_seed)
-    train_enhancer(hq, settings, config, pairs=pair_settings, ssim_weight=ssim_weight, init=init,
-                   sampler_steps=sampler_steps, zero_start=zero_start, add_context=context,
-                   lq_paths=[r["path"] for r in records] if pairs else None,
-                   command=shlex.join(["cxrkit", *sys.argv[1:]]), on_log=_progress)
-    if shard()[0] == 0:  # one line from the main process under accelerate launch
-        typer.echo(str(out))
+    result = train_enhancer(
+        hq, settings, config, pairs=pair_settings, ssim_weight=ssim_weight, init=init,
+        sampler_steps=sampler_steps, zero_start=zero_start, add_context=context,
+        lq_paths=[r["path"] for r in records] if pairs else None,
+        command=shlex.join(["cxrkit", *sys.argv[1:]]), on_log=_progress)
+    finish_training(result, out, "train-enhance")  # one line from the main process
 
 
 def _progress(entry: dict[str, Any]) -> None:

@@ -9,7 +9,12 @@ from typing import Annotated, Any
 
 import typer
 
-from cxrkit.cli._options import iter_inputs
+from cxrkit.cli._options import (
+    TIME_LIMIT_HELP,
+    finish_training,
+    iter_inputs,
+    parse_duration,
+)
 
 MIXED = ("no", "bf16", "fp16")
 IMAGE_PATTERNS = ("*.png", "*.tif", "*.tiff", "*.dcm")
@@ -62,6 +67,8 @@ def train_munit(
         help="'latest' or a checkpoint folder to continue from.", show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the weights and the data order.")] = 0,
     cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even with CUDA.")] = False,
+    time_limit: Annotated[str | None, typer.Option(
+        help=TIME_LIMIT_HELP, show_default=False)] = None,
 ) -> None:
     """Train MUNIT-LQ on unpaired HQ radiographs and DRRs; writes a model folder for degrade.
 
@@ -101,10 +108,11 @@ def train_munit(
         output_dir=str(out), steps=steps, batch_size=batch_size, lr=lr, warmup_steps=0,
         weight_decay=weight_decay, max_grad_norm=0.0, ema_decay=ema,
         mixed_precision=mixed_precision, checkpoint_every=checkpoint_every,
-        validate_every=validate_every, seed=seed, resume=resume, cpu=cpu)
-    train(hq_paths, lq_paths, settings, config, crop=crop,
-          command=shlex.join(["cxrkit", *sys.argv[1:]]), on_log=_progress)
-    typer.echo(str(out))
+        validate_every=validate_every, seed=seed, resume=resume, cpu=cpu,
+        time_limit_s=parse_duration(time_limit))
+    result = train(hq_paths, lq_paths, settings, config, crop=crop,
+                   command=shlex.join(["cxrkit", *sys.argv[1:]]), on_log=_progress)
+    finish_training(result, out, "train-munit")
 
 
 def domain_paths(inputs: list[str], hint: str) -> list[str]:

@@ -178,6 +178,8 @@ def train_ddpm_lq(lq_paths: Sequence[str | Path], settings: DdpmLQSettings,
     check = _validator(LQCrops(val_lq, crop), None, val_lq, [], crop, held_out, config.seed)
     result = train(model, ddpm_lq_loss, first, stage1, validate=check,
                    save_model=save, run_info={**info, "stage": 1}, on_log=on_log)
+    if result.stopped:  # stage 1 did not finish: stage 2 waits for a resumed run
+        return result
     hq = [resize_short_side(im, settings.image_size) for im in load_display(stage_two.hq_paths)]
     lq = None
     if stage_two.lq_paths is not None:
