@@ -198,6 +198,36 @@ def test_two_stage_validates_both_stages_on_held_out_data(tmp_path: Path) -> Non
     assert data["validation_on_training_images"] is False
 
 
+def test_two_stage_stopped_in_either_stage_resumes_to_the_uninterrupted_weights(
+        tmp_path: Path) -> None:
+    import json
+
+    hq, lq = _write_domains(tmp_path, hq=4, lq=4)
+    settings = DdpmLQSettings(route="two-stage", block_out_channels=(8, 16), unshuffle=1,
+                              image_size=32, max_train_timestep=1000, default_strength=1.0,
+                              default_steps=2, prediction_type="v_prediction")
+
+    def run(out: str, **extra: object) -> object:
+        config = TrainConfig(output_dir=str(tmp_path / out), steps=2, batch_size=2,
+                             ema_decay=0.9, checkpoint_every=0, validate_every=0, seed=0,
+                             **extra)  # type: ignore[arg-type]
+        return train_ddpm_lq(lq, settings, config, crop=32, stage_two=StageTwo(hq, steps=2),
+                             held_out=HeldOut(fraction=0.0, count=1, loss_samples=1))
+
+    whole = run("whole")
+    first = run("cut", time_limit_s=1e-9)  # stops in stage 1 after step 1
+    assert (first.stopped, first.steps_done) == ("time limit", 1)  # type: ignore[attr-defined]
+    assert not (tmp_path / "cut" / "run.json").exists()
+    second = run("cut", time_limit_s=1e-9, resume="latest")  # ends stage 1, stops in stage 2
+    assert (second.stopped, second.steps_done) == ("time limit", 1)  # type: ignore[attr-defined]
+    assert json.loads((tmp_path / "cut" / "run.json").read_text())["stopped"] == "time limit"
+    last = run("cut", resume="latest")  # stage 1 is read back; stage 2 resumes
+    assert last.stopped is None  # type: ignore[attr-defined]
+    for name, value in whole.model.state_dict().items():  # type: ignore[attr-defined]
+        torch.testing.assert_close(last.model.state_dict()[name], value,  # type: ignore[attr-defined]
+                                   atol=1e-6, rtol=0)
+
+
 def test_img2img_given_hq_validates_what_degrade_makes(tmp_path: Path) -> None:
     import json
 

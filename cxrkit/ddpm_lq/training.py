@@ -98,8 +98,10 @@ def train_ddpm_lq(lq_paths: Sequence[str | Path], settings: DdpmLQSettings,
 
     ``img2img``: one run of ``config.steps`` on real LQ crops. ``two-stage``: stage 1 as above
     into ``output_dir/stage1``, then stage 2 (``stage_two.steps``) from its weights into
-    ``output_dir``. Both split their inputs as ``held_out`` says and validate (into ``run.json``'s
-    ``validation``) on centre crops of held-out images:
+    ``output_dir``. A two-stage run stopped early (``config.time_limit_s``, SIGTERM) in stage 1
+    returns there; ``resume="latest"`` continues whichever stage it stopped in (a finished
+    stage 1 is read back from its folder). Both split their inputs as ``held_out`` says and
+    validate (into ``run.json``'s ``validation``) on centre crops of held-out images:
 
     - ``loss``: the diffusion loss at fixed crops, timesteps and noises of held-out LQ
       (stage 2: of held-out pairs, conditioned on their HQ); stage 2 adds ``loss_lq``, the
@@ -176,10 +178,14 @@ def train_ddpm_lq(lq_paths: Sequence[str | Path], settings: DdpmLQSettings,
     assert stage_two is not None
     stage1 = replace(config, output_dir=str(Path(config.output_dir) / "stage1"))
     check = _validator(LQCrops(val_lq, crop), None, val_lq, [], crop, held_out, config.seed)
-    result = train(model, ddpm_lq_loss, first, stage1, validate=check,
-                   save_model=save, run_info={**info, "stage": 1}, on_log=on_log)
-    if result.stopped:  # stage 1 did not finish: stage 2 waits for a resumed run
-        return result
+    if config.resume == "latest" and _finished(Path(stage1.output_dir)):
+        start = DdpmLQ.from_pretrained(stage1.output_dir)  # stage 1's EMA weights, as saved
+    else:
+        result = train(model, ddpm_lq_loss, first, stage1, validate=check,
+                       save_model=save, run_info={**info, "stage": 1}, on_log=on_log)
+        if result.stopped:  # stage 1 did not finish: stage 2 waits for a resumed run
+            return result
+        start = result.model
     hq = [resize_short_side(im, settings.image_size) for im in load_display(stage_two.hq_paths)]
     lq = None
     if stage_two.lq_paths is not None:
@@ -197,14 +203,27 @@ def train_ddpm_lq(lq_paths: Sequence[str | Path], settings: DdpmLQSettings,
         hq=files_sha256([stage_two.hq_paths[i] for i in hq_train]),
         hq_validation=files_sha256([stage_two.hq_paths[i] for i in hq_val]),
         pairs_lq=files_sha256(stage_two.lq_paths) if stage_two.lq_paths else None)
-    stage2 = replace(config, steps=stage_two.steps)
-    start = result.model.requires_grad_(True).train()  # the EMA copy comes back frozen
+    # --resume latest before stage 2 had a checkpoint (stopped in stage 1): stage 2 starts afresh
+    from cxrkit.train import CHECKPOINTS
+
+    fresh = config.resume == "latest" and not any(
+        (Path(config.output_dir) / CHECKPOINTS).glob("checkpoint-*"))
+    stage2 = replace(config, steps=stage_two.steps, resume=None if fresh else config.resume)
+    start = start.requires_grad_(True).train()  # the EMA copy comes back frozen
     return train(start, ddpm_lq_loss, pairs(hq_train, train_lq, stage_two.p_uncond),
                  stage2, validate=check, save_model=save,
                  run_info={**info, "stage": 2, "stage_two": {
                      "steps": stage_two.steps, "preset": None if lq else stage_two.preset,
                      "p_uncond": stage_two.p_uncond, "stage1": stage1.output_dir}},
                  on_log=on_log)
+
+
+def _finished(folder: Path) -> bool:
+    """A training run wrote ``folder`` to its end (``run.json`` without ``stopped``)."""
+    import json
+
+    path = folder / "run.json"
+    return path.is_file() and json.loads(path.read_text()).get("stopped") is None
 
 
 def _validator(data: Any, prior: LQCrops | None, real_lq: Sequence[np.ndarray],
