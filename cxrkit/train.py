@@ -200,6 +200,13 @@ class TrainResult:
     stopped: str | None = None
 
 
+def run_finished(folder: str | Path) -> bool:
+    """Whether :func:`train` wrote ``folder`` at the end of its steps: a ``run.json`` without
+    ``stopped`` (a run stopped early by a time limit or signal is not finished)."""
+    path = Path(folder) / "run.json"
+    return path.is_file() and json.loads(path.read_text()).get("stopped") is None
+
+
 class EMA:
     """Exponential moving average of a model's weights, with the usual warm-up of the decay.
 

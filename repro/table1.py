@@ -115,10 +115,11 @@ def run(command: list[str], *, stdin: Path | None = None, stdout: Path | None = 
 
 
 def finished(model: Path) -> bool:
-    """A training step is done when its model folder has a ``run.json`` of a run that was not
-    stopped early (a stopped one, by SIGTERM say, is trained again)."""
-    path = model / "run.json"
-    return path.exists() and json.loads(path.read_text()).get("stopped") is None
+    """A training step is done when its model folder holds a run that was not stopped early
+    (one stopped by SIGTERM, say, is trained again)."""
+    from cxrkit.train import run_finished
+
+    return run_finished(model)
 
 
 def prepare_hq(work: Path, scale: Scale, seed: int) -> tuple[Path, Path]:

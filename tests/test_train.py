@@ -16,7 +16,7 @@ import torch
 
 from cxrkit.diffusion import Enhancer, EnhancerSettings, diffusion_loss
 from cxrkit.errors import InputError
-from cxrkit.train import Phase, TrainConfig, _slice_indices, train
+from cxrkit.train import Phase, TrainConfig, _slice_indices, run_finished, train
 
 TINY = EnhancerSettings(scale=1, block_out_channels=(8, 16), unshuffle=1)
 
@@ -108,10 +108,12 @@ def test_a_time_limit_or_sigterm_stops_cleanly_and_resume_finishes_the_run(
     run = json.loads((tmp_path / "cut" / "run.json").read_text())
     assert (run["stopped"], run["steps_done"]) == ("time limit", 1)
     assert (tmp_path / "cut" / "checkpoints" / "checkpoint-1").is_dir()
+    assert not run_finished(tmp_path / "cut") and run_finished(tmp_path / "whole")
     assert Enhancer.from_pretrained(tmp_path / "cut") is not None
     resumed = train(_tiny(), diffusion_loss, ToyPairs(), config(tmp_path / "cut",
                                                                 resume="latest"))
     assert (resumed.stopped, resumed.steps_done) == (None, 6)
+    assert run_finished(tmp_path / "cut")  # the resumed run rewrote run.json
     np.testing.assert_allclose(resumed.losses, whole.losses[1:], rtol=1e-6)
     for name, value in _weights(whole.model).items():
         torch.testing.assert_close(_weights(resumed.model)[name], value, atol=1e-6, rtol=0)

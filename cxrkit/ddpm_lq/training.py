@@ -133,7 +133,7 @@ def train_ddpm_lq(lq_paths: Sequence[str | Path], settings: DdpmLQSettings,
             for the held-out fraction.
     """
     from cxrkit.diffusion.training import files_sha256, split_by_patient
-    from cxrkit.train import train
+    from cxrkit.train import CHECKPOINTS, run_finished, train
 
     if crop % settings.multiple:
         raise InputError(f"crop {crop} must be a multiple of {settings.multiple}")
@@ -178,7 +178,7 @@ def train_ddpm_lq(lq_paths: Sequence[str | Path], settings: DdpmLQSettings,
     assert stage_two is not None
     stage1 = replace(config, output_dir=str(Path(config.output_dir) / "stage1"))
     check = _validator(LQCrops(val_lq, crop), None, val_lq, [], crop, held_out, config.seed)
-    if config.resume == "latest" and _finished(Path(stage1.output_dir)):
+    if config.resume == "latest" and run_finished(stage1.output_dir):
         start = DdpmLQ.from_pretrained(stage1.output_dir)  # stage 1's EMA weights, as saved
     else:
         result = train(model, ddpm_lq_loss, first, stage1, validate=check,
@@ -204,7 +204,6 @@ def train_ddpm_lq(lq_paths: Sequence[str | Path], settings: DdpmLQSettings,
         hq_validation=files_sha256([stage_two.hq_paths[i] for i in hq_val]),
         pairs_lq=files_sha256(stage_two.lq_paths) if stage_two.lq_paths else None)
     # --resume latest before stage 2 had a checkpoint (stopped in stage 1): stage 2 starts afresh
-    from cxrkit.train import CHECKPOINTS
 
     fresh = config.resume == "latest" and not any(
         (Path(config.output_dir) / CHECKPOINTS).glob("checkpoint-*"))
@@ -216,14 +215,6 @@ def train_ddpm_lq(lq_paths: Sequence[str | Path], settings: DdpmLQSettings,
                      "steps": stage_two.steps, "preset": None if lq else stage_two.preset,
                      "p_uncond": stage_two.p_uncond, "stage1": stage1.output_dir}},
                  on_log=on_log)
-
-
-def _finished(folder: Path) -> bool:
-    """A training run wrote ``folder`` to its end (``run.json`` without ``stopped``)."""
-    import json
-
-    path = folder / "run.json"
-    return path.is_file() and json.loads(path.read_text()).get("stopped") is None
 
 
 def _validator(data: Any, prior: LQCrops | None, real_lq: Sequence[np.ndarray],
