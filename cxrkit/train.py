@@ -32,7 +32,9 @@ import json
 import logging
 import math
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -430,9 +432,6 @@ class _StopSignals:
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopSignals:
-        import signal
-        import threading
-
         if threading.current_thread() is threading.main_thread():
             for name in self.SIGNALS:
                 number = getattr(signal, name)
@@ -440,8 +439,6 @@ class _StopSignals:
         return self
 
     def _handle(self, number: int, frame: Any) -> None:
-        import signal
-
         if self.received is not None:  # a second signal: stop now, the usual way
             self.__exit__()
             signal.raise_signal(number)
@@ -449,8 +446,6 @@ class _StopSignals:
         self.received = signal.Signals(number).name
 
     def __exit__(self, *exc: object) -> None:
-        import signal
-
         for number, handler in self._previous.items():
             signal.signal(number, handler)
         self._previous = {}

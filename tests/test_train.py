@@ -271,3 +271,16 @@ def test_two_processes_give_the_same_loss_trajectory_as_one(tmp_path: Path, fami
     for name, losses in one.items():
         assert len(losses) == 6
         np.testing.assert_allclose(two[name], losses, rtol=1e-4)
+
+
+def test_a_second_signal_stops_at_once() -> None:
+    import signal
+
+    from cxrkit.train import _StopSignals
+
+    with _StopSignals() as signals:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert signals.received == "SIGINT"  # the first one only asks the loop to stop
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
