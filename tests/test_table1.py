@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -44,10 +45,13 @@ def test_both_ddpm_routes_train_with_one_budget(table1: ModuleType, calls: list[
     s = table1.SCALES[scale]
     assert {"ddpm", "ddpm-two-stage"} <= set(s.sources)
     launcher = ["accelerate", "launch", "-m"]
-    options = table1.train_degraders(tmp_path, s, tmp_path / "hq", tmp_path / "lq.jsonl", 0,
-                                     launcher)
+    options = {src: table1.train_degrader(tmp_path, s, src, tmp_path / "hq",
+                                          tmp_path / "lq.jsonl", 0, launcher)
+               for src in s.sources}
     assert options["ddpm-two-stage"] == ["--method", "ddpm", "--model",
                                          str(tmp_path / "models" / "ddpm-two-stage")]
+    assert options["bicubic"] == ["--preset", "bicubic"]
+    assert len(calls) == 3  # the learned sources only
     by_model = {c["command"][c["command"].index("-o") + 1]: c for c in calls}
     img2img = by_model[str(tmp_path / "models" / "ddpm")]["command"]
     two = by_model[str(tmp_path / "models" / "ddpm-two-stage")]["command"]
@@ -59,18 +63,53 @@ def test_both_ddpm_routes_train_with_one_budget(table1: ModuleType, calls: list[
     assert value(two, "--steps") + value(two, "--stage2-steps") == s.ddpm_steps
     assert two[two.index("--route") + 1] == "two-stage"
     assert all(c["launcher"] == launcher and c["command"][0] == "cxrkit" for c in calls)
+    assert all("--resume" not in c["command"] for c in calls)
 
 
 def test_enhancers_read_their_pairs_as_a_file_argument(table1: ModuleType,
                                                        calls: list[dict[str, Any]],
                                                        tmp_path: Path) -> None:
     s = table1.SCALES["tiny"]
-    pairs = {(src, "train"): tmp_path / f"{src}.jsonl" for src in s.sources}
-    table1.train_enhancers(tmp_path, s, pairs, 0, ["accelerate", "launch", "-m"])
+    for source in s.sources:
+        table1.train_enhancer(tmp_path, s, source, tmp_path / f"{source}.jsonl", 0,
+                              ["accelerate", "launch", "-m"])
     assert len(calls) == len(s.sources)
     for call, source in zip(calls, s.sources, strict=True):
-        assert call["command"][:3] == ["cxrkit", "train-enhance", str(pairs[(source, "train")])]
+        assert call["command"][:3] == ["cxrkit", "train-enhance", str(tmp_path / f"{source}.jsonl")]
         assert call.get("stdin") is None  # stdin reaches one process of a launcher only
+
+
+def test_a_stopped_training_is_resumed_and_a_finished_one_skipped(
+        table1: ModuleType, calls: list[dict[str, Any]], tmp_path: Path) -> None:
+    s = table1.SCALES["tiny"]
+    out = tmp_path / "enhancers" / "bicubic"
+    (out / "checkpoints" / "checkpoint-20").mkdir(parents=True)
+    (out / "checkpoints" / "checkpoint-20" / "trainer_state.json").write_text("{}")
+    (out / "run.json").write_text('{"stopped": "SIGTERM"}')
+    table1.train_enhancer(tmp_path, s, "bicubic", tmp_path / "p.jsonl", 0, [])
+    assert calls[-1]["command"][-2:] == ["--resume", "latest"]
+    (out / "run.json").write_text('{"stopped": null}')
+    table1.train_enhancer(tmp_path, s, "bicubic", tmp_path / "p.jsonl", 0, [])
+    assert len(calls) == 1
+
+
+def test_parallel_steps_keep_their_order_and_get_a_share_of_the_cores(
+        table1: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(table1, "_threads", 1)
+    probe = [sys.executable, "-c", "import os; print(os.environ['OMP_NUM_THREADS'])"]
+    outs = table1.in_parallel([lambda: table1.run(probe)] * 3 + [lambda: "last"], 2)
+    assert outs == ["1\n", "1\n", "1\n", "last"]
+
+
+def test_a_failed_step_stops_the_running_ones(table1: ModuleType) -> None:
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    failing = [sys.executable, "-c", "import time; time.sleep(0.5); raise SystemExit(5)"]
+    began = time.monotonic()
+    with pytest.raises(SystemExit, match=r"failed \(5\)"):
+        table1.in_parallel([lambda: table1.run(sleeper), lambda: table1.run(failing),
+                            lambda: table1.run(sleeper)], 2)
+    assert time.monotonic() - began < 30  # the sleeper got SIGTERM; the third never started
+    assert not table1._running and not table1._stopping.is_set()
 
 
 def test_run_uses_this_python_without_a_launcher(table1: ModuleType) -> None:
