@@ -112,6 +112,24 @@ def test_a_failed_step_stops_the_running_ones(table1: ModuleType) -> None:
     assert not table1._running and not table1._stopping.is_set()
 
 
+def test_sampling_steps_reach_every_enhance_command_and_keep_their_own_outputs(
+        table1: ModuleType, calls: list[dict[str, Any]], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(table1, "_metrics", lambda text: {"psnr": 1.0, "ssim": 0.5})
+    monkeypatch.setattr(table1, "drr_measures", lambda before, after: {"cnr_ratio": 1.0})
+    s = table1.SCALES["tiny"]
+    pairs = {k: {"test": tmp_path / f"{k}.jsonl"} for k in s.sources}
+    table1.evaluate_enhancer(tmp_path, s, "bicubic", tmp_path / "m", pairs, tmp_path / "d.jsonl",
+                             0, 1)
+    enhance = [c["command"] for c in calls if c["command"][1] == "enhance"]
+    assert len(enhance) == len(s.sources) + 1  # every test kind and the real DRRs
+    for command in enhance:
+        assert command[command.index("--steps") + 1] == "1"
+        assert str(tmp_path / "enhanced-steps1" / "bicubic") in command[-1]
+    assert "1 DDIM step" in table1.markdown(
+        {"bicubic-upsampling": {}, "enhancers": {}}, "tiny", (), 1)
+
+
 def test_run_uses_this_python_without_a_launcher(table1: ModuleType) -> None:
     out = table1.run(["cxrkit", "--version"])
     assert out.strip()
