@@ -1,5 +1,5 @@
-"""repro/table1.py without running it: every scale has both DDPM-LQ routes with one budget, the
-commands it composes (launcher, records as file arguments), its tables and its refusal to run
+"""repro/table1.py without running it: every scale has both DDPM-LQ routes with their budgets,
+the commands it composes (launcher, records as file arguments), its tables and its refusal to run
 as several processes. (The recipe itself needs ../shared/data; run it with --scale tiny.)"""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def calls(table1: ModuleType, monkeypatch: pytest.MonkeyPatch) -> list[dict[str,
 
 
 @pytest.mark.parametrize("scale", ["tiny", "small", "full"])
-def test_both_ddpm_routes_train_with_one_budget(table1: ModuleType, calls: list[dict[str, Any]],
+def test_ddpm_routes_train_with_their_scale_budgets(table1: ModuleType, calls: list[dict[str, Any]],
                                                 tmp_path: Path, scale: str) -> None:
     s = table1.SCALES[scale]
     assert {"ddpm", "ddpm-two-stage"} <= set(s.sources)
@@ -60,7 +60,9 @@ def test_both_ddpm_routes_train_with_one_budget(table1: ModuleType, calls: list[
         return int(command[command.index(option) + 1])
 
     assert value(img2img, "--steps") == s.ddpm_steps
-    assert value(two, "--steps") + value(two, "--stage2-steps") == s.ddpm_steps
+    assert (value(two, "--steps"), value(two, "--stage2-steps")) == s.two_stage_steps
+    if scale == "full":  # the same budget for both routes where neither is starved
+        assert sum(s.two_stage_steps) == s.ddpm_steps
     assert two[two.index("--route") + 1] == "two-stage"
     assert all(c["launcher"] == launcher and c["command"][0] == "cxrkit" for c in calls)
     assert all("--resume" not in c["command"] for c in calls)
@@ -147,6 +149,39 @@ def test_table_and_gates_have_a_row_per_source(table1: ModuleType) -> None:
     assert "| enhancer trained on ddpm-two-stage | 31.00 / 0.850" in text
     assert table1.gates(table, {"psnr_gain": 0.5, "cnr_ratio": 1.0}) == []
     assert table1.gates(table, {"psnr_gain": 2.0}) == ["psnr_gain = 1 < 2"]
+    table["lq_texture"] = {s: {"hf_ratio": 0.5, "noise_ratio": 2.0} for s in sources}
+    assert "| ddpm | 0.50 | 2.00 |" in table1.markdown(table, "tiny", sources)
+
+
+def test_lq_texture_is_relative_to_the_real_drrs(table1: ModuleType, tmp_path: Path) -> None:
+    import json
+
+    import numpy as np
+
+    from cxrkit.io import Radiograph, write_radiograph
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64] / 64.0
+    smooth = (0.3 + 0.4 * yy * xx).astype(np.float32)  # a DRR-like ramp, little fine texture
+
+    def records(name: str, images: list[np.ndarray]) -> Path:
+        lines = []
+        for i, im in enumerate(images):
+            path = tmp_path / f"{name}-{i}.tiff"
+            write_radiograph(path, Radiograph(im, (1.0, 1.0)))
+            lines.append(json.dumps({"id": f"{name}-{i}", "path": str(path)}))
+        out = tmp_path / f"{name}.jsonl"
+        out.write_text("\n".join(lines) + "\n")
+        return out
+
+    noisy = [np.clip(smooth + rng.normal(0, 0.05, smooth.shape), 0, 1).astype(np.float32)
+             for _ in range(3)]
+    drrs = records("drr", [np.clip(smooth + rng.normal(0, 0.01, smooth.shape), 0, 1)
+                           .astype(np.float32) for _ in range(3)])
+    same = table1.lq_texture(drrs, drrs)
+    assert same == {"hf_ratio": 1.0, "noise_ratio": 1.0}
+    rough = table1.lq_texture(records("lq", noisy), drrs)
+    assert rough["hf_ratio"] > 10 and 3 < rough["noise_ratio"] < 7  # σ 0.05 against 0.01
 
 
 def test_refuses_to_run_as_several_processes(table1: ModuleType,
