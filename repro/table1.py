@@ -363,24 +363,26 @@ def drr_measures(before: Path, after: Path) -> dict[str, float]:
     return out
 
 
-def lq_texture(test_pairs: Path, drrs: Path) -> dict[str, float]:
-    """How DRR-like one source's test LQ images are: their mean high-frequency energy
-    (:func:`cxrkit.ddpm_lq.high_frequency_energy`, the squared Laplacian) and mean noise σ
-    (Immerkær), each over the real test DRRs' (the same size). 1 is the DRRs' texture; the
-    ``bicubic`` source's LQ are downsampled HQ, so its ratios are the HQ domain's."""
+def texture(records: Path) -> tuple[float, float]:
+    """Mean high-frequency energy (:func:`cxrkit.ddpm_lq.high_frequency_energy`, the squared
+    Laplacian) and mean noise σ (Immerkær) of the display images of ``records``."""
     import numpy as np
 
     from cxrkit.ddpm_lq import high_frequency_energy
     from cxrkit.metrics import noise_sigma
     from cxrkit.munit import load_display
 
-    def means(records: Path) -> tuple[float, float]:
-        paths = [json.loads(line)["path"] for line in records.read_text().splitlines()]
-        images = load_display(paths)
-        return (float(np.mean([high_frequency_energy(im) for im in images])),
-                float(np.mean([noise_sigma(im) for im in images])))
+    paths = [json.loads(line)["path"] for line in records.read_text().splitlines()]
+    images = load_display(paths)
+    return (float(np.mean([high_frequency_energy(im) for im in images])),
+            float(np.mean([noise_sigma(im) for im in images])))
 
-    (hf, sigma), (hf_drr, sigma_drr) = means(test_pairs), means(drrs)
+
+def lq_texture(test_pairs: Path, drr_texture: tuple[float, float]) -> dict[str, float]:
+    """How DRR-like one source's test LQ images are: their :func:`texture` over the real test
+    DRRs' (``drr_texture``, the same size). 1 is the DRRs' texture; the ``bicubic`` source's LQ
+    are downsampled HQ, so its ratios are the HQ domain's."""
+    (hf, sigma), (hf_drr, sigma_drr) = texture(test_pairs), drr_texture
     return {"hf_ratio": round(hf / hf_drr, 4), "noise_ratio": round(sigma / sigma_drr, 4)}
 
 
@@ -488,11 +490,12 @@ def main(argv: list[str] | None = None) -> int:
     base = in_parallel([partial(bicubic_baseline, pairs[k]["test"]) for k in scale.sources], jobs)
     rows = in_parallel([partial(evaluate_enhancer, work, scale, s, enhancers[s], pairs, drrs,
                                 args.seed, args.enhance_steps) for s in scale.sources], jobs)
-    texture = in_parallel([partial(lq_texture, pairs[k]["test"], drrs) for k in scale.sources],
-                          jobs)
+    drr_texture = texture(drrs)
+    textures = in_parallel([partial(lq_texture, pairs[k]["test"], drr_texture)
+                            for k in scale.sources], jobs)
     table: dict[str, Any] = {"bicubic-upsampling": dict(zip(scale.sources, base, strict=True)),
                              "enhancers": dict(zip(scale.sources, rows, strict=True)),
-                             "lq_texture": dict(zip(scale.sources, texture, strict=True))}
+                             "lq_texture": dict(zip(scale.sources, textures, strict=True))}
     table.update(scale=args.scale, settings=asdict(scale), seed=args.seed, jobs=jobs,
                  sampling_steps=args.enhance_steps,
                  seconds=round(time.monotonic() - began, 1))

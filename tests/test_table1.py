@@ -178,9 +178,9 @@ def test_lq_texture_is_relative_to_the_real_drrs(table1: ModuleType, tmp_path: P
              for _ in range(3)]
     drrs = records("drr", [np.clip(smooth + rng.normal(0, 0.01, smooth.shape), 0, 1)
                            .astype(np.float32) for _ in range(3)])
-    same = table1.lq_texture(drrs, drrs)
+    same = table1.lq_texture(drrs, table1.texture(drrs))
     assert same == {"hf_ratio": 1.0, "noise_ratio": 1.0}
-    rough = table1.lq_texture(records("lq", noisy), drrs)
+    rough = table1.lq_texture(records("lq", noisy), table1.texture(drrs))
     assert rough["hf_ratio"] > 10 and 3 < rough["noise_ratio"] < 7  # σ 0.05 against 0.01
 
 
