@@ -3,7 +3,9 @@ pairs, each evaluated on held-out pairs of every kind and on real DRRs of LIDC-I
 
 Pair sources (the rows): ``bicubic`` (the paper's bicubic-DDPM baseline), the physics presets
 ``drr-like`` and ``low-dose`` (``portable`` and ``realistic`` too at full scale), ``munit``
-(MUNIT-LQ), ``ddpm`` (DDPM-LQ, img2img route of arXiv 2303.06994) and ``ddpm-two-stage``
+(MUNIT-LQ; ``munit-tone`` at small and full scale: the same with cxrkit's tone-keeping term,
+``train-munit --tone-weight``, so translations keep the HQ's local brightness), ``ddpm``
+(DDPM-LQ, img2img route of arXiv 2303.06994) and ``ddpm-two-stage``
 (DDPM-LQ, DiffusionXRay's two-stage route: stage 1 on DRRs, stage 2 conditioned on HQ), at every
 scale. Every source's enhancer gets the same budget. The DDPM-LQ routes get the same number of
 optimizer steps at full scale (two-stage: half in each stage); at small scale two-stage's stage 2
@@ -109,11 +111,12 @@ SCALES = {
                   ("bicubic", "drr-like", "munit", "ddpm", "ddpm-two-stage")),
     "small": Scale(256, 40, 8, 120, 4, 128, 64, 2000, 2e-4, 2000, (1000, 4000), 5e-4, 1500, 96,
                    "16,32,64", 8,
-                   ("bicubic", "drr-like", "low-dose", "munit", "ddpm", "ddpm-two-stage")),
+                   ("bicubic", "drr-like", "low-dose", "munit", "munit-tone", "ddpm",
+                    "ddpm-two-stage")),
     "full": Scale(1024, 0, 20, 400, 8, 256, 128, 100000, 1e-4, 50000, (25000, 25000), 1e-4,
                   20000, 192, "32,64,128", 16,
-                  ("bicubic", "drr-like", "low-dose", "portable", "realistic", "munit", "ddpm",
-                   "ddpm-two-stage")),
+                  ("bicubic", "drr-like", "low-dose", "portable", "realistic", "munit",
+                   "munit-tone", "ddpm", "ddpm-two-stage")),
 }
 """``train_images`` 0 means every NIH image not held out for testing."""
 
@@ -234,8 +237,13 @@ def lq_domain(work: Path, scale: Scale, jobs: int) -> tuple[Path, Path]:
     return domain / "records.jsonl", test / "records.jsonl"
 
 
-LEARNED = ("ddpm-two-stage", "munit", "ddpm")
+LEARNED = ("ddpm-two-stage", "munit", "munit-tone", "ddpm")
 """The learned pair sources, longest training first (``--jobs`` starts them first)."""
+TONE_WEIGHT = 30.0
+"""``train-munit --tone-weight`` of the ``munit-tone`` source (on the synthetic domains of
+tests/test_munit.py, 30 keeps the brightness and moves the fine texture most of the way: 10
+let the brightness move a quarter of the way and made the texture 3× too strong, 100 kept the
+texture from moving)."""
 
 
 def train_degrader(work: Path, scale: Scale, source: str, hq_train: Path, lq: Path, seed: int,
@@ -248,9 +256,11 @@ def train_degrader(work: Path, scale: Scale, source: str, hq_train: Path, lq: Pa
     common = ["--image-size", str(scale.degrader_size), "--crop", str(scale.degrader_crop),
               "--seed", str(seed), "--checkpoint-every", "0", "--validate-every", "0",
               "-o", str(model), *resume(model)]
-    if source == "munit":
+    if source in ("munit", "munit-tone"):
         command = ["train-munit", "--hq", str(hq_train), "--lq", str(lq), "--steps",
                    str(scale.munit_steps), "--lr", str(scale.munit_lr)]
+        if source == "munit-tone":
+            command += ["--tone-weight", str(TONE_WEIGHT)]
     elif source == "ddpm":
         command = ["train-ddpm-lq", "--lq", str(lq), "--steps", str(scale.ddpm_steps), "--lr",
                    str(scale.ddpm_lr)]
@@ -261,7 +271,7 @@ def train_degrader(work: Path, scale: Scale, source: str, hq_train: Path, lq: Pa
                    "--lr", str(scale.ddpm_lr)]
     if not finished(model):
         run(["cxrkit", *command, *common], launcher=launcher)
-    return ["--method", "munit" if source == "munit" else "ddpm", "--model", str(model)]
+    return ["--method", "munit" if source.startswith("munit") else "ddpm", "--model", str(model)]
 
 
 def make_pairs(work: Path, source: str, options: list[str], hq: dict[str, Path],

@@ -39,6 +39,10 @@ def calls(table1: ModuleType, monkeypatch: pytest.MonkeyPatch) -> list[dict[str,
     return seen
 
 
+def value_of(command: list[str], option: str) -> str:
+    return command[command.index(option) + 1]
+
+
 @pytest.mark.parametrize("scale", ["tiny", "small", "full"])
 def test_ddpm_routes_train_with_their_scale_budgets(table1: ModuleType, calls: list[dict[str, Any]],
                                                 tmp_path: Path, scale: str) -> None:
@@ -51,13 +55,22 @@ def test_ddpm_routes_train_with_their_scale_budgets(table1: ModuleType, calls: l
     assert options["ddpm-two-stage"] == ["--method", "ddpm", "--model",
                                          str(tmp_path / "models" / "ddpm-two-stage")]
     assert options["bicubic"] == ["--preset", "bicubic"]
-    assert len(calls) == 3  # the learned sources only
+    assert len(calls) == len(set(s.sources) & set(table1.LEARNED))  # the learned sources only
     by_model = {c["command"][c["command"].index("-o") + 1]: c for c in calls}
+    munit = by_model[str(tmp_path / "models" / "munit")]["command"]
+    assert "--tone-weight" not in munit and int(value_of(munit, "--steps")) == s.munit_steps
+    if "munit-tone" in s.sources:  # the same training plus the tone-keeping term
+        tone = by_model[str(tmp_path / "models" / "munit-tone")]["command"]
+        assert float(value_of(tone, "--tone-weight")) == table1.TONE_WEIGHT
+        assert options["munit-tone"][:2] == ["--method", "munit"]
+        rest = tone[:]
+        del rest[rest.index("--tone-weight"):rest.index("--tone-weight") + 2]
+        assert [x.replace("munit-tone", "munit") for x in rest] == munit
     img2img = by_model[str(tmp_path / "models" / "ddpm")]["command"]
     two = by_model[str(tmp_path / "models" / "ddpm-two-stage")]["command"]
 
     def value(command: list[str], option: str) -> int:
-        return int(command[command.index(option) + 1])
+        return int(value_of(command, option))
 
     assert value(img2img, "--steps") == s.ddpm_steps
     assert (value(two, "--steps"), value(two, "--stage2-steps")) == s.two_stage_steps

@@ -43,6 +43,13 @@ def train_munit(
         help="Explicit cycle reconstruction weight x → other domain → x (MUNIT's recon_x_cyc_w; "
              "its configs use 0 or 10; with the default discriminators, 10 inverted the "
              "anatomy in a 1000-step 128 px run).")] = 0.0,
+    tone_weight: Annotated[float, typer.Option(
+        help="Tone-keeping weight, an addition to MUNIT (0: off): L1 between each translation "
+             "and its source averaged over --tone-pool px blocks, so translations keep the "
+             "anatomy's local brightness and change only finer texture, noise and "
+             "sharpness.")] = 0.0,
+    tone_pool: Annotated[int, typer.Option(
+        help="Block side (px, at --image-size) of the tone-keeping term.")] = 8,
     disc_scales: Annotated[int, typer.Option(
         help="Image scales the multi-scale discriminator judges (paper: 3).")] = 3,
     disc_init: Annotated[str, typer.Option(
@@ -79,7 +86,8 @@ def train_munit(
     0.999; --weight-decay applies to both, the discriminators learn --disc-lr-ratio times
     faster than --lr). The folder holds config.json
     (kind munit-lq), model.safetensors (the generators) and run.json (the command, settings,
-    data hashes and validation: reconstruction L1 and content preservation). Checkpoints go to
+    data hashes and validation: reconstruction L1, content preservation and tone_l1, how far
+    translations move the local brightness). Checkpoints go to
     OUT/checkpoints (--resume latest); runs multi-process under accelerate launch.
 
     Example:
@@ -103,7 +111,8 @@ def train_munit(
                              mlp_width=16 * width, disc_width=width, disc_scales=disc_scales,
                              disc_init=disc_init, disc_lr_ratio=disc_lr_ratio,
                              recon_image_weight=recon_image_weight,
-                             recon_cycle_weight=recon_cycle_weight, image_size=image_size)
+                             recon_cycle_weight=recon_cycle_weight, tone_weight=tone_weight,
+                             tone_pool=tone_pool, image_size=image_size)
     config = TrainConfig(
         output_dir=str(out), steps=steps, batch_size=batch_size, lr=lr, warmup_steps=0,
         weight_decay=weight_decay, max_grad_norm=0.0, ema_decay=ema,

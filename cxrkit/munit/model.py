@@ -84,7 +84,8 @@ class Munit(nn.Module):
         Returns:
             Scalars. ``discriminator``: ``discriminator``. ``generator``: ``generator`` (the
             weighted total, MUNIT eq. 5) and the unweighted terms ``recon_image``,
-            ``recon_style``, ``recon_content``, ``recon_cycle`` and ``gan``.
+            ``recon_style``, ``recon_content``, ``recon_cycle``, ``tone`` (:func:`tone_l1`, both
+            directions; weighted only when ``tone_weight > 0``) and ``gan``.
 
         Raises:
             ValueError: another phase.
@@ -129,8 +130,12 @@ class Munit(nn.Module):
             recon_cycle = (F.l1_loss(gen["hq"].decoder(c_hq2, s_hq), hq)
                            + F.l1_loss(gen["lq"].decoder(c_lq2, s_lq), lq))
             generator = generator + s.recon_cycle_weight * recon_cycle
+        tone = tone_l1(fake_lq, hq, s.tone_pool) + tone_l1(fake_hq, lq, s.tone_pool)
+        if s.tone_weight > 0:
+            generator = generator + s.tone_weight * tone
         return {"generator": generator, "recon_image": recon_image, "recon_style": recon_style,
-                "recon_content": recon_content, "recon_cycle": recon_cycle, "gan": gan}
+                "recon_content": recon_content, "recon_cycle": recon_cycle, "tone": tone,
+                "gan": gan}
 
     def translate(self, image: torch.Tensor, style: torch.Tensor, *, source: str = "hq",
                   target: str = "lq") -> torch.Tensor:
@@ -182,6 +187,13 @@ def unwrap_munit(model: nn.Module) -> Munit:
     if not isinstance(inner, Munit):
         raise ModelError(f"expected a Munit, got {type(inner).__name__}")
     return inner
+
+
+def tone_l1(translated: torch.Tensor, source: torch.Tensor, pool: int) -> torch.Tensor:
+    """L1 between ``pool``-px block means of a translation and of its source: how far the
+    translation moved the local brightness (MUNIT-LQ's optional tone-keeping term)."""
+    pool = min(pool, *source.shape[-2:])
+    return F.l1_loss(F.avg_pool2d(translated, pool), F.avg_pool2d(source, pool))
 
 
 def _lsgan(scores: Sequence[torch.Tensor], target: float) -> torch.Tensor:

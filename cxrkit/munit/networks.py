@@ -58,6 +58,11 @@ class MunitSettings:
         recon_style_weight: weight of the style-code reconstruction (paper: 1).
         recon_content_weight: weight of the content-code reconstruction (paper: 1).
         recon_cycle_weight: weight of the explicit cycle reconstruction (paper: 0).
+        tone_weight: weight of a tone-keeping term, not in MUNIT (0: off): the L1 between each
+            translation and its source after both are averaged over ``tone_pool``-px blocks, so
+            a translation keeps the local mean brightness (the anatomy's tone) and may change
+            only what is finer (texture, noise, sharpness).
+        tone_pool: block side (px, at the training resolution) of the tone-keeping term.
         image_size: side (px) the images were brought to for training (short side resized to it);
             translation runs at this resolution.
         kind: always ``munit-lq``; loading checks it.
@@ -79,6 +84,8 @@ class MunitSettings:
     recon_style_weight: float = 1.0
     recon_content_weight: float = 1.0
     recon_cycle_weight: float = 0.0
+    tone_weight: float = 0.0
+    tone_pool: int = 8
     image_size: int = 256
     kind: str = field(default=MUNIT_KIND)
 
@@ -93,6 +100,9 @@ class MunitSettings:
         if self.disc_init not in DISC_INITS:
             raise InputError(f"disc_init must be one of {tuple(DISC_INITS)}, not "
                              f"{self.disc_init!r}")
+        if self.tone_weight < 0 or self.tone_pool < 1:
+            raise InputError(f"tone_weight must be ≥ 0 and tone_pool ≥ 1, got "
+                             f"{self.tone_weight} and {self.tone_pool}")
         if self.disc_lr_ratio <= 0:
             raise InputError(f"disc_lr_ratio must be > 0, got {self.disc_lr_ratio}")
         if self.kind != MUNIT_KIND:

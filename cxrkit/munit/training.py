@@ -14,7 +14,7 @@ from torch import nn
 
 from cxrkit.errors import InputError
 from cxrkit.munit.data import UnpairedCrops, _center, holdout, load_display, resize_short_side
-from cxrkit.munit.model import Munit, unwrap_munit
+from cxrkit.munit.model import Munit, tone_l1, unwrap_munit
 from cxrkit.munit.networks import MUNIT_KIND, MunitSettings
 from cxrkit.train import Phase
 
@@ -128,7 +128,8 @@ def train_munit(hq_paths: Sequence[str | Path], lq_paths: Sequence[str | Path],
         fake = inner.generator("lq").decoder(c_hq, style)
         return {"recon_l1_hq": float(F.l1_loss(inner.generator("hq").decoder(c_hq, s_hq), x_hq)),
                 "recon_l1_lq": float(F.l1_loss(inner.generator("lq").decoder(c_lq, s_lq), x_lq)),
-                "content_l1": float(F.l1_loss(inner.generator("lq").content(fake), c_hq))}
+                "content_l1": float(F.l1_loss(inner.generator("lq").content(fake), c_hq)),
+                "tone_l1": float(tone_l1(fake, x_hq, settings.tone_pool))}
 
     model = Munit.new(settings, generator=torch.Generator().manual_seed(config.seed))
     run_info = {
