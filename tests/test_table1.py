@@ -162,6 +162,11 @@ def test_table_and_gates_have_a_row_per_source(table1: ModuleType) -> None:
     assert "| enhancer trained on ddpm-two-stage | 31.00 / 0.850" in text
     assert table1.gates(table, {"psnr_gain": 0.5, "cnr_ratio": 1.0}) == []
     assert table1.gates(table, {"psnr_gain": 2.0}) == ["psnr_gain = 1 < 2"]
+    table["enhancers"]["ddpm"]["ddpm"] = {"psnr": 29.0, "ssim": 0.7}
+    assert table1.gates(table, {"psnr_gain@ddpm-two-stage": 0.5}) == []
+    assert table1.gates(table, {"psnr_gain@ddpm": 0.0}) == ["psnr_gain@ddpm = -1 < 0"]
+    assert table1.gates(table, {"psnr_gain": 0.0}) == ["psnr_gain = -1 < 0"]
+    assert table1.gates(table, {"ssim@munit": 0.5})[0].startswith("ssim@munit: unknown gate")
     table["lq_texture"] = {s: {"hf_ratio": 0.5, "noise_ratio": 2.0} for s in sources}
     assert "| ddpm | 0.50 | 2.00 |" in table1.markdown(table, "tiny", sources)
 
