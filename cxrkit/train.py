@@ -133,6 +133,10 @@ class TrainConfig:
         cpu: force the CPU even where CUDA is present.
         time_limit_s: stop cleanly after the first step that ends this many seconds after the
             loop began (0: no limit), as on SIGTERM: see :func:`train`.
+        stop_at_step: stop cleanly after this step (0: run all ``steps``), as at the time limit;
+            the learning-rate schedule and data order stay those of ``steps``, so a run stopped
+            here and resumed equals one run of ``steps`` (a step quota per batch job, or the
+            exact replay of a run that a time limit stopped).
     """
 
     output_dir: str
@@ -155,6 +159,7 @@ class TrainConfig:
     num_workers: int = 0
     cpu: bool = False
     time_limit_s: float = 0.0
+    stop_at_step: int = 0
 
     def __post_init__(self) -> None:
         if self.mixed_precision not in MIXED_PRECISION:
@@ -167,6 +172,8 @@ class TrainConfig:
             raise InputError(f"lr schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if not self.time_limit_s >= 0:
             raise InputError(f"time limit must be ≥ 0 seconds, got {self.time_limit_s}")
+        if not self.stop_at_step >= 0:
+            raise InputError(f"stop step must be ≥ 0, got {self.stop_at_step}")
 
     def lr_factor(self, step: int) -> float:
         """The multiplier of the peak learning rate at optimizer step ``step`` (0-based)."""
@@ -363,9 +370,10 @@ def train(
             if ema is not None:
                 ema.update(accelerator.unwrap_model(model))
             # one all-reduce per step: the phases' losses and whether any process must stop
-            reason = signals.received or ("time limit" if config.time_limit_s and
-                                          time.monotonic() - began >= config.time_limit_s
-                                          else None)
+            reason = signals.received or (
+                "time limit" if config.time_limit_s
+                and time.monotonic() - began >= config.time_limit_s
+                else f"step {config.stop_at_step}" if step + 1 == config.stop_at_step else None)
             flags = torch.tensor([reason is not None, reason == "time limit"],
                                  dtype=step_losses.dtype, device=step_losses.device)
             *mean_losses, stop, timed = accelerator.reduce(

@@ -118,6 +118,17 @@ def test_a_time_limit_or_sigterm_stops_cleanly_and_resume_finishes_the_run(
     for name, value in _weights(whole.model).items():
         torch.testing.assert_close(_weights(resumed.model)[name], value, atol=1e-6, rtol=0)
 
+    # a step quota stops the same way, keeping the 6-step schedule, and resuming finishes it
+    quota = train(_tiny(), diffusion_loss, ToyPairs(), config(tmp_path / "quota", stop_at_step=4),
+                  save_model=save)
+    assert (quota.stopped, quota.steps_done) == ("step 4", 4)
+    np.testing.assert_allclose(quota.losses, whole.losses[:4], rtol=1e-6)
+    assert not run_finished(tmp_path / "quota")
+    rest = train(_tiny(), diffusion_loss, ToyPairs(), config(tmp_path / "quota", resume="latest"))
+    assert (rest.stopped, rest.steps_done) == (None, 6)
+    for name, value in _weights(whole.model).items():
+        torch.testing.assert_close(_weights(rest.model)[name], value, atol=1e-6, rtol=0)
+
     # SIGTERM during step 3 (as a batch scheduler sends it) ends the run after that step
     calls = itertools.count(1)
 

@@ -243,6 +243,9 @@ def read_display(record: Record, tool: str) -> Radiograph:
 TIME_LIMIT_HELP = ("Stop cleanly once this much training time has passed (e.g. 5400, 90m, "
                    "1h30m): checkpoint, validate, write the model, exit 3; SIGTERM does the "
                    "same. --resume latest continues.")
+STOP_AT_HELP = ("Stop cleanly after this step of the --steps schedule, as at --time-limit (exit "
+                "3; the learning-rate schedule and data order stay those of --steps, so --resume "
+                "latest without it finishes the same run). Default: run every step.")
 
 
 def parse_duration(text: str | None, name: str = "--time-limit") -> float:

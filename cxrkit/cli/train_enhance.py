@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from cxrkit.cli._options import (
+    STOP_AT_HELP,
     TIME_LIMIT_HELP,
     Inputs,
     finish_training,
@@ -74,6 +75,8 @@ def train_enhance(
     cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even with CUDA.")] = False,
     time_limit: Annotated[str | None, typer.Option(
         help=TIME_LIMIT_HELP, show_default=False)] = None,
+    stop_at_step: Annotated[int, typer.Option(min=0, help=STOP_AT_HELP,
+                                              show_default=False)] = 0,
 ) -> None:
     """Train a conditional diffusion enhancer; writes a model folder for cxrkit enhance --model.
 
@@ -123,7 +126,7 @@ def train_enhance(
         lr_schedule=lr_schedule,
         ema_decay=ema, mixed_precision=mixed_precision, checkpoint_every=checkpoint_every,
         validate_every=validate_every, seed=seed, resume=resume, cpu=cpu,
-        time_limit_s=parse_duration(time_limit))
+        time_limit_s=parse_duration(time_limit), stop_at_step=stop_at_step)
     pair_settings = PairSettings(preset=preset, crop=crop, val_fraction=val_fraction,
                                  val_crop=val_crop, val_count=val_count, split_seed=split_seed)
     result = train_enhancer(

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from cxrkit.cli._options import (
+    STOP_AT_HELP,
     TIME_LIMIT_HELP,
     finish_training,
     iter_inputs,
@@ -76,6 +77,8 @@ def train_munit(
     cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even with CUDA.")] = False,
     time_limit: Annotated[str | None, typer.Option(
         help=TIME_LIMIT_HELP, show_default=False)] = None,
+    stop_at_step: Annotated[int, typer.Option(min=0, help=STOP_AT_HELP,
+                                              show_default=False)] = 0,
 ) -> None:
     """Train MUNIT-LQ on unpaired HQ radiographs and DRRs; writes a model folder for degrade.
 
@@ -118,7 +121,7 @@ def train_munit(
         weight_decay=weight_decay, max_grad_norm=0.0, ema_decay=ema,
         mixed_precision=mixed_precision, checkpoint_every=checkpoint_every,
         validate_every=validate_every, seed=seed, resume=resume, cpu=cpu,
-        time_limit_s=parse_duration(time_limit))
+        time_limit_s=parse_duration(time_limit), stop_at_step=stop_at_step)
     result = train(hq_paths, lq_paths, settings, config, crop=crop,
                    command=shlex.join(["cxrkit", *sys.argv[1:]]), on_log=_progress)
     finish_training(result, out, "train-munit")
