@@ -209,3 +209,32 @@ def test_refuses_to_run_as_several_processes(table1: ModuleType,
     with pytest.raises(SystemExit) as exc:
         table1.main(["--scale", "tiny"])
     assert exc.value.code == 2 and "--launcher" in capsys.readouterr().err
+
+
+def test_sources_picks_the_rows_and_refuses_unknown_ones(table1: ModuleType,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str],
+                                                         tmp_path: Path) -> None:
+    assert "munit-tone" not in table1.SCALES["small"].sources  # keeps small under the hour
+    assert "munit-tone" in table1.SOURCES and "portable" in table1.SOURCES
+    seen: list[Any] = []
+
+    class StopError(Exception):
+        pass
+
+    def prepare_hq(work: Path, scale: Any, seed: int) -> None:
+        seen.append(scale)
+        raise StopError
+
+    monkeypatch.setattr(table1, "prepare_hq", prepare_hq)
+    with pytest.raises(StopError):
+        table1.main(["--scale", "small", "--work", str(tmp_path),
+                     "--sources", "drr-like, munit-tone,drr-like"])
+    assert seen[0].sources == ("drr-like", "munit-tone")
+    assert seen[0].munit_steps == table1.SCALES["small"].munit_steps  # the budgets stay
+    for bad in ("drr-like,nope", ","):
+        with pytest.raises(SystemExit) as exc:
+            table1.main(["--scale", "tiny", "--work", str(tmp_path), "--sources", bad])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and "--sources" in err and "munit-tone" in err
+    assert len(seen) == 1
