@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from cxrkit.degrade import degrade
-from cxrkit.diffusion import Enhancer, bicubic_enhance, default_model_dir, enhance
+from cxrkit.diffusion import BLACK_LEVEL, Enhancer, bicubic_enhance, default_model_dir, enhance
 from cxrkit.diffusion.sampling import tiled_predict
 from cxrkit.io import read_radiograph
 from cxrkit.metrics import psnr, ssim
@@ -94,6 +94,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--images", type=Path, default=NIH,
                         help="folder holding the NIH images of the validation split")
+    parser.add_argument("--no-keep-black", dest="keep_black", action="store_const",
+                        const=None, default=BLACK_LEVEL,
+                        help="the model's output in black regions too (enhance --no-keep-black)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -114,7 +117,8 @@ def main() -> None:
     model = model.to(args.device)
     if cuda:  # one untimed run: CUDA context, kernels and allocator warm-up
         enhance(model, pairs[0][1], sampler=args.sampler, steps=1, tile=args.tile,
-                overlap=args.overlap, generator=torch.Generator().manual_seed(0))
+                overlap=args.overlap, keep_black=args.keep_black,
+                generator=torch.Generator().manual_seed(0))
 
     rows = []
     for n in steps:
@@ -124,7 +128,8 @@ def main() -> None:
         for hq, lq in pairs:
             start = time.perf_counter()
             out = enhance(model, lq, sampler=args.sampler, steps=n, tile=args.tile,
-                          overlap=args.overlap, generator=torch.Generator().manual_seed(0))
+                          overlap=args.overlap, keep_black=args.keep_black,
+                          generator=torch.Generator().manual_seed(0))
             times.append(time.perf_counter() - start)  # enhance returns a CPU array: synced
             ps.append(psnr(out, hq))
             ss.append(ssim(out, hq))
@@ -140,7 +145,7 @@ def main() -> None:
 
     print(f"model {args.model}  images {len(pairs)} (validation patients, drr-like ×2 LQ, "
           f"full 1024² from 512²)  sampler {args.sampler}  tile {args.tile}/{args.overlap}  "
-          f"threads {args.threads}  device {args.device}"
+          f"threads {args.threads}  device {args.device}  keep_black {args.keep_black}"
           f"{' (' + torch.cuda.get_device_name() + ')' if cuda else ''}")
     print(f"bicubic: PSNR {base_psnr:.2f} dB  SSIM {base_ssim:.4f}  "
           f"GFLOP/step {per_step / 1e9:.1f}  GFLOP/image once {once / 1e9:.2f}")
@@ -157,7 +162,8 @@ def main() -> None:
           f"met at steps {ok or 'none'}")
     if args.json:
         args.json.write_text(json.dumps({"bicubic_psnr": base_psnr, "bicubic_ssim": base_ssim,
-                                         "rows": rows, "met_at": ok}, indent=2) + "\n")
+                                         "keep_black": args.keep_black, "rows": rows,
+                                         "met_at": ok}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -11,10 +11,12 @@ import pytest
 import torch
 
 from cxrkit.diffusion import (
+    BLACK_LEVEL,
     SAMPLERS,
     Enhancer,
     EnhancerSettings,
     bicubic_enhance,
+    bicubic_upsample,
     enhance,
     make_scheduler,
     sample,
@@ -112,6 +114,21 @@ def test_same_seed_same_output_for_the_stochastic_sampler(tiny_model: Enhancer) 
     runs = [enhance(tiny_model, lq, sampler="ddpm", steps=3,
                     generator=torch.Generator().manual_seed(s)) for s in (5, 5, 6)]
     assert np.array_equal(runs[0], runs[1]) and not np.array_equal(runs[0], runs[2])
+
+
+def test_black_input_stays_black_and_the_rest_is_the_models(tiny_model: Enhancer) -> None:
+    lq = np.zeros((16, 24), np.float32)
+    lq[:, 12:] = np.linspace(0.3, 0.7, 12, dtype=np.float32)  # black left half, a ramp beside it
+    kept, raw = (enhance(tiny_model, lq, generator=torch.Generator().manual_seed(0),
+                         keep_black=level) for level in (BLACK_LEVEL, None))
+    up = bicubic_upsample(torch.from_numpy(lq), 2).numpy()
+    above = np.pad(up > BLACK_LEVEL, 1)
+    near = np.zeros_like(up, bool)  # within one output pixel of a pixel above the black level
+    for dy, dx in itertools.product((0, 1, 2), repeat=2):
+        near |= above[dy : dy + up.shape[0], dx : dx + up.shape[1]]
+    assert (~near).sum() > 200 and np.array_equal(kept[~near], up[~near])
+    assert np.array_equal(kept[near], raw[near])  # the model's own output outside black regions
+    assert np.abs(raw[~near] - up[~near]).max() > 1e-3  # the untrained model does lift black
 
 
 def test_odd_sizes_are_padded_and_cropped_back(tiny_model: Enhancer) -> None:

@@ -57,6 +57,11 @@ def enhance(
         help="Tile side in output pixels; larger images are denoised in overlapping tiles of "
              "one shared noisy image (bounded memory, no seams). 0: never tile.")] = 1024,
     overlap: Annotated[int, typer.Option(help="Tile overlap in output pixels.")] = 128,
+    keep_black: Annotated[bool, typer.Option(
+        "--keep-black/--no-keep-black",
+        help="Where the input is black (at most 0.001 over a 3x3 neighbourhood), the output is "
+             "the bicubic input: blur, tone curves and resampling keep black black, and the "
+             "model's faint haze there costs SSIM.")] = True,
     device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = "auto",
     seed: Seed = 0,
     fmt: Format = "tiff",
@@ -69,7 +74,8 @@ def enhance(
     A conditional diffusion model denoises the difference between the HQ image and the bicubic
     upsampling of the input, in --steps steps of --sampler, tile by tile over one shared noisy
     image; a model with a degradation encoder first reads the whole input once and conditions
-    every tile on what it infers (blur width, tone curve). Reads display radiographs (8/16-bit
+    every tile on what it infers (blur width, tone curve). Black input regions stay black
+    (--no-keep-black: the model's output everywhere). Reads display radiographs (8/16-bit
     PNG, TIFF, DICOM) or records; writes one image and one record per input. The record's
     'reference' passes through, so cxrkit eval can score the result; its 'enhance' key holds the
     options, seed and model sha256.
@@ -93,7 +99,8 @@ def enhance(
     if tile < 0 or overlap < 0:
         raise typer.BadParameter("tile and overlap must be ≥ 0", param_hint="--tile")
     options = {"method": method, "scale": scale, "steps": steps, "sampler": sampler,
-               "tile": tile or None, "overlap": overlap, "device": device}
+               "tile": tile or None, "overlap": overlap, "keep_black": keep_black,
+               "device": device}
     job = EnhanceJob(options, Outputs(out, format_suffix(fmt), overwrite), model=model, seed=seed)
     code = run_items(iter_inputs(inputs), job, done=job.done if resume else None,
                      keep_going=keep_going, label="images")
@@ -145,6 +152,7 @@ class EnhanceJob:
             return bicubic_enhance(lq, scale), scale, {"method": "bicubic", "scale": scale}
         import torch
 
+        from cxrkit.diffusion import BLACK_LEVEL
         from cxrkit.diffusion import enhance as run_enhancer
 
         model = self._load()
@@ -154,6 +162,7 @@ class EnhanceJob:
                              path=str(self.model_dir), hint="drop --scale or pick another model")
         opts.update(scale=settings.scale, steps=opts["steps"] or settings.default_steps,
                     sampler=opts["sampler"] or settings.default_sampler,
+                    keep_black=BLACK_LEVEL if opts["keep_black"] else None,
                     model=str(self.model_dir), device=str(model.device))
         trained = settings.trained_steps
         if trained and not self._warned and (opts["steps"], opts["sampler"]) != (trained, "ddim"):
@@ -163,7 +172,7 @@ class EnhanceJob:
                         opts["sampler"])
         out = run_enhancer(model, lq, sampler=opts["sampler"], steps=opts["steps"],
                            generator=torch.Generator().manual_seed(seed), tile=opts["tile"],
-                           overlap=opts["overlap"])
+                           overlap=opts["overlap"], keep_black=opts["keep_black"])
         return out, settings.scale, opts
 
     def _load(self) -> Any:

@@ -27,10 +27,18 @@ from cxrkit.diffusion.models import (
     diffusion_loss,
     sampler_timesteps,
 )
-from cxrkit.diffusion.sampling import SAMPLERS, enhance, make_scheduler, sample, tiled_predict
+from cxrkit.diffusion.sampling import (
+    BLACK_LEVEL,
+    SAMPLERS,
+    enhance,
+    make_scheduler,
+    sample,
+    tiled_predict,
+)
 from cxrkit.diffusion.training import PairData, PairSettings, split_by_patient, train_enhancer
 
 __all__ = [
+    "BLACK_LEVEL",
     "ENHANCER_KIND",
     "SAMPLERS",
     "Enhancer",

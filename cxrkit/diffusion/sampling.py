@@ -38,6 +38,10 @@ SAMPLERS: dict[str, str] = {
 }
 """Sampler names and one-line descriptions (the CLI's choices)."""
 
+BLACK_LEVEL = 1e-3
+"""Default of :func:`enhance`'s ``keep_black``: input at or below this (display range [0, 1],
+about a quarter of an 8-bit step) counts as black."""
+
 ModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -170,8 +174,16 @@ def _takes_generator(scheduler: Any) -> bool:
 
 def enhance(model: Enhancer, lq: np.ndarray, *, sampler: str | None = None,
             steps: int | None = None, generator: torch.Generator, tile: int | None = 1024,
-            overlap: int = 128, tile_batch: int = 4) -> np.ndarray:
+            overlap: int = 128, tile_batch: int = 4,
+            keep_black: float | None = BLACK_LEVEL) -> np.ndarray:
     """Restore (×1) or super-resolve (×2) one radiograph with the diffusion enhancer.
+
+    Black stays black: where the bicubic-upsampled input is at most ``keep_black`` over a whole
+    3×3 neighbourhood, the output is that upsampled input. Blur with a non-negative kernel, tone
+    curves and resampling all map black to black, so such a region was black before it was
+    degraded; a regressor, whose small errors there are half clipped at 0, would otherwise lift
+    it into a faint haze. SSIM punishes that haze hard (its luminance term compares means near
+    0), so on real radiographs with black collimation borders the rule is worth ~+0.004 SSIM.
 
     Args:
         model: a loaded :class:`Enhancer` (its device and dtype are used).
@@ -182,6 +194,7 @@ def enhance(model: Enhancer, lq: np.ndarray, *, sampler: str | None = None,
         tile: tile side in output pixels (a multiple of ``model.settings.multiple``), or None.
         overlap: tile overlap in output pixels.
         tile_batch: tiles per model call.
+        keep_black: the black level of the rule above (default :data:`BLACK_LEVEL`); None: off.
 
     Returns:
         ``(h·scale, w·scale)`` float32 in [0, 1].
@@ -215,4 +228,7 @@ def enhance(model: Enhancer, lq: np.ndarray, *, sampler: str | None = None,
                           tile=tile, overlap=overlap, tile_batch=tile_batch,
                           zero_start=settings.zero_start)
     out = up + residual[0, 0, :H, :W].cpu() / settings.residual_scale
+    if keep_black is not None:
+        black = F.max_pool2d(up[None, None], 3, stride=1, padding=1)[0, 0] <= keep_black
+        out = torch.where(black, up, out)
     return out.clamp(0, 1).numpy().astype(np.float32)
