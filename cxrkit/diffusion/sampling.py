@@ -180,10 +180,11 @@ def enhance(model: Enhancer, lq: np.ndarray, *, sampler: str | None = None,
 
     Black stays black: where the bicubic-upsampled input is at most ``keep_black`` over a whole
     3×3 neighbourhood, the output is that upsampled input. Blur with a non-negative kernel, tone
-    curves and resampling all map black to black, so such a region was black before it was
-    degraded; a regressor, whose small errors there are half clipped at 0, would otherwise lift
-    it into a faint haze. SSIM punishes that haze hard (its luminance term compares means near
-    0), so on real radiographs with black collimation borders the rule is worth ~+0.004 SSIM.
+    curves and resampling all map black to black, so such a region was black, or nearly (a
+    resampling undershoot beside an edge clips at 0), before it was degraded; a regressor, whose
+    small errors there are half clipped at 0, would otherwise lift it into a faint haze. SSIM
+    punishes that haze hard (its luminance term compares means near 0), so on real radiographs
+    with black collimation borders the rule is worth ~+0.004 SSIM.
 
     Args:
         model: a loaded :class:`Enhancer` (its device and dtype are used).
