@@ -11,10 +11,12 @@ answer* achieve:
 * ``oracle gamma+linear``: that, then the least-squares optimal ``K×K`` linear filter (plus a
   constant) fitted *on this image's own HQ* (300 000 sampled pixels): the best any linear,
   shift-invariant restorer can do on the image, with the blur widths and γ known exactly;
-* ``model``: the enhancer (``--model``, default: the shipped one) at its default step count.
+* ``model``: the enhancer (``--model``, default: the shipped one) at its default step count,
+  keeping black input black as ``cxrkit enhance`` does (``BLACK_LEVEL``).
 
 Neither oracle is a method (both read the HQ image or the drawn parameters); they show where the
-SSIM target lies relative to what the degradation leaves recoverable.
+SSIM target lies relative to what a linear restorer could recover. Neither keeps black exactly
+black, so the model with that rule can pass them (benchmarks/README.md).
 
 Usage (repository root, cxrkit's environment)::
 
