@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from cxrkit.errors import FormatError, InputError
-from cxrkit.pipe import atomic_path, sniff_suffix, to_json
+from cxrkit.files import atomic_path, sniff_suffix, to_json
 
 log = logging.getLogger(__name__)
 

@@ -22,36 +22,18 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from cxrkit import __version__
-from cxrkit.errors import InputError, OutputError
+from cxrkit.errors import InputError
+from cxrkit.files import atomic_path as atomic_path  # re-exported: commands write through it
+from cxrkit.files import sniff_suffix, to_json
 
 Record = dict[str, Any]
 
-# Magic bytes of the raw images a command accepts on stdin, and the suffix they are spooled under.
-_MAGIC: tuple[tuple[int, bytes, str], ...] = (
-    (0, b"II*\x00", ".tiff"),
-    (0, b"MM\x00*", ".tiff"),
-    (0, b"\x89PNG\r\n\x1a\n", ".png"),
-    (128, b"DICM", ".dcm"),
-    (0, b"\x1f\x8b", ".nii.gz"),
-    (344, b"n+1\x00", ".nii"),
-    (0, b"NRRD", ".nrrd"),
-    (0, b"ObjectType", ".mha"),
-)
 _GLOB_CHARS = set("*?[")
-
-
-def sniff_suffix(head: bytes) -> str | None:
-    """The file suffix matching the magic bytes at the start of a file, or None if unknown."""
-    for offset, magic, suffix in _MAGIC:
-        if head[offset : offset + len(magic)] == magic:
-            return suffix
-    return None
 
 
 def stem_of(path: str | Path) -> str:
@@ -87,6 +69,24 @@ def parse_line(line: str, *, where: str = "stdin") -> Record | None:
         rec.setdefault("source", rec["path"])
         return rec
     return new_record(text)
+
+
+def read_record_file(path: str | Path) -> Iterator[Record]:
+    """The records of a JSON Lines file (blank lines skipped; errors name the file and line).
+
+    The one JSONL reader of cxrkit: positional ``.jsonl`` inputs, ``eval``'s record files and the
+    training commands' domain lists all read records through it.
+
+    Raises:
+        InputError: the file is missing, or a line is neither a record nor a path.
+    """
+    if not Path(path).is_file():
+        raise InputError("no such file", path=str(path))
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            record = parse_line(line, where=f"{path} line {number}")
+            if record is not None:
+                yield record
 
 
 def expand_paths(
@@ -262,45 +262,3 @@ def _locked(stream: IO[bytes]) -> Iterator[None]:
         yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def to_json(value: Any) -> str:
-    """JSON text of a record or metadata (numpy values and paths allowed)."""
-    return json.dumps(value, separators=(",", ":"), default=_json_default)
-
-
-@contextlib.contextmanager
-def atomic_path(target: Path, *, overwrite: bool) -> Iterator[Path]:
-    """A temporary path beside ``target`` that is renamed onto it when the block succeeds.
-
-    Raises:
-        OutputError: ``target`` exists and ``overwrite`` is False.
-    """
-    if target.exists() and not overwrite:
-        raise OutputError("output exists", path=str(target),
-                          hint="pass --overwrite to replace it or --resume to skip finished items")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if target.name.endswith(".nii.gz") else target.suffix
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)

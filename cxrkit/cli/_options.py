@@ -27,7 +27,7 @@ from cxrkit.pipe import (
     UniqueIds,
     expand_paths,
     new_record,
-    parse_line,
+    read_record_file,
     read_stdin_records,
     shard,
     take_shard,
@@ -138,15 +138,6 @@ def iter_inputs(inputs: list[str] | None, *, is_item_dir: Callable[[Path], bool]
     spool = Path(tempfile.mkdtemp(prefix="cxrkit-stdin-"))
     atexit.register(shutil.rmtree, spool, ignore_errors=True)
     yield from read_stdin_records(sys.stdin.buffer, spool_dir=spool)
-
-
-def read_record_file(path: Path) -> Iterator[Record]:
-    """The records of a JSON Lines file (blank lines skipped; errors name the line)."""
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            record = parse_line(line, where=f"{path} line {number}")
-            if record is not None:
-                yield record
 
 
 def run_items(

@@ -13,7 +13,7 @@ import typer
 
 from cxrkit.cli._options import KeepGoing, _Progress, exit_with, iter_inputs
 from cxrkit.errors import CheckFailedError, CxrkitError, ExitCode, InputError, OutputError
-from cxrkit.pipe import Record, parse_line
+from cxrkit.pipe import Record, read_record_file
 
 if TYPE_CHECKING:
     import numpy as np
@@ -230,13 +230,7 @@ def _read_records(inputs: list[str] | None) -> Iterator[Record]:
     args = inputs or []
     files = [a for a in args if a.lower().endswith(RECORD_SUFFIXES)]
     for name in files:
-        if not Path(name).is_file():
-            raise InputError("no such file", path=name)
-        with open(name, encoding="utf-8") as fh:
-            for number, line in enumerate(fh, start=1):
-                record = parse_line(line, where=f"{name} line {number}")
-                if record is not None:
-                    yield record
+        yield from read_record_file(name)
     others = [a for a in args if a not in files]
     if others or not files:
         yield from iter_inputs(others)

@@ -129,14 +129,12 @@ def train_munit(
 
 def domain_paths(inputs: list[str], hint: str) -> list[str]:
     """Image paths of one domain: from files/folders/globs, or the ``path`` of .jsonl records."""
-    from cxrkit.pipe import parse_line
+    from cxrkit.pipe import read_record_file
 
     paths: list[str] = []
     for item in inputs:
         if item.endswith(".jsonl"):
-            with open(item) as fh:
-                records = [parse_line(line, where=item) for line in fh]
-            paths += [r["path"] for r in records if r]
+            paths += [r["path"] for r in read_record_file(item)]
         else:
             paths += [r["path"] for r in iter_inputs([item], patterns=IMAGE_PATTERNS)]
     if not paths:
