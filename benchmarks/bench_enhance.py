@@ -5,7 +5,7 @@ degraded with the ``drr-like`` preset at scale 2 (512² LQ, seeded per image), t
 the diffusion model at 1, 2, 4, 10, 20 and 50 steps and with bicubic, all in this process on the
 same inputs. Reported per step count:
 
-* ``s/img``: wall time of :func:`cxrkit.diffusion.enhance` for one 1024² output (median);
+* ``s/img``: wall time of :func:`cxrkit.enhancer.enhance` for one 1024² output (median);
 * ``peak MB``: peak resident memory of this process so far (``ru_maxrss``; the denoiser's memory is
   bounded by the tile, so it does not grow with the step count); with ``--device cuda``, the peak
   GPU memory allocated by torch during that step count's runs (``torch.cuda.max_memory_allocated``);
@@ -41,8 +41,8 @@ import numpy as np
 import torch
 
 from cxrkit.degrade import degrade
-from cxrkit.diffusion import BLACK_LEVEL, Enhancer, bicubic_enhance, default_model_dir, enhance
 from cxrkit.diffusion.sampling import tiled_predict
+from cxrkit.enhancer import BLACK_LEVEL, Enhancer, bicubic_enhance, default_model_dir, enhance
 from cxrkit.io import read_radiograph
 from cxrkit.metrics import psnr, ssim
 

@@ -1,5 +1,5 @@
 """Files on disk, below both :mod:`cxrkit.io` (pixels) and :mod:`cxrkit.pipe` (records): atomic
-writes, magic-byte sniffing and the JSON encoding of records and metadata.
+writes, magic-byte sniffing, file hashes and the JSON encoding of records and metadata.
 
 This module imports no numpy or torch: it is used while the CLI starts.
 """
@@ -7,6 +7,7 @@ This module imports no numpy or torch: it is used while the CLI starts.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -77,3 +78,17 @@ def atomic_path(target: Path, *, overwrite: bool) -> Iterator[Path]:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def file_sha256(path: str | Path, *, limit_bytes: int | None = None) -> str:
+    """sha256 of a file (or of a folder's files, sorted by name), hex."""
+    h = hashlib.sha256()
+    p = Path(path)
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    for f in files:
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+                if limit_bytes is not None and fh.tell() >= limit_bytes:
+                    break
+    return h.hexdigest()

@@ -29,6 +29,7 @@ from typing import IO, Any
 from cxrkit import __version__
 from cxrkit.errors import InputError
 from cxrkit.files import atomic_path as atomic_path  # re-exported: commands write through it
+from cxrkit.files import file_sha256 as file_sha256  # re-exported: provenance hashes
 from cxrkit.files import sniff_suffix, to_json
 
 Record = dict[str, Any]
@@ -176,16 +177,6 @@ class UniqueIds:
         return record
 
 
-def item_seed(seed: int, item_id: str) -> int:
-    """The seed of one item: the first 8 bytes of ``sha256("<seed>:<item id>")``, an integer.
-
-    It depends on the run's seed and the item's id only, so results do not depend on the batch
-    order, the batch size or sharding across processes.
-    """
-    digest = hashlib.sha256(f"{seed}:{item_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "little")
-
-
 def shard() -> tuple[int, int]:
     """``(rank, world_size)`` of this process under ``accelerate launch``/torchrun, else (0, 1)."""
     try:
@@ -214,20 +205,6 @@ def provenance(tool: str, options: dict[str, Any], *, seed: int | None = None,
     if inputs:
         entry["inputs"] = inputs
     return entry
-
-
-def file_sha256(path: str | Path, *, limit_bytes: int | None = None) -> str:
-    """sha256 of a file (or of a folder's files, sorted by name), hex."""
-    h = hashlib.sha256()
-    p = Path(path)
-    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-    for f in files:
-        with open(f, "rb") as fh:
-            while chunk := fh.read(1 << 22):
-                h.update(chunk)
-                if limit_bytes is not None and fh.tell() >= limit_bytes:
-                    break
-    return h.hexdigest()
 
 
 class RecordWriter:

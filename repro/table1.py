@@ -206,9 +206,9 @@ def prepare_hq(work: Path, scale: Scale, seed: int) -> tuple[Path, Path]:
     """HQ train/test folders: NIH images split by patient, resized to ``hq_size`` (TIFF)."""
     import numpy as np
 
-    from cxrkit.diffusion.training import split_by_patient
+    from cxrkit.data.images import resize
+    from cxrkit.data.splits import split_by_patient
     from cxrkit.io import Radiograph, read_radiograph, write_radiograph
-    from cxrkit.munit import resize
 
     train_dir, test_dir = work / "hq" / "train", work / "hq" / "test"
     if (work / "hq" / "done").exists():
@@ -385,9 +385,9 @@ def texture(records: Path) -> tuple[float, float]:
     Laplacian) and mean noise σ (Immerkær) of the display images of ``records``."""
     import numpy as np
 
+    from cxrkit.data.images import load_display
     from cxrkit.ddpm_lq import high_frequency_energy
     from cxrkit.metrics import noise_sigma
-    from cxrkit.munit import load_display
 
     paths = [json.loads(line)["path"] for line in records.read_text().splitlines()]
     images = load_display(paths)

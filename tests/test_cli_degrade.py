@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cxrkit.cli import app
+from cxrkit.data.seeds import item_seed
 from cxrkit.io import Radiograph, read_radiograph, write_radiograph
-from cxrkit.pipe import item_seed
 from tests.test_cli import run_cli
 
 runner = CliRunner()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from cxrkit.diffusion import Enhancer, EnhancerSettings, bicubic_enhance, default_model_dir
+from cxrkit.enhancer import Enhancer, EnhancerSettings, bicubic_enhance, default_model_dir
 from cxrkit.errors import InputError, ModelError
 from cxrkit.io import Radiograph, read_radiograph, write_radiograph
 from tests.test_cli import run_cli, runner
@@ -141,7 +141,7 @@ def test_degrade_enhance_eval_pipeline(radiograph_path: Path, tiny_model_dir: Pa
 @pytest.mark.realdata
 def test_default_model_enhances_a_real_radiograph(shared_data: Path) -> None:
     from cxrkit.degrade import degrade
-    from cxrkit.diffusion import enhance
+    from cxrkit.enhancer import enhance
     from cxrkit.metrics import psnr
 
     folder = default_model_dir()
@@ -162,7 +162,7 @@ def test_default_model_enhances_a_real_radiograph(shared_data: Path) -> None:
 def test_keeping_black_raises_the_default_models_ssim_on_held_out_radiographs(
         shared_data: Path) -> None:
     from cxrkit.degrade import degrade
-    from cxrkit.diffusion import enhance
+    from cxrkit.enhancer import enhance
     from cxrkit.metrics import psnr, ssim
 
     folder = default_model_dir()
@@ -202,7 +202,7 @@ def test_train_enhance_fine_tunes_from_a_model_and_records_it(tiny_model_dir: Pa
     assert result.exit_code == 0, result.output
     run = json.loads((model / "run.json").read_text())
     # the held-out patients follow --split-seed (0), not the training seed
-    from cxrkit.diffusion import split_by_patient
+    from cxrkit.data.splits import split_by_patient
 
     paths = sorted((tmp_path / "hq").glob("*.png"))
     held = {paths[i].name for i in split_by_patient(paths, 0.3, seed=0)[1]}

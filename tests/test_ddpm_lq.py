@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from cxrkit.data.splits import split_files
 from cxrkit.ddpm_lq import (
     ConditionedCrops,
     DdpmDegrader,
@@ -19,7 +20,6 @@ from cxrkit.ddpm_lq import (
     StageTwo,
     ddpm_lq_loss,
     degrade_lq,
-    split_files,
     train_ddpm_lq,
 )
 from cxrkit.errors import InputError, ModelError
@@ -225,7 +225,7 @@ def test_img2img_given_hq_validates_what_degrade_makes(tmp_path: Path) -> None:
 
 
 def test_wrong_kind_and_unsafe_folders_are_refused(tmp_path: Path) -> None:
-    from cxrkit.diffusion import Enhancer, EnhancerSettings
+    from cxrkit.enhancer import Enhancer, EnhancerSettings
     from cxrkit.munit import Munit, MunitSettings
 
     Munit(MunitSettings(width=4, image_size=32)).save_pretrained(tmp_path / "munit")

@@ -10,20 +10,17 @@ import numpy as np
 import pytest
 import torch
 
+from cxrkit.data.images import bicubic_upsample
 from cxrkit.diffusion import (
-    BLACK_LEVEL,
     SAMPLERS,
-    Enhancer,
-    EnhancerSettings,
-    bicubic_enhance,
-    bicubic_upsample,
-    enhance,
+    blend_window,
     make_scheduler,
     sample,
+    tile_starts,
     tiled_predict,
+    train_alphas_cumprod,
 )
-from cxrkit.diffusion.models import train_alphas_cumprod
-from cxrkit.diffusion.sampling import blend_window, tile_starts
+from cxrkit.enhancer import BLACK_LEVEL, Enhancer, EnhancerSettings, bicubic_enhance, enhance
 from cxrkit.errors import InputError, ModelError
 
 TINY = EnhancerSettings(scale=2, block_out_channels=(8, 16), unshuffle=2, default_steps=2)
@@ -176,7 +173,7 @@ def test_bicubic_baseline_keeps_range_and_constant_images() -> None:
 
 
 def test_ssim_term_adds_to_the_diffusion_loss_and_trains_the_clean_estimate() -> None:
-    from cxrkit.diffusion.models import diffusion_loss
+    from cxrkit.enhancer import diffusion_loss
 
     model = Enhancer.new(TINY, generator=torch.Generator().manual_seed(0))
     hq = torch.rand(2, 1, 32, 32)
@@ -195,7 +192,7 @@ def test_ssim_term_adds_to_the_diffusion_loss_and_trains_the_clean_estimate() ->
 
 def test_sampler_timesteps_are_the_ones_ddim_visits_and_focus_the_loss() -> None:
     from cxrkit.diffusion import sampler_timesteps
-    from cxrkit.diffusion.models import diffusion_loss
+    from cxrkit.enhancer import diffusion_loss
 
     model = Enhancer.new(TINY, generator=torch.Generator().manual_seed(0))
     T = TINY.num_train_timesteps
@@ -278,8 +275,8 @@ def test_enhancer_with_encoder_round_trips_tiles_and_starts_from_its_base(tmp_pa
 
 
 def test_pairs_with_a_view_cut_crop_and_view_from_one_degradation() -> None:
-    from cxrkit.diffusion import PairData
-    from cxrkit.diffusion.training import to_uint16
+    from cxrkit.data.images import to_uint16
+    from cxrkit.enhancer import PairData
 
     y, x = np.mgrid[0:160, 0:200] / 50.0
     image = to_uint16(0.5 + 0.4 * np.sin(3 * x) * np.cos(2 * y))
@@ -296,7 +293,7 @@ def test_pairs_with_a_view_cut_crop_and_view_from_one_degradation() -> None:
 
 
 def test_model_hash_covers_the_encoder_and_settings_but_not_run_json(tmp_path: Path) -> None:
-    from cxrkit.diffusion.models import model_sha256
+    from cxrkit.enhancer import model_sha256
 
     model = Enhancer.new(CONTEXT, generator=torch.Generator().manual_seed(0))
     model.save_pretrained(tmp_path / "a")
@@ -310,7 +307,7 @@ def test_model_hash_covers_the_encoder_and_settings_but_not_run_json(tmp_path: P
 def test_zero_start_trains_and_samples_the_first_step_without_noise() -> None:
     from dataclasses import replace
 
-    from cxrkit.diffusion.models import diffusion_loss
+    from cxrkit.enhancer import diffusion_loss
 
     T = TINY.num_train_timesteps
     zero = Enhancer.new(TINY, generator=torch.Generator().manual_seed(0))

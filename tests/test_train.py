@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from cxrkit.diffusion import Enhancer, EnhancerSettings, diffusion_loss
+from cxrkit.enhancer import Enhancer, EnhancerSettings, diffusion_loss
 from cxrkit.errors import InputError
 from cxrkit.train import Phase, TrainConfig, _slice_indices, run_finished, train
 
@@ -236,7 +236,7 @@ SCRIPT = textwrap.dedent("""
     config = TrainConfig(output_dir=sys.argv[1], steps=6, batch_size=8, lr=1e-3,
                          checkpoint_every=0, cpu=True)
     if sys.argv[3] == "enhancer":
-        from cxrkit.diffusion import Enhancer, diffusion_loss
+        from cxrkit.enhancer import Enhancer, diffusion_loss
         from tests.test_train import TINY, ToyPairs
         model = Enhancer.new(TINY, generator=torch.Generator().manual_seed(0))
         result = train(model, diffusion_loss, ToyPairs(), config)

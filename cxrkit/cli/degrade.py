@@ -24,8 +24,9 @@ from cxrkit.cli._options import (
     read_display,
     run_items,
 )
+from cxrkit.data.seeds import item_seed
 from cxrkit.errors import InputError
-from cxrkit.pipe import Record, item_seed
+from cxrkit.pipe import Record
 
 if TYPE_CHECKING:
     from cxrkit.degrade import Degrader

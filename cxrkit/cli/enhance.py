@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,6 +23,7 @@ from cxrkit.cli._options import (
     read_display,
     run_items,
 )
+from cxrkit.data.seeds import TORCH_SEED_BITS, item_seed
 from cxrkit.errors import InputError
 from cxrkit.pipe import Record
 
@@ -129,7 +129,7 @@ class EnhanceJob:
         from cxrkit.pipe import provenance
 
         image = read_display(record, "enhance")
-        seed = item_seed(self.seed, str(record["id"]))
+        seed = item_seed(self.seed, str(record["id"]), bits=TORCH_SEED_BITS)
         pixels, scale, resolved = self._enhance(image.pixels.clip(0, 1), seed)
         spacing = record.get("spacing_mm") or image.spacing_mm
         spacing = [float(spacing[0]) / scale, float(spacing[1]) / scale] if spacing else None
@@ -146,14 +146,14 @@ class EnhanceJob:
         """``(output pixels, scale, resolved options)`` for one ``(h, w)`` image."""
         opts = dict(self.options)
         if opts["method"] == "bicubic":
-            from cxrkit.diffusion import bicubic_enhance
+            from cxrkit.enhancer import bicubic_enhance
 
             scale = opts["scale"] or 2
             return bicubic_enhance(lq, scale), scale, {"method": "bicubic", "scale": scale}
         import torch
 
-        from cxrkit.diffusion import BLACK_LEVEL
-        from cxrkit.diffusion import enhance as run_enhancer
+        from cxrkit.enhancer import BLACK_LEVEL
+        from cxrkit.enhancer import enhance as run_enhancer
 
         model = self._load()
         settings = model.settings
@@ -177,8 +177,7 @@ class EnhanceJob:
 
     def _load(self) -> Any:
         if self._model is None:
-            from cxrkit.diffusion import Enhancer, default_model_dir
-            from cxrkit.diffusion.models import model_sha256
+            from cxrkit.enhancer import Enhancer, default_model_dir, model_sha256
 
             self.model_dir = self.model_dir or default_model_dir()
             self._model = Enhancer.from_pretrained(self.model_dir,
@@ -195,10 +194,3 @@ def _device(name: str) -> str:
     if name == "cuda" and not torch.cuda.is_available():
         raise DeviceError("CUDA is not available", hint="use --device cpu or auto")
     return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
-
-
-# Copied from cxrkit.cli.degrade.item_seed (kept in sync; masked to a valid torch seed)
-def item_seed(seed: int, item_id: str) -> int:
-    """The seed of one item: the first 8 bytes of ``sha256("<seed>:<item id>")``, < 2**63."""
-    digest = hashlib.sha256(f"{seed}:{item_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)

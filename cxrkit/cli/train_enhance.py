@@ -100,7 +100,7 @@ def train_enhance(
 
         accelerate launch --multi_gpu --num_processes 2 -m cxrkit train-enhance nih/images/ -o m/
     """
-    from cxrkit.diffusion import EnhancerSettings, PairSettings, train_enhancer
+    from cxrkit.enhancer import EnhancerSettings, PairSettings, train_enhancer
     from cxrkit.train import LR_SCHEDULES, TrainConfig
 
     if lr_schedule not in LR_SCHEDULES:

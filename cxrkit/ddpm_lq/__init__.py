@@ -15,8 +15,8 @@ Two routes, selected by :attr:`DdpmLQSettings.route`:
   (strength 1) or from the noised HQ.
 
 The network is the enhancer's diffusers ``UNet2DModel`` behind a pixel-unshuffle (see
-:mod:`cxrkit.diffusion.models`), under a cosine schedule with ε- or v-prediction; sampling uses
-the written-out loop of :func:`cxrkit.diffusion.sampling.sample` pieces (``make_scheduler``).
+:mod:`cxrkit.diffusion.denoiser`, the shared diffusion floor), under a cosine schedule with ε- or
+v-prediction; sampling uses the floor's schedulers (:func:`cxrkit.diffusion.make_scheduler`).
 Images inside are ``(B, 1, H, W)`` in [-1, 1]; the public functions take display radiographs
 ``(H, W)`` float32 in [0, 1], bone bright. The package follows the data:
 
@@ -30,7 +30,7 @@ Images inside are ``(B, 1, H, W)`` in [-1, 1]; the public functions take display
   :class:`DdpmDegrader`, the ``ddpm`` method of ``cxrkit degrade``.
 """
 
-from cxrkit.ddpm_lq.data import ConditionedCrops, HeldOut, LQCrops, split_files
+from cxrkit.ddpm_lq.data import ConditionedCrops, HeldOut, LQCrops
 from cxrkit.ddpm_lq.degrader import DdpmDegrader, degrade_lq, sampling_timesteps
 from cxrkit.ddpm_lq.model import (
     DDPM_LQ_KIND,
@@ -38,7 +38,6 @@ from cxrkit.ddpm_lq.model import (
     ROUTES,
     DdpmLQ,
     DdpmLQSettings,
-    unwrap_ddpm_lq,
 )
 from cxrkit.ddpm_lq.training import (
     StageTwo,
@@ -50,6 +49,5 @@ from cxrkit.ddpm_lq.training import (
 __all__ = [
     "DDPM_LQ_KIND", "PREDICTION_TYPES", "ROUTES", "ConditionedCrops", "DdpmDegrader", "DdpmLQ",
     "DdpmLQSettings", "HeldOut", "LQCrops", "StageTwo", "ddpm_lq_loss", "degrade_lq",
-    "high_frequency_energy", "sampling_timesteps", "split_files", "train_ddpm_lq",
-    "unwrap_ddpm_lq",
+    "high_frequency_energy", "sampling_timesteps", "train_ddpm_lq",
 ]

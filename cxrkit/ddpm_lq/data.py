@@ -4,7 +4,6 @@ bone bright; samples are ``(1, c, c)`` tensors."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -95,7 +94,7 @@ def _crop(image: np.ndarray, crop: int, generator: np.random.Generator) -> torch
 class HeldOut:
     """How DDPM-LQ's validation data are held out and measured.
 
-    HQ images are split by patient (:func:`cxrkit.diffusion.training.split_by_patient`: the
+    HQ images are split by patient (:func:`cxrkit.data.splits.split_by_patient`: the
     file-name prefix before ``_``, as in NIH ChestX-ray14), LQ images by file (DRRs of one CT
     share their patient anyway). Held-out images are never trained on.
 
@@ -113,16 +112,6 @@ class HeldOut:
     def __post_init__(self) -> None:
         if not 0 <= self.fraction < 1 or self.count < 1 or self.loss_samples < 1:
             raise InputError("the validation fraction must be in [0, 1), counts ≥ 1")
-
-
-def split_files(count: int, fraction: float, *, seed: int) -> tuple[list[int], list[int]]:
-    """``(train, validation)`` indices of ``count`` files: ``ceil(fraction·count)`` files, chosen
-    by a permutation seeded by ``seed``, are held out, leaving at least one to train on; with
-    ``fraction`` 0 or a single file nothing is held out and validation is ``[]``."""
-    held = min(math.ceil(fraction * count), count - 1) if fraction > 0 else 0
-    order = np.random.default_rng([seed, 7]).permutation(count)
-    val = sorted(int(i) for i in order[:held])
-    return sorted(int(i) for i in order[held:]), val
 
 
 def _centre(image: np.ndarray, crop: int) -> np.ndarray:

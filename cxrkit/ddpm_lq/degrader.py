@@ -11,9 +11,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cxrkit.data.images import resize, resize_short_side
 from cxrkit.ddpm_lq.model import DdpmLQ
 from cxrkit.errors import InputError
-from cxrkit.munit import resize, resize_short_side
 
 
 def degrade_lq(model: DdpmLQ, hq: np.ndarray, *, strength: float, steps: int,
@@ -88,7 +88,7 @@ class DdpmDegrader:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        from cxrkit.pipe import file_sha256
+        from cxrkit.files import file_sha256
 
         self.model = DdpmLQ.from_pretrained(self.model_dir, device=self.device)
         self.model_sha256 = file_sha256(
@@ -122,3 +122,17 @@ class DdpmDegrader:
                   "torch_seed": seed, "work_size": list(work.shape), "pixel_mm": pixel_mm,
                   "model_sha256": self.model_sha256}
         return DegradeResult(out, [{"name": "ddpm", "params": params}])
+
+
+def build_degrader(*, model_dir: str | Path, style_reference: np.ndarray | None = None,
+                   strength: float | None = None) -> DdpmDegrader:
+    """The ``ddpm`` entry of :data:`cxrkit.degrade.METHODS` (registered there by module path).
+
+    Raises:
+        InputError: a ``style_reference`` (the ddpm method takes none), or a bad strength.
+        ModelError: the folder is not a DDPM-LQ model.
+    """
+    if style_reference is not None:
+        raise InputError("the ddpm method takes no style reference",
+                         hint="drop --style-reference")
+    return DdpmDegrader(model_dir, strength=strength)

@@ -17,9 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from cxrkit.diffusion.models import UNetDenoiser, new_unet
+from cxrkit.diffusion.denoiser import UNetDenoiser, new_unet
 from cxrkit.errors import InputError, ModelError
 from cxrkit.modelfiles import read_config, settings_values
 
@@ -168,12 +167,3 @@ class DdpmLQ(UNetDenoiser):
                              path=str(folder)) from exc
         model = cls(unet, dict(scheduler.config), settings)
         return model.to(device).eval().requires_grad_(False)
-
-
-def unwrap_ddpm_lq(model: nn.Module) -> DdpmLQ:
-    """The :class:`DdpmLQ` inside ``model`` (itself, or the module a DDP wrapper holds)."""
-    inner = getattr(model, "module", model)
-    if not isinstance(inner, DdpmLQ):
-        raise ModelError(f"expected a DdpmLQ, got {type(inner).__name__}")
-    return inner
-

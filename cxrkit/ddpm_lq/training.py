@@ -14,11 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cxrkit.ddpm_lq.data import ConditionedCrops, HeldOut, LQCrops, _centre, split_files
+from cxrkit.data.images import load_display, resize, resize_short_side
+from cxrkit.data.splits import files_sha256, split_by_patient, split_files
+from cxrkit.ddpm_lq.data import ConditionedCrops, HeldOut, LQCrops, _centre
 from cxrkit.ddpm_lq.degrader import degrade_lq
-from cxrkit.ddpm_lq.model import DDPM_LQ_KIND, DdpmLQ, DdpmLQSettings, unwrap_ddpm_lq
+from cxrkit.ddpm_lq.model import DDPM_LQ_KIND, DdpmLQ, DdpmLQSettings
+from cxrkit.diffusion.denoiser import train_alphas_cumprod
 from cxrkit.errors import InputError
-from cxrkit.munit import load_display, resize, resize_short_side
+from cxrkit.train import unwrap_model
 
 if TYPE_CHECKING:
     from cxrkit.train import TrainConfig, TrainResult
@@ -38,13 +41,13 @@ def ddpm_lq_loss(model: nn.Module, batch: dict[str, torch.Tensor],
     Returns:
         The scalar loss.
     """
-    inner = unwrap_ddpm_lq(model)
+    inner = unwrap_model(model, DdpmLQ)
     s = inner.settings
     x0 = 2 * batch["lq"] - 1  # (B, 1, h, w)
     t = torch.stack([torch.randint(0, s.max_train_timestep, (), generator=g) for g in generators])
     noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in generators])
     noise, t = noise.to(x0.device), t.to(x0.device)
-    alphas = _alphas_cumprod(inner.scheduler_config).to(x0.device)
+    alphas = train_alphas_cumprod(inner.scheduler_config).to(x0.device)
     a = alphas[t].sqrt().view(-1, 1, 1, 1)
     b = (1 - alphas[t]).sqrt().view(-1, 1, 1, 1)
     x_t = a * x0 + b * noise
@@ -53,12 +56,6 @@ def ddpm_lq_loss(model: nn.Module, batch: dict[str, torch.Tensor],
     if s.conditional:
         cond = (2 * batch["cond"] - 1) * batch["has_cond"].view(-1, 1, 1, 1)
     return F.mse_loss(model(x_t, cond, t).float(), target)
-
-
-def _alphas_cumprod(scheduler_config: dict[str, Any]) -> torch.Tensor:
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler.from_config(scheduler_config).alphas_cumprod.float()
 
 
 @dataclass(frozen=True)
@@ -132,7 +129,6 @@ def train_ddpm_lq(lq_paths: Sequence[str | Path], settings: DdpmLQSettings,
         InputError: a bad crop, a two-stage route without ``stage_two``, or too few HQ patients
             for the held-out fraction.
     """
-    from cxrkit.diffusion.training import files_sha256, split_by_patient
     from cxrkit.train import CHECKPOINTS, run_finished, train
 
     if crop % settings.multiple:
@@ -163,7 +159,7 @@ def train_ddpm_lq(lq_paths: Sequence[str | Path], settings: DdpmLQSettings,
                  or (hq_all is not None and not hq_val)}}
 
     def save(trained: nn.Module, folder: Path) -> None:
-        unwrap_ddpm_lq(trained).save_pretrained(folder)
+        unwrap_model(trained, DdpmLQ).save_pretrained(folder)
 
     first = LQCrops(train_lq, crop)
     if not settings.conditional:
@@ -243,7 +239,7 @@ def _validator(data: Any, prior: LQCrops | None, real_lq: Sequence[np.ndarray],
     hf_lq = float(np.mean([high_frequency_energy(_centre(im, crop)) for im in real_lq]))
 
     def validate(model: nn.Module) -> dict[str, float]:
-        inner = unwrap_ddpm_lq(model)
+        inner = unwrap_model(model, DdpmLQ)
         device = next(inner.parameters()).device
         metrics = {}
         for name, batch in batches.items():

@@ -9,8 +9,8 @@ Images are display radiographs: ``(H, W)`` float32 in [0, 1], rows top to bottom
   (registry :data:`PRESETS`);
 - here: :func:`degrade`, which runs a preset and records every drawn parameter, and
   :data:`METHODS`, the ways of degrading. ``physics`` is this hand-made model; learned degraders
-  (MUNIT-LQ, DDPM-LQ) will be further entries, built from a model directory and called the same
-  way (see :class:`Degrader`).
+  (MUNIT-LQ, DDPM-LQ) are further entries, registered by module path (:class:`LearnedMethod`),
+  built from a model directory and called the same way (see :class:`Degrader`).
 
 Example:
     >>> rng = np.random.default_rng(7)
@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ __all__ = [
     "RESIZE_KERNELS",
     "DegradeResult",
     "Degrader",
+    "LearnedMethod",
     "PhysicsDegrader",
     "degrade",
     "gaussian_sigma",
@@ -132,29 +134,41 @@ class PhysicsDegrader:
         return DegradeResult(image, applied)
 
 
-def _munit(*, model_dir: str | Path, style_reference: np.ndarray | None = None,
-           strength: float | None = None) -> Degrader:
-    """MUNIT-LQ (learned, unpaired): HQ → DRR-style LQ; a model from cxrkit train-munit."""
-    from cxrkit.munit import MunitDegrader
+class LearnedMethod:
+    """A learned degradation method, registered by module path and imported on use.
 
-    if strength is not None:
-        raise InputError("the munit method takes no strength", hint="drop --strength")
-    return MunitDegrader(model_dir, style_reference=style_reference)
+    ``degrade`` sits below the model families (docs/architecture.md): it never imports them at
+    import time, so naming a family here forms no import circle. Calling the entry imports
+    ``module`` and calls its ``build_degrader(model_dir=…, style_reference=…, strength=…)``.
 
+    Args:
+        module: the family module holding ``build_degrader`` (e.g. ``cxrkit.munit.degrader``).
+        doc: one line for ``cxrkit degrade --list`` (the entry's ``__doc__``).
+    """
 
-def _ddpm(*, model_dir: str | Path, style_reference: np.ndarray | None = None,
-          strength: float | None = None) -> Degrader:
-    """DDPM-LQ (learned): HQ noised and denoised by a DRR diffusion model; cxrkit train-ddpm-lq."""
-    from cxrkit.ddpm_lq import DdpmDegrader
+    def __init__(self, module: str, doc: str) -> None:
+        self.module = module
+        self.__doc__ = doc
 
-    if style_reference is not None:
-        raise InputError("the ddpm method takes no style reference",
-                         hint="drop --style-reference")
-    return DdpmDegrader(model_dir, strength=strength)
+    def __call__(self, *, model_dir: str | Path, style_reference: np.ndarray | None = None,
+                 strength: float | None = None) -> Degrader:
+        """A :class:`Degrader` from a model folder of this method's family."""
+        builder = importlib.import_module(self.module).build_degrader
+        degrader: Degrader = builder(model_dir=model_dir, style_reference=style_reference,
+                                     strength=strength)
+        return degrader
+
+    def __repr__(self) -> str:
+        return f"LearnedMethod({self.module!r})"
 
 
 METHODS: dict[str, Callable[..., Degrader]] = {
-    "physics": PhysicsDegrader, "munit": _munit, "ddpm": _ddpm}
+    "physics": PhysicsDegrader,
+    "munit": LearnedMethod("cxrkit.munit.degrader", "MUNIT-LQ (learned, unpaired): HQ → DRR-style "
+                           "LQ; a model from cxrkit train-munit."),
+    "ddpm": LearnedMethod("cxrkit.ddpm_lq.degrader", "DDPM-LQ (learned): HQ noised and denoised "
+                          "by a DRR diffusion model; cxrkit train-ddpm-lq."),
+}
 """Ways of degrading; ``METHODS[name](**options)`` builds a :class:`Degrader`. ``physics`` takes
 ``preset`` and ``overrides``; the learned methods (``munit``, ``ddpm``) take ``model_dir`` and
 optionally ``style_reference`` (munit: an ``(H, W)`` LQ image) or ``strength`` (ddpm)."""

@@ -1,64 +1,45 @@
-"""Diffusion models of cxrkit: the conditional enhancer, its samplers and its training.
+"""The shared diffusion floor: what any diffusion model family builds on.
 
-- :mod:`cxrkit.diffusion.models`: :class:`Enhancer` (diffusers ``UNet2DModel`` + formulation),
-  its model directory, the training loss and the bicubic baseline;
-- :mod:`cxrkit.diffusion.sampling`: DDPM / DDIM / DPM-Solver++ loops (:data:`SAMPLERS`) with
-  tiled denoising, and :func:`enhance` for one radiograph;
-- :mod:`cxrkit.diffusion.training`: pairs made on the fly by ``degrade`` presets, the patient-wise
-  split, and :func:`train_enhancer`, which wires the enhancer to :func:`cxrkit.train.train`.
+- :mod:`cxrkit.diffusion.denoiser`: :class:`UNetDenoiser` (a diffusers ``UNet2DModel`` behind a
+  space-to-depth rearrangement), :func:`new_unet` (a fresh UNet and its cosine schedule), and
+  schedule helpers (:func:`sampler_timesteps`, :func:`train_alphas_cumprod`);
+- :mod:`cxrkit.diffusion.sampling`: DDPM / DDIM / DPM-Solver++ loops (:data:`SAMPLERS`,
+  :func:`make_scheduler`, :func:`sample`) with tiled denoising (:func:`tiled_predict`).
+
+The families themselves are sibling packages above this floor: the enhancer
+(:mod:`cxrkit.enhancer`), DDPM-LQ (:mod:`cxrkit.ddpm_lq`). This floor imports none of them.
 
 Importing this package imports torch (the CLI imports it inside command bodies only).
-
-Example:
-    >>> model = Enhancer.from_pretrained(default_model_dir())
-    >>> hq = enhance(model, lq, steps=10, generator=torch.Generator().manual_seed(0))
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from cxrkit.diffusion.models import (
-    ENHANCER_KIND,
-    Enhancer,
-    EnhancerSettings,
-    bicubic_enhance,
-    bicubic_upsample,
-    diffusion_loss,
+from cxrkit.diffusion.denoiser import (
+    DTYPES,
+    UNetDenoiser,
+    new_unet,
     sampler_timesteps,
+    train_alphas_cumprod,
 )
 from cxrkit.diffusion.sampling import (
-    BLACK_LEVEL,
     SAMPLERS,
-    enhance,
+    blend_window,
     make_scheduler,
     sample,
+    tile_starts,
     tiled_predict,
 )
-from cxrkit.diffusion.training import PairData, PairSettings, split_by_patient, train_enhancer
 
 __all__ = [
-    "BLACK_LEVEL",
-    "ENHANCER_KIND",
+    "DTYPES",
     "SAMPLERS",
-    "Enhancer",
-    "EnhancerSettings",
-    "PairData",
-    "PairSettings",
-    "bicubic_enhance",
-    "bicubic_upsample",
-    "default_model_dir",
-    "diffusion_loss",
-    "enhance",
+    "UNetDenoiser",
+    "blend_window",
     "make_scheduler",
+    "new_unet",
     "sample",
     "sampler_timesteps",
-    "split_by_patient",
+    "tile_starts",
     "tiled_predict",
-    "train_enhancer",
+    "train_alphas_cumprod",
 ]
-
-
-def default_model_dir() -> Path:
-    """The enhancer shipped with cxrkit: ``cxrkit/models/enhancer`` inside the package."""
-    return Path(__file__).resolve().parent.parent / "models" / "enhancer"

@@ -11,7 +11,8 @@ Domain ``hq`` is real radiographs, domain ``lq`` real DRRs. The package follows 
 
 - :mod:`~cxrkit.munit.networks`: :class:`MunitSettings`, encoders, AdaIN decoder, discriminators;
 - :mod:`~cxrkit.munit.model`: :class:`Munit` (both domains, the loss terms, the model folder);
-- :mod:`~cxrkit.munit.data`: display images of the two domains, resizing, hold-out, crops;
+- :mod:`~cxrkit.munit.data`: unpaired crops of the two domains (loading, resizing and the
+  hold-out are the shared :mod:`cxrkit.data` helpers);
 - :mod:`~cxrkit.munit.training`: the alternating discriminator and generator updates
   (:data:`PHASES`, :func:`phases`) and :func:`train_munit`;
 - :mod:`~cxrkit.munit.degrader`: :class:`MunitDegrader`, the ``munit`` method of ``degrade``.
@@ -25,13 +26,7 @@ Images inside the networks are ``(B, 1, H, W)`` in [-1, 1]; the public functions
 radiographs ``(H, W)`` float32 in [0, 1], bone bright.
 """
 
-from cxrkit.munit.data import (
-    UnpairedCrops,
-    holdout,
-    load_display,
-    resize,
-    resize_short_side,
-)
+from cxrkit.munit.data import UnpairedCrops
 from cxrkit.munit.degrader import MunitDegrader
 from cxrkit.munit.model import (
     CONFIG_NAME,
@@ -39,7 +34,6 @@ from cxrkit.munit.model import (
     WEIGHTS_NAME,
     Munit,
     read_config,
-    unwrap_munit,
 )
 from cxrkit.munit.networks import (
     DISC_INITS,
@@ -64,6 +58,5 @@ __all__ = [
     "CONFIG_NAME", "DISC_INITS", "DOMAINS", "MUNIT_KIND", "PHASES", "WEIGHTS_NAME",
     "ContentEncoder", "Decoder", "Generator", "MultiScaleDiscriminator", "Munit",
     "MunitDegrader", "MunitSettings", "StyleEncoder", "UnpairedCrops", "adain",
-    "discriminator_loss", "generator_loss", "holdout", "load_display", "phases", "read_config",
-    "resize", "resize_short_side", "train_munit", "unwrap_munit",
+    "discriminator_loss", "generator_loss", "phases", "read_config", "train_munit",
 ]

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cxrkit.data.images import resize, resize_short_side
 from cxrkit.errors import InputError
-from cxrkit.munit.data import resize, resize_short_side
 from cxrkit.munit.model import WEIGHTS_NAME, Munit
 
 
@@ -44,7 +44,7 @@ class MunitDegrader:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        from cxrkit.pipe import file_sha256
+        from cxrkit.files import file_sha256
 
         self.model = Munit.from_pretrained(self.model_dir, device=self.device)
         self.model_sha256 = file_sha256(Path(self.model_dir) / WEIGHTS_NAME)
@@ -89,3 +89,16 @@ def _out_shape(shape: tuple[int, ...], scale: int) -> tuple[int, int]:
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
         raise InputError(f"scale must be an integer ≥ 1, got {scale!r}")
     return (shape[0] // scale, shape[1] // scale)
+
+
+def build_degrader(*, model_dir: str | Path, style_reference: np.ndarray | None = None,
+                   strength: float | None = None) -> MunitDegrader:
+    """The ``munit`` entry of :data:`cxrkit.degrade.METHODS` (registered there by module path).
+
+    Raises:
+        InputError: a ``strength`` (the munit method takes none).
+        ModelError: the folder is not a MUNIT-LQ model.
+    """
+    if strength is not None:
+        raise InputError("the munit method takes no strength", hint="drop --strength")
+    return MunitDegrader(model_dir, style_reference=style_reference)

@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cxrkit.errors import ModelError
 from cxrkit.modelfiles import CONFIG_NAME, load_weights, read_config
 from cxrkit.modelfiles import settings_values as _settings_values
 from cxrkit.munit.networks import (
@@ -179,14 +178,6 @@ class Munit(nn.Module):
         model = cls(settings, discriminators=False)
         load_weights(model.gen, folder / WEIGHTS_NAME, what="MUNIT-LQ model")
         return model.to(device).eval().requires_grad_(False)
-
-
-def unwrap_munit(model: nn.Module) -> Munit:
-    """The :class:`Munit` inside ``model`` (itself, or the module a DDP wrapper holds)."""
-    inner = getattr(model, "module", model)
-    if not isinstance(inner, Munit):
-        raise ModelError(f"expected a Munit, got {type(inner).__name__}")
-    return inner
 
 
 def tone_l1(translated: torch.Tensor, source: torch.Tensor, pool: int) -> torch.Tensor:

@@ -12,11 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxrkit.data.images import load_display, resize_short_side
+from cxrkit.data.splits import files_sha256, holdout_tail
 from cxrkit.errors import InputError
-from cxrkit.munit.data import UnpairedCrops, _center, holdout, load_display, resize_short_side
-from cxrkit.munit.model import Munit, tone_l1, unwrap_munit
+from cxrkit.munit.data import UnpairedCrops, _center
+from cxrkit.munit.model import Munit, tone_l1
 from cxrkit.munit.networks import MUNIT_KIND, MunitSettings
-from cxrkit.train import Phase
+from cxrkit.train import Phase, unwrap_model
 
 if TYPE_CHECKING:
     from cxrkit.train import TrainConfig, TrainResult
@@ -44,7 +46,7 @@ def generator_loss(model: nn.Module, batch: dict[str, torch.Tensor],
 def _terms(model: nn.Module, phase: str, batch: dict[str, torch.Tensor],
            generators: Sequence[torch.Generator]) -> dict[str, torch.Tensor]:
     """Random styles ``s ~ N(0, I)`` drawn per sample, images to [-1, 1], one ``forward``."""
-    dim = unwrap_munit(model).settings.style_dim
+    dim = unwrap_model(model, Munit).settings.style_dim
     styles = torch.stack([torch.randn(2, dim, generator=g) for g in generators])  # (B, 2, dim)
     styles = styles.to(batch["hq"].device)
     return model(phase, 2 * batch["hq"] - 1, 2 * batch["lq"] - 1,  # type: ignore[no-any-return]
@@ -52,9 +54,9 @@ def _terms(model: nn.Module, phase: str, batch: dict[str, torch.Tensor],
 
 
 PHASES = (
-    Phase("discriminator", discriminator_loss, lambda m: unwrap_munit(m).dis.parameters(),
+    Phase("discriminator", discriminator_loss, lambda m: unwrap_model(m, Munit).dis.parameters(),
           betas=(0.5, 0.999), optimizer="adam"),
-    Phase("generator", generator_loss, lambda m: unwrap_munit(m).gen.parameters(),
+    Phase("generator", generator_loss, lambda m: unwrap_model(m, Munit).gen.parameters(),
           betas=(0.5, 0.999), optimizer="adam"),
 )
 """MUNIT's alternating updates (its ``trainer.dis_update`` then ``gen_update`` on each batch):
@@ -105,20 +107,19 @@ def train_munit(hq_paths: Sequence[str | Path], lq_paths: Sequence[str | Path],
     Raises:
         InputError: a crop that is not a multiple of ``settings.multiple``, or bad images.
     """
-    from cxrkit.diffusion.training import files_sha256
     from cxrkit.train import train
 
     if crop % settings.multiple:
         raise InputError(f"crop {crop} must be a multiple of {settings.multiple}")
     hq = [resize_short_side(im, settings.image_size) for im in load_display(hq_paths)]
     lq = [resize_short_side(im, settings.image_size) for im in load_display(lq_paths)]
-    (hq, val_hq_images), (lq, val_lq_images) = holdout(hq), holdout(lq)
+    (hq, val_hq_images), (lq, val_lq_images) = holdout_tail(hq), holdout_tail(lq)
     data = UnpairedCrops(hq, lq, crop, flip=False)
     val_hq = torch.stack([_center(im, crop) for im in val_hq_images])  # (n, 1, c, c)
     val_lq = torch.stack([_center(im, crop) for im in val_lq_images])
 
     def validate(model: nn.Module) -> dict[str, float]:
-        inner = unwrap_munit(model)
+        inner = unwrap_model(model, Munit)
         device = next(inner.parameters()).device
         x_hq, x_lq = val_hq.to(device) * 2 - 1, val_lq.to(device) * 2 - 1
         c_hq, s_hq = inner.generator("hq").encode(x_hq)
@@ -140,7 +141,7 @@ def train_munit(hq_paths: Sequence[str | Path], lq_paths: Sequence[str | Path],
     }
 
     def save(trained: nn.Module, folder: Path) -> None:
-        unwrap_munit(trained).save_pretrained(folder)
+        unwrap_model(trained, Munit).save_pretrained(folder)
 
     return train(model, phases(settings, config.lr), data, config, validate=validate,
                  save_model=save, run_info=run_info, on_log=on_log)

@@ -9,7 +9,6 @@ options does not move the placement stream.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
@@ -181,11 +180,11 @@ def silhouette(occupancy: Volume, geometry: ResolvedGeometry, *, level: float = 
 
 
 def sample_seed(seed: int, item_id: str, index: int) -> int:
-    """The 64-bit seed of sample ``index`` of input ``item_id`` under the run's ``seed``."""
-    if seed < 0:
-        raise InputError(f"seed must be >= 0, got {seed}")
-    sequence = np.random.SeedSequence([seed, zlib.crc32(item_id.encode()), index])
-    return int(sequence.generate_state(1, dtype=np.uint64)[0])
+    """The 64-bit seed of sample ``index`` of input ``item_id`` under the run's ``seed`` (the
+    per-sample scheme of :func:`cxrkit.data.seeds.item_seed`)."""
+    from cxrkit.data.seeds import item_seed
+
+    return item_seed(seed, item_id, index=index)
 
 
 def sample_streams(seed_64: int) -> tuple[np.random.Generator, ...]:

@@ -43,12 +43,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxrkit.data.images import bicubic_upsample
+from cxrkit.diffusion.denoiser import DTYPES, UNetDenoiser, new_unet, train_alphas_cumprod
 from cxrkit.errors import InputError, ModelError
 from cxrkit.modelfiles import load_weights
+from cxrkit.train import unwrap_model
 
 ENHANCER_KIND = "cxrkit-enhancer"
 PREDICTION_TYPES = ("v_prediction", "epsilon")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -109,50 +111,6 @@ class EnhancerSettings:
     def multiple(self) -> int:
         """Image sides must be multiples of this (unshuffle × the UNet's total downsampling)."""
         return self.unshuffle * 2 ** (len(self.block_out_channels) - 1)
-
-
-class UNetDenoiser(nn.Module):
-    """A diffusers ``UNet2DModel`` run behind a space-to-depth rearrangement, with its schedule.
-
-    The shared body of :class:`Enhancer` and :class:`cxrkit.ddpm_lq.DdpmLQ`: each subclass builds
-    the UNet's input channels and calls :meth:`denoise`.
-
-    Args:
-        unet: a diffusers ``UNet2DModel`` with ``c·r²`` input and ``r²`` output channels.
-        scheduler_config: the ``DDPMScheduler`` config (schedule, prediction type).
-        settings: the model's settings (a dataclass with at least ``unshuffle``).
-    """
-
-    def __init__(self, unet: nn.Module, scheduler_config: dict[str, Any], settings: Any) -> None:
-        super().__init__()
-        self.unet = unet
-        self.scheduler_config = dict(scheduler_config)
-        self.settings = settings
-
-    def denoise(self, inputs: torch.Tensor, t: torch.Tensor,
-                embedding: torch.Tensor | None = None) -> torch.Tensor:
-        """``(B, c, H, W)`` stacked inputs → ``(B, 1, H, W)`` float32 UNet output.
-
-        The inputs are pixel-unshuffled by ``settings.unshuffle = r`` (``(B, c·r², H/r, W/r)``),
-        cast to the weights' dtype, denoised at timesteps ``t`` ``(B,)`` and shuffled back.
-        ``embedding`` ``(B, D)`` is added to the UNet's time embedding (a UNet built with
-        ``class_embed_type="identity"``).
-        """
-        r = self.settings.unshuffle
-        labels = None if embedding is None else embedding.to(self.dtype)
-        out = self.unet(F.pixel_unshuffle(inputs, r).to(self.dtype), t,
-                        class_labels=labels).sample
-        return F.pixel_shuffle(out, r).float()
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of the weights."""
-        return next(self.parameters()).dtype
-
-    @property
-    def device(self) -> torch.device:
-        """The device of the weights."""
-        return next(self.parameters()).device
 
 
 class Enhancer(UNetDenoiser):
@@ -404,47 +362,14 @@ class DegradationEncoder(nn.Module):
 CONTEXT_WEIGHTS = "degradation_encoder.safetensors"
 
 
-def new_unet(
-    in_channels: int, out_channels: int, block_out_channels: tuple[int, ...],
-    layers_per_block: int, *, num_train_timesteps: int, prediction_type: str,
-    generator: torch.Generator, embedding: bool = False,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """A freshly initialised attention-free diffusers ``UNet2DModel`` and its cosine-schedule
-    ``DDPMScheduler`` config (trailing timesteps), weights drawn from ``generator``. With
-    ``embedding`` the UNet adds a given ``(B, D)`` vector to its time embedding
-    (``class_embed_type="identity"``).
-
-    diffusers initialises layers from torch's global RNG; this seeds it from ``generator`` for the
-    call only and restores it afterwards, so callers' global RNG state is untouched.
-    """
-    from diffusers import DDPMScheduler, UNet2DModel
-
-    levels = len(block_out_channels)
-    state = torch.random.get_rng_state()
-    torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
-    try:
-        unet = UNet2DModel(
-            sample_size=64, in_channels=in_channels, out_channels=out_channels,
-            block_out_channels=block_out_channels, layers_per_block=layers_per_block,
-            down_block_types=("DownBlock2D",) * levels, up_block_types=("UpBlock2D",) * levels,
-            norm_num_groups=min(8, block_out_channels[0]), add_attention=False,
-            class_embed_type="identity" if embedding else None)
-    finally:
-        torch.random.set_rng_state(state)
-    scheduler = DDPMScheduler(
-        num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2",
-        prediction_type=prediction_type, clip_sample=False, timestep_spacing="trailing")
-    return unet, dict(scheduler.config)  # type: ignore[attr-defined, return-value]
-
-
 MODEL_PARTS = ("enhancer.json", "scheduler", "unet", "context")
 """The files and folders of a model directory that decide its outputs (not ``run.json``)."""
 
 
 def model_sha256(folder: str | Path) -> str:
     """One sha256 over everything that decides an enhancer's output: its settings, schedule,
-    UNet and degradation encoder (each part hashed with :func:`cxrkit.pipe.file_sha256`)."""
-    from cxrkit.pipe import file_sha256
+    UNet and degradation encoder (each part hashed with :func:`cxrkit.files.file_sha256`)."""
+    from cxrkit.files import file_sha256
 
     digest = hashlib.sha256()
     for name in MODEL_PARTS:
@@ -517,7 +442,7 @@ def diffusion_loss(model: nn.Module, batch: dict[str, torch.Tensor],
     """
     from cxrkit.metrics import ssim_torch
 
-    settings: EnhancerSettings = unwrap_enhancer(model).settings
+    settings: EnhancerSettings = unwrap_model(model, Enhancer).settings
     hq, lq_up = batch["hq"], batch["lq_up"]
     x0 = settings.residual_scale * (hq - lq_up)  # (B, 1, h, w)
     T = settings.num_train_timesteps
@@ -533,7 +458,7 @@ def diffusion_loss(model: nn.Module, batch: dict[str, torch.Tensor],
     noise, t = noise.to(x0.device), t.to(x0.device)
     if zero_start:  # the first step of a zero-start sampler: no noise, and x_t = 0 below
         noise = noise * (t != T - 1).view(-1, 1, 1, 1)
-    alphas = train_alphas_cumprod(unwrap_enhancer(model).scheduler_config).to(x0.device)
+    alphas = train_alphas_cumprod(unwrap_model(model, Enhancer).scheduler_config).to(x0.device)
     a = alphas[t].sqrt().view(-1, 1, 1, 1)
     b = (1 - alphas[t]).sqrt().view(-1, 1, 1, 1)
     x_t = a * x0 + b * noise
@@ -552,58 +477,7 @@ def diffusion_loss(model: nn.Module, batch: dict[str, torch.Tensor],
     return loss
 
 
-def sampler_timesteps(scheduler_config: dict[str, Any], steps: int) -> tuple[int, ...]:
-    """The timesteps a ``steps``-step DDIM sampler visits (trailing spacing, as in
-    :func:`cxrkit.diffusion.sampling.make_scheduler`): ``(T-1,)`` for one step, ``(999, 499)``
-    for two steps of a 1000-step schedule, and so on.
-
-    Raises:
-        InputError: ``steps`` < 1 or more than the schedule's length.
-    """
-    from diffusers import DDIMScheduler
-
-    T = int(scheduler_config["num_train_timesteps"])
-    if not 1 <= steps <= T:
-        raise InputError(f"sampler steps must be in [1, {T}], got {steps}")
-    scheduler = DDIMScheduler.from_config(scheduler_config, timestep_spacing="trailing")
-    scheduler.set_timesteps(steps)
-    return tuple(int(t) for t in scheduler.timesteps)
-
-
-def train_alphas_cumprod(scheduler_config: dict[str, Any]) -> torch.Tensor:
-    """``ᾱ_t`` for ``t = 0 … T-1`` of the training schedule, ``(T,)`` float32."""
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler.from_config(scheduler_config).alphas_cumprod.float()
-
-
-def unwrap_enhancer(model: nn.Module) -> Enhancer:
-    """The :class:`Enhancer` inside ``model`` (itself, or the module a DDP wrapper holds)."""
-    inner = getattr(model, "module", model)
-    if not isinstance(inner, Enhancer):
-        raise ModelError(f"expected an Enhancer, got {type(inner).__name__}")
-    return inner
-
-
 # ---- images ------------------------------------------------------------------------------------
-
-
-def bicubic_upsample(image: torch.Tensor, scale: int) -> torch.Tensor:
-    """Bicubic upsampling by an integer factor, clipped to [0, 1] (the ``bicubic`` baseline).
-
-    Args:
-        image: ``(..., h, w)`` float in [0, 1].
-        scale: integer factor ≥ 1 (1 returns the input).
-
-    Returns:
-        ``(..., h·scale, w·scale)`` float32 in [0, 1].
-    """
-    if scale == 1:
-        return image.float()
-    lead = image.shape[:-2]
-    flat = image.float().reshape(-1, 1, *image.shape[-2:])  # (N, 1, h, w)
-    up = F.interpolate(flat, scale_factor=scale, mode="bicubic", align_corners=False)
-    return up.clamp(0, 1).reshape(*lead, *up.shape[-2:])
 
 
 def bicubic_enhance(lq: np.ndarray, scale: int) -> np.ndarray:

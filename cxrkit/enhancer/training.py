@@ -1,17 +1,11 @@
-"""Training the enhancer: pairs made on the fly, a patient-wise split, and :func:`train_enhancer`.
-
-A pair is ``hq`` ``(1, c, c)`` and ``lq_up`` ``(1, c, c)`` (the LQ crop bicubic-upsampled back to
-the HQ size), float32 in [0, 1]. Degrading a crop equals degrading the whole image and then
-cropping: the crop is taken with a ``margin`` of context (aligned to the scale) that covers the
-blur kernels and the resampling filters, degraded, upsampled, and only then cut to size.
+"""Training the enhancer: its validation, and :func:`train_enhancer`, which wires the enhancer's
+model, pairs (:mod:`cxrkit.enhancer.data`) and loss to :func:`cxrkit.train.train`.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -20,167 +14,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from cxrkit.diffusion.models import (
-    Enhancer,
-    EnhancerSettings,
-    bicubic_upsample,
-    diffusion_loss,
-    model_sha256,
-    sampler_timesteps,
-    unwrap_enhancer,
-)
+from cxrkit.data.images import load_display, to_uint16
+from cxrkit.data.splits import files_sha256, split_by_patient
+from cxrkit.diffusion.denoiser import sampler_timesteps
+from cxrkit.enhancer.data import PairData
+from cxrkit.enhancer.model import Enhancer, EnhancerSettings, diffusion_loss, model_sha256
 from cxrkit.errors import InputError, ModelError
+from cxrkit.train import unwrap_model
 
 if TYPE_CHECKING:
     from cxrkit.train import TrainConfig, TrainResult
-
-
-def patient_id(path: str | Path) -> str:
-    """The patient of a file: the name before the first ``_`` (NIH ``00000013_005.png`` → 13)."""
-    return Path(path).name.split("_", 1)[0]
-
-
-def split_by_patient(paths: Sequence[str | Path], val_fraction: float, *,
-                     seed: int) -> tuple[list[int], list[int]]:
-    """Indices of ``paths`` for training and validation, with no patient in both.
-
-    Args:
-        paths: image files; the patient is :func:`patient_id` of each.
-        val_fraction: share of patients held out, in [0, 1).
-        seed: shuffles the patients before the split.
-
-    Returns:
-        ``(train_indices, val_indices)``, each sorted.
-    """
-    patients = sorted({patient_id(p) for p in paths})
-    order = np.random.default_rng(seed).permutation(len(patients))
-    count = math.ceil(val_fraction * len(patients)) if val_fraction > 0 else 0
-    if count >= len(patients):
-        raise InputError(f"{len(patients)} patients are too few for a validation split",
-                         hint="add images or lower --val-fraction")
-    held = {patients[i] for i in order[:count]}
-    train = [i for i, p in enumerate(paths) if patient_id(p) not in held]
-    val = [i for i, p in enumerate(paths) if patient_id(p) in held]
-    return train, val
-
-
-def to_uint16(image: np.ndarray) -> np.ndarray:
-    """``(H, W)`` float in [0, 1] → uint16 (halves the memory of a float32 image cache)."""
-    return np.round(np.clip(image, 0, 1) * 65535).astype(np.uint16)
-
-
-@dataclass(frozen=True)
-class PairData:
-    """Pairs from HQ images: degraded on the fly by a preset, or cut from given LQ images.
-
-    Attributes:
-        images: HQ images, ``(H, W)`` uint16 (from :func:`to_uint16`).
-        crop: HQ crop side in pixels (a multiple of ``scale``).
-        scale: HQ size / LQ size.
-        preset: a :data:`cxrkit.degrade.PRESETS` key, used when ``lq_images`` is None.
-        pixel_mm: pixel pitch of the HQ images (for physical blur sizes).
-        lq_images: explicit LQ images, ``(H/scale, W/scale)`` uint16, aligned with ``images``.
-        margin: context around a crop, HQ pixels (covers the preset's blur kernels).
-        context: side, in LQ pixels, of the view of the whole LQ image that a degradation encoder
-            reads (``lq_context``); the training crop lies inside it and both come from the same
-            degradation. 0: no view.
-    """
-
-    images: Sequence[np.ndarray]
-    crop: int
-    scale: int = 2
-    preset: str = "drr-like"
-    pixel_mm: float = 0.35
-    lq_images: Sequence[np.ndarray] | None = None
-    margin: int = 32
-    context: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.images:
-            raise InputError("no training images")
-        if self.crop % self.scale or self.margin % self.scale:
-            raise InputError(f"crop {self.crop} must be a multiple of the scale {self.scale}")
-
-    @functools.cached_property
-    def view_side(self) -> int:
-        """HQ side of the degradation encoder's view: ``context·scale``, or less where an image
-        is smaller (one side for every sample, so that views stack into a batch)."""
-        s = self.scale
-        smallest = min(min(H - H % s, W - W % s) for H, W in (im.shape for im in self.images))
-        return min(self.context * s, smallest)
-
-    def sample(self, generator: np.random.Generator) -> dict[str, torch.Tensor]:
-        """One random pair: a random image, crop position and degradation from ``generator``
-        (with ``context``: a random view, and the crop at a random place inside it)."""
-        index = int(generator.integers(len(self.images)))
-        H, W = self.images[index].shape
-        c, s = min(self.crop, H - H % self.scale), self.scale
-        if self.context:
-            K = self.view_side
-            c = min(c, K)
-            ky = int(generator.integers(0, (H - K) // s + 1)) * s
-            kx = int(generator.integers(0, (W - K) // s + 1)) * s
-            y = ky + int(generator.integers(0, (K - c) // s + 1)) * s
-            x = kx + int(generator.integers(0, (K - c) // s + 1)) * s
-            return self.pair(index, y, x, generator, crop=c, view=(ky, kx))
-        y = int(generator.integers(0, (H - c) // s + 1)) * s
-        x = int(generator.integers(0, (W - c) // s + 1)) * s
-        return self.pair(index, y, x, generator, crop=c)
-
-    def pair(self, index: int, y: int, x: int, generator: np.random.Generator, *,
-             crop: int | None = None, view: tuple[int, int] | None = None
-             ) -> dict[str, torch.Tensor]:
-        """The pair of image ``index`` at HQ offset ``(y, x)`` (multiples of the scale).
-
-        With ``view`` (its HQ offset; side :attr:`view_side`, containing the crop) the region
-        around the view is degraded once, and the pair and the view are cut from it.
-
-        Returns:
-            ``hq``, ``lq_up``: ``(1, c, c)`` float32 in [0, 1]; ``lq``: ``(1, c/s, c/s)``; with
-            ``view`` also ``lq_context`` ``(1, K/s, K/s)``.
-        """
-        from cxrkit.degrade import degrade
-
-        hq_full = self.images[index]
-        H, W = hq_full.shape
-        c, s, m = crop or self.crop, self.scale, self.margin
-        ch, cw = min(c, H - y), min(c, W - x)
-        if view is None:
-            y0, x0 = max(0, y - m), max(0, x - m)
-            y1, x1 = min(H - H % s, y + ch + m), min(W - W % s, x + cw + m)
-        else:
-            K = self.view_side
-            y0, x0 = max(0, view[0] - m), max(0, view[1] - m)
-            y1, x1 = min(H - H % s, view[0] + K + m), min(W - W % s, view[1] + K + m)
-        if self.lq_images is not None:
-            lq = self.lq_images[index][y0 // s : y1 // s, x0 // s : x1 // s] / np.float32(65535)
-        else:
-            region = hq_full[y0:y1, x0:x1].astype(np.float32) / np.float32(65535)
-            lq = degrade(region, self.preset, scale=s, pixel_mm=self.pixel_mm,
-                         generator=generator).image  # (h/s, w/s)
-        up = bicubic_upsample(torch.from_numpy(np.ascontiguousarray(lq, np.float32)), s)
-        oy, ox = y - y0, x - x0
-        hq = torch.from_numpy(hq_full[y : y + ch, x : x + cw].astype(np.float32) / 65535)
-        out = {"hq": hq[None], "lq_up": up[None, oy : oy + ch, ox : ox + cw].contiguous(),
-               "lq": torch.from_numpy(np.ascontiguousarray(
-                   lq[oy // s : (oy + ch) // s, ox // s : (ox + cw) // s], np.float32))[None]}
-        if view is not None:
-            vy, vx, k = (view[0] - y0) // s, (view[1] - x0) // s, self.view_side // s
-            out["lq_context"] = torch.from_numpy(np.ascontiguousarray(
-                lq[vy : vy + k, vx : vx + k], np.float32))[None]
-        return out
-
-    def fixed(self, crop: int, *, seed: int) -> list[dict[str, torch.Tensor]]:
-        """One deterministic centre-crop pair per image (``crop`` 0: the whole image)."""
-        items = []
-        for index, image in enumerate(self.images):
-            H, W = image.shape
-            c = min(crop or max(H, W), H - H % self.scale, W - W % self.scale)
-            y = (H - c) // 2 // self.scale * self.scale
-            x = (W - c) // 2 // self.scale * self.scale
-            rng = np.random.default_rng([seed, index])
-            items.append(self.pair(index, y, x, rng, crop=c))
-        return items
 
 
 def evaluate_pairs(enhance_fn: object, items: Sequence[dict[str, torch.Tensor]]
@@ -209,14 +52,6 @@ def evaluate_pairs(enhance_fn: object, items: Sequence[dict[str, torch.Tensor]]
             "psnr_gain": p - bp, "ssim_gain": q - bq, "count": float(len(rows))}
 
 
-def files_sha256(paths: Sequence[str | Path]) -> dict[str, str]:
-    """``{file name: sha256}`` of the training data (recorded in ``run.json``)."""
-    out = {}
-    for p in paths:
-        out[Path(p).name] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
-    return out
-
-
 def init_record(folder: str | Path) -> dict[str, Any]:
     """What ``run.json`` says of a model a run started from: path, weights hash, its command."""
     folder = Path(folder)
@@ -235,15 +70,7 @@ def init_record(folder: str | Path) -> dict[str, Any]:
 
 def load_images(paths: Sequence[str | Path]) -> list[np.ndarray]:
     """Read display radiographs (8/16-bit PNG, TIFF, DICOM …) into uint16 ``(H, W)`` arrays."""
-    from cxrkit.io import read_radiograph
-
-    images = []
-    for p in paths:
-        rg = read_radiograph(p)
-        if rg.kind != "display":
-            raise InputError(f"the enhancer trains on display images, not {rg.kind!r}", path=str(p))
-        images.append(to_uint16(rg.pixels))
-    return images
+    return [to_uint16(image) for image in load_display(paths, who="the enhancer trains")]
 
 
 @dataclass(frozen=True)
@@ -257,7 +84,7 @@ class PairSettings:
         val_fraction: share of patients held out for validation.
         val_crop: side of the centred validation crop (0: whole images).
         val_count: at most this many validation images (0: all).
-        val_tile: tile side used when validating (see :func:`cxrkit.diffusion.enhance`).
+        val_tile: tile side used when validating (see :func:`cxrkit.enhancer.enhance`).
         split_seed: seed of the patient split, of the validation pairs' degradations and of the
             validation sampling; independent of the training seed, so that a fine-tune with
             another seed keeps the same patients held out and its numbers stay comparable.
@@ -300,7 +127,7 @@ def train_enhancer(hq_paths: Sequence[str | Path], settings: EnhancerSettings,
         zero_start: the model's input at ``t = T - 1`` is 0 instead of noise, in training and
             (recorded in its settings) in sampling: with ``sampler_steps`` 1 a deterministic
             one-step model.
-        add_context: widths of a :class:`~cxrkit.diffusion.models.DegradationEncoder` to add to
+        add_context: widths of a :class:`~cxrkit.enhancer.model.DegradationEncoder` to add to
             the ``init`` model (zero-initialised output, so training starts from that model's
             behaviour); a new model takes its encoder from ``settings.context_channels``.
         on_log: progress callback (see :func:`cxrkit.train.train`).
@@ -311,7 +138,7 @@ def train_enhancer(hq_paths: Sequence[str | Path], settings: EnhancerSettings,
     Raises:
         ModelError: ``init`` is not an enhancer or has another scale than ``settings``.
     """
-    from cxrkit.diffusion.sampling import enhance
+    from cxrkit.enhancer.inference import enhance
     from cxrkit.train import train
 
     pairs = pairs or PairSettings()
@@ -370,7 +197,7 @@ def train_enhancer(hq_paths: Sequence[str | Path], settings: EnhancerSettings,
                  "split": "by patient (file-name prefix before '_')"},
     }
     def save(trained: torch.nn.Module, folder: Path) -> None:
-        unwrap_enhancer(trained).save_pretrained(folder, dtype=weights_dtype)
+        unwrap_model(trained, Enhancer).save_pretrained(folder, dtype=weights_dtype)
 
     loss = functools.partial(diffusion_loss, ssim_weight=ssim_weight, timesteps=timesteps,
                              zero_start=zero_start)
