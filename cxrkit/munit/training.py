@@ -87,9 +87,9 @@ def train_munit(hq_paths: Sequence[str | Path], lq_paths: Sequence[str | Path],
 
     Both domains are brought to ``settings.image_size`` (short side, antialiased bicubic), as
     MUNIT's data loader does, then random ``crop`` × ``crop`` patches are drawn, unpaired.
-    Validation (centre crops of the images :func:`holdout` keeps out of training) reports the
-    within-domain reconstruction L1 and the L1 between the content codes of an HQ crop and of its
-    translation.
+    Validation (centre crops of the images :func:`~cxrkit.data.splits.holdout_tail` keeps out of
+    training) reports the within-domain reconstruction L1 and the L1 between the content codes of
+    an HQ crop and of its translation.
 
     Args:
         hq_paths: real radiographs (domain ``hq``).
