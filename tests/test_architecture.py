@@ -24,7 +24,7 @@ FLOORS: dict[str, int] = {
     "cxrkit.volume": 1, "cxrkit.geometry": 1, "cxrkit.metrics": 1, "cxrkit.modelfiles": 1,
     # 2 physics and data: ray casting, degradation operators, nodules, shared data helpers
     "cxrkit.drr": 2, "cxrkit.siddon": 2, "cxrkit.degrade": 2, "cxrkit.nodules": 2,
-    "cxrkit.data": 2, "cxrkit.sample": 2,
+    "cxrkit.data": 2, "cxrkit.sample": 2, "cxrkit.device": 2,
     # 3 shared learning floors: the training loop, the diffusion floor
     "cxrkit.train": 3, "cxrkit.diffusion": 3,
     # 4 model families (siblings: see FAMILIES)

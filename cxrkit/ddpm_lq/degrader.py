@@ -125,7 +125,7 @@ class DdpmDegrader:
 
 
 def build_degrader(*, model_dir: str | Path, style_reference: np.ndarray | None = None,
-                   strength: float | None = None) -> DdpmDegrader:
+                   strength: float | None = None, device: str = "cpu") -> DdpmDegrader:
     """The ``ddpm`` entry of :data:`cxrkit.degrade.METHODS` (registered there by module path).
 
     Raises:
@@ -135,4 +135,4 @@ def build_degrader(*, model_dir: str | Path, style_reference: np.ndarray | None 
     if style_reference is not None:
         raise InputError("the ddpm method takes no style reference",
                          hint="drop --style-reference")
-    return DdpmDegrader(model_dir, strength=strength)
+    return DdpmDegrader(model_dir, strength=strength, device=device)

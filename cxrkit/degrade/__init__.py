@@ -139,7 +139,8 @@ class LearnedMethod:
 
     ``degrade`` sits below the model families (docs/architecture.md): it never imports them at
     import time, so naming a family here forms no import circle. Calling the entry imports
-    ``module`` and calls its ``build_degrader(model_dir=…, style_reference=…, strength=…)``.
+    ``module`` and calls its ``build_degrader(model_dir=…, style_reference=…, strength=…,
+    device=…)``.
 
     Args:
         module: the family module holding ``build_degrader`` (e.g. ``cxrkit.munit.degrader``).
@@ -151,11 +152,11 @@ class LearnedMethod:
         self.__doc__ = doc
 
     def __call__(self, *, model_dir: str | Path, style_reference: np.ndarray | None = None,
-                 strength: float | None = None) -> Degrader:
-        """A :class:`Degrader` from a model folder of this method's family."""
+                 strength: float | None = None, device: str = "cpu") -> Degrader:
+        """A :class:`Degrader` from a model folder of this method's family, on ``device``."""
         builder = importlib.import_module(self.module).build_degrader
         degrader: Degrader = builder(model_dir=model_dir, style_reference=style_reference,
-                                     strength=strength)
+                                     strength=strength, device=device)
         return degrader
 
     def __repr__(self) -> str:
@@ -171,7 +172,8 @@ METHODS: dict[str, Callable[..., Degrader]] = {
 }
 """Ways of degrading; ``METHODS[name](**options)`` builds a :class:`Degrader`. ``physics`` takes
 ``preset`` and ``overrides``; the learned methods (``munit``, ``ddpm``) take ``model_dir`` and
-optionally ``style_reference`` (munit: an ``(H, W)`` LQ image) or ``strength`` (ddpm)."""
+optionally ``style_reference`` (munit: an ``(H, W)`` LQ image) or ``strength`` (ddpm), and
+``device`` (a torch device name)."""
 
 
 def degrade(

@@ -92,7 +92,7 @@ def _out_shape(shape: tuple[int, ...], scale: int) -> tuple[int, int]:
 
 
 def build_degrader(*, model_dir: str | Path, style_reference: np.ndarray | None = None,
-                   strength: float | None = None) -> MunitDegrader:
+                   strength: float | None = None, device: str = "cpu") -> MunitDegrader:
     """The ``munit`` entry of :data:`cxrkit.degrade.METHODS` (registered there by module path).
 
     Raises:
@@ -101,4 +101,4 @@ def build_degrader(*, model_dir: str | Path, style_reference: np.ndarray | None 
     """
     if strength is not None:
         raise InputError("the munit method takes no strength", hint="drop --strength")
-    return MunitDegrader(model_dir, style_reference=style_reference)
+    return MunitDegrader(model_dir, style_reference=style_reference, device=device)
