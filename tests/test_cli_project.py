@@ -82,14 +82,17 @@ def test_keep_going_partial_exit(phantom_path: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
-    [(("--sid-mm", "0"), b"sid_mm"), (("--sod-mm", "1900"), b"smaller than sid_mm"),
-     (("--translation-mm", "0,0,5000"), b"crosses the body"), (("--view", "XY"), b"unknown view")],
+    ("args", "message", "code"),
+    [(("--sid-mm", "0"), b"--sid-mm", 2), (("--sod-mm", "1900"), b"smaller than sid_mm", 2),
+     (("--translation-mm", "0,0,5000"), b"crosses the body", 1),
+     (("--view", "XY"), b"--view: 'XY' is not one of", 2)],
 )
 def test_bad_geometry_one_line_no_output(phantom_path: Path, tmp_path: Path, args: tuple,
-                                         message: bytes) -> None:
+                                         message: bytes, code: int) -> None:
+    """Invalid geometry options are usage errors (exit 2); one that misses the body is found
+    when rendering (exit 1)."""
     result = run_cli("project", str(phantom_path), *SMALL, *args, "-o", str(tmp_path / "o"))
-    assert result.returncode in (1, 2) and message in result.stderr
+    assert result.returncode == code and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 

@@ -39,7 +39,7 @@ MIXED_PRECISION = ("no", "bf16", "fp16")  # cxrkit.train.MIXED_PRECISION, kept t
 LR_SCHEDULES = ("constant", "cosine")  # cxrkit.train.LR_SCHEDULES, kept torch-free here
 
 
-def _device_name(text: str) -> str:
+def device_name(text: str) -> str:
     from cxrkit.device import check_device_name
     from cxrkit.errors import DeviceError
 
@@ -50,7 +50,7 @@ def _device_name(text: str) -> str:
 
 
 Device = Annotated[str, typer.Option(
-    "--device", parser=_device_name, metavar="DEVICE",
+    "--device", parser=device_name, metavar="DEVICE",
     help="Where the model or renderer runs: auto (CUDA when present, else the CPU; under "
          "accelerate launch, each process's own GPU), cpu, cuda or cuda:N. A device that is "
          "not there is an error, never a silent fallback.")]

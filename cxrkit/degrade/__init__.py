@@ -133,31 +133,32 @@ class PhysicsDegrader:
 
 
 def _munit(*, model_dir: str | Path, style_reference: np.ndarray | None = None,
-           strength: float | None = None) -> Degrader:
+           strength: float | None = None, device: str = "cpu") -> Degrader:
     """MUNIT-LQ (learned, unpaired): HQ → DRR-style LQ; a model from cxrkit train-munit."""
     from cxrkit.munit import MunitDegrader
 
     if strength is not None:
         raise InputError("the munit method takes no strength", hint="drop --strength")
-    return MunitDegrader(model_dir, style_reference=style_reference)
+    return MunitDegrader(model_dir, style_reference=style_reference, device=device)
 
 
 def _ddpm(*, model_dir: str | Path, style_reference: np.ndarray | None = None,
-          strength: float | None = None) -> Degrader:
+          strength: float | None = None, device: str = "cpu") -> Degrader:
     """DDPM-LQ (learned): HQ noised and denoised by a DRR diffusion model; cxrkit train-ddpm-lq."""
     from cxrkit.ddpm_lq import DdpmDegrader
 
     if style_reference is not None:
         raise InputError("the ddpm method takes no style reference",
                          hint="drop --style-reference")
-    return DdpmDegrader(model_dir, strength=strength)
+    return DdpmDegrader(model_dir, strength=strength, device=device)
 
 
 METHODS: dict[str, Callable[..., Degrader]] = {
     "physics": PhysicsDegrader, "munit": _munit, "ddpm": _ddpm}
 """Ways of degrading; ``METHODS[name](**options)`` builds a :class:`Degrader`. ``physics`` takes
 ``preset`` and ``overrides``; the learned methods (``munit``, ``ddpm``) take ``model_dir`` and
-optionally ``style_reference`` (munit: an ``(H, W)`` LQ image) or ``strength`` (ddpm)."""
+optionally ``style_reference`` (munit: an ``(H, W)`` LQ image) or ``strength`` (ddpm), and
+``device`` (a resolved torch device, see :func:`cxrkit.device.resolve_device`)."""
 
 
 def degrade(
