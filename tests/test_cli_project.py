@@ -161,3 +161,29 @@ def test_interrupt_exits_130(phantom_path: Path, tmp_path: Path) -> None:
     # re-raises it); a shell reports both as 130. Never a traceback.
     assert proc.returncode in (130, -signal.SIGINT)
     assert b"Traceback" not in err
+
+
+def test_label_ids_take_structure_names_and_patterns(tmp_path: Path) -> None:
+    import typer
+
+    from cxrkit.cli.project import parse_label_ids
+
+    labels = tmp_path / "structures.nii.gz"
+    labels.write_bytes(b"")  # only the table beside it is read for names
+    (tmp_path / "structures.csv").write_text(
+        "id,structure\n1,spleen\n10,lung_upper_lobe_left\n11,lung_lower_lobe_left\n")
+    assert parse_label_ids("spleen,11", labels) == [1, 11]
+    assert parse_label_ids("lung_*,spleen", labels) == [10, 11, 1]
+    for bad in ("liver", "7", ","):
+        with pytest.raises(typer.BadParameter):
+            parse_label_ids(bad, labels)
+
+
+def test_unknown_label_name_is_a_usage_error_before_the_ct_is_read(tmp_path: Path) -> None:
+    labels = tmp_path / "structures.nii.gz"
+    labels.write_bytes(b"")
+    (tmp_path / "structures.csv").write_text("id,structure\n1,spleen\n")
+    result = run_cli("project", str(tmp_path / "missing.nii.gz"), "--labels", str(labels),
+                     "--label-ids", "lungs")
+    assert result.returncode == 2
+    assert result.stderr.decode().count("\n") == 1 and b"no structure 'lungs'" in result.stderr

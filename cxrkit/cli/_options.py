@@ -340,7 +340,11 @@ def finite_floats(func: Callable[..., Any]) -> Callable[..., Any]:
     """
     import typing
 
-    for hint in typing.get_type_hints(func, include_extras=True).values():
+    hints = typing.get_type_hints(func, include_extras=True)
+    # the evaluated annotations replace the strings (``from __future__ import annotations``), so
+    # that typer sees these OptionInfo objects rather than fresh ones from evaluating again
+    func.__annotations__ = {**func.__annotations__, **hints}
+    for hint in hints.values():
         if typing.get_origin(hint) is not Annotated:
             continue
         base, *extras = typing.get_args(hint)
