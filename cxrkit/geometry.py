@@ -53,6 +53,10 @@ class View(NamedTuple):
     description: str
 
 
+MAX_DETECTOR_PX = 8192
+"""The most detector pixels per side (``--size``): a 430 mm detector at 0.052 mm; a larger
+request is refused before anything is allocated."""
+
 VIEWS: dict[str, View] = {
     "PA": View((0.0, -1.0, 0.0), (0.0, 0.0, -1.0), (1.0, 0.0, 0.0),
                "posterior-anterior: source behind, detector in front; "
@@ -134,6 +138,10 @@ class Geometry:
         if any(v != int(v) or v < 1 for v in px):
             raise GeometryError(f"detector_px must be two whole numbers >= 1, got {px}",
                                 hint="give (rows, cols), e.g. (1024, 1024)")
+        if max(px) > MAX_DETECTOR_PX:
+            raise GeometryError(f"detector_px {int(px[0])}x{int(px[1])} is over the limit of "
+                                f"{MAX_DETECTOR_PX} pixels per side",
+                                hint=f"give at most {MAX_DETECTOR_PX} per side")
         object.__setattr__(self, "sid_mm", sid)
         object.__setattr__(self, "detector_px", (int(px[0]), int(px[1])))
         if self.pixel_mm is not None:

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from cxrkit import __version__
+from cxrkit.device import accelerate_local_rank, resolve_device
 from cxrkit.errors import InputError, ModelError
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,10 @@ class TrainConfig:
         seed: the seed of the initial weights (family's) and of the data order.
         resume: ``latest``, a checkpoint folder, or None to start afresh.
         num_workers: data-loader worker processes.
-        cpu: force the CPU even where CUDA is present.
+        cpu: force the CPU even where CUDA is present (as ``device="cpu"``).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (see
+            :func:`cxrkit.device.resolve_device`); under ``accelerate launch`` each process uses
+            its own accelerator.
         time_limit_s: stop cleanly after the first step that ends this many seconds after the
             loop began (0: no limit), as on SIGTERM: see :func:`train`.
         stop_at_step: stop cleanly after this step (0: run all ``steps``), as at the time limit;
@@ -158,6 +162,7 @@ class TrainConfig:
     resume: str | None = None
     num_workers: int = 0
     cpu: bool = False
+    device: str = "auto"
     time_limit_s: float = 0.0
     stop_at_step: int = 0
 
@@ -174,6 +179,9 @@ class TrainConfig:
             raise InputError(f"time limit must be ≥ 0 seconds, got {self.time_limit_s}")
         if not self.stop_at_step >= 0:
             raise InputError(f"stop step must be ≥ 0, got {self.stop_at_step}")
+        from cxrkit.device import check_device_name
+
+        object.__setattr__(self, "device", check_device_name(self.device))
 
     def lr_factor(self, step: int) -> float:
         """The multiplier of the peak learning rate at optimizer step ``step`` (0-based)."""
@@ -312,11 +320,14 @@ def train(
 
     # ---- set-up ----------------------------------------------------------------------------
     phases = _resolve_phases(loss_fn, config)
+    target = resolve_device("cpu" if config.cpu else config.device)  # DeviceError if absent
+    if target.type == "cuda" and accelerate_local_rank() is None:
+        torch.cuda.set_device(target)  # one process: accelerate's "cuda" is the current device
     # cpu=True without CUDA: accelerate only forms a multi-process CPU (gloo) group when asked.
     # With several phases each backward reaches only some parameters (the discriminator step
     # never reaches the generator), which DDP must be told.
     accelerator = Accelerator(
-        mixed_precision=config.mixed_precision, cpu=config.cpu or not torch.cuda.is_available(),
+        mixed_precision=config.mixed_precision, cpu=target.type != "cuda",
         gradient_accumulation_steps=config.grad_accum,
         kwargs_handlers=[DistributedDataParallelKwargs(
             broadcast_buffers=False, find_unused_parameters=len(phases) > 1)])

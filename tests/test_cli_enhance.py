@@ -281,3 +281,26 @@ def test_train_enhance_adds_an_encoder_and_focuses_on_one_step(tiny_model_dir: P
     bad = invoke("train-enhance", str(tmp_path / "hq"), "--context-channels", "4,x",
                  "-o", str(tmp_path / "y"))
     assert bad.exit_code == 2 and not (tmp_path / "y").exists()
+
+
+def test_steps_beyond_the_training_timesteps_is_one_usage_line(radiograph_path: Path,
+                                                               tiny_model_dir: Path,
+                                                               tmp_path: Path) -> None:
+    """diffusers would raise a multi-line ValueError; enhance says it in one line, exit 2."""
+    result = invoke("enhance", str(radiograph_path), "--model", str(tiny_model_dir),
+                    "--steps", "100000", "-o", str(tmp_path / "o"))
+    assert result.exit_code == 2
+    assert "100000 is more than the 1000 timesteps" in result.output
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_sampler_refuses_more_steps_than_the_schedule() -> None:
+    from cxrkit.diffusion.sampling import make_scheduler, sample
+    from cxrkit.errors import InputError
+
+    config = Enhancer.new(EnhancerSettings(block_out_channels=(8, 16)),
+                          generator=torch.Generator()).scheduler_config
+    with pytest.raises(InputError, match=r"steps must be 1\.\.1000"):
+        sample(lambda x, c, t: x, torch.zeros(1, 1, 8, 8),
+               scheduler=make_scheduler("ddim", config), steps=100000,
+               generator=torch.Generator())

@@ -82,14 +82,17 @@ def test_keep_going_partial_exit(phantom_path: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
-    [(("--sid-mm", "0"), b"sid_mm"), (("--sod-mm", "1900"), b"smaller than sid_mm"),
-     (("--translation-mm", "0,0,5000"), b"crosses the body"), (("--view", "XY"), b"unknown view")],
+    ("args", "message", "code"),
+    [(("--sid-mm", "0"), b"--sid-mm", 2), (("--sod-mm", "1900"), b"smaller than sid_mm", 2),
+     (("--translation-mm", "0,0,5000"), b"crosses the body", 1),
+     (("--view", "XY"), b"--view: 'XY' is not one of", 2)],
 )
 def test_bad_geometry_one_line_no_output(phantom_path: Path, tmp_path: Path, args: tuple,
-                                         message: bytes) -> None:
+                                         message: bytes, code: int) -> None:
+    """Invalid geometry options are usage errors (exit 2); one that misses the body is found
+    when rendering (exit 1)."""
     result = run_cli("project", str(phantom_path), *SMALL, *args, "-o", str(tmp_path / "o"))
-    assert result.returncode in (1, 2) and message in result.stderr
+    assert result.returncode == code and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
@@ -158,3 +161,29 @@ def test_interrupt_exits_130(phantom_path: Path, tmp_path: Path) -> None:
     # re-raises it); a shell reports both as 130. Never a traceback.
     assert proc.returncode in (130, -signal.SIGINT)
     assert b"Traceback" not in err
+
+
+def test_label_ids_take_structure_names_and_patterns(tmp_path: Path) -> None:
+    import typer
+
+    from cxrkit.cli.project import parse_label_ids
+
+    labels = tmp_path / "structures.nii.gz"
+    labels.write_bytes(b"")  # only the table beside it is read for names
+    (tmp_path / "structures.csv").write_text(
+        "id,structure\n1,spleen\n10,lung_upper_lobe_left\n11,lung_lower_lobe_left\n")
+    assert parse_label_ids("spleen,11", labels) == [1, 11]
+    assert parse_label_ids("lung_*,spleen", labels) == [10, 11, 1]
+    for bad in ("liver", "7", ","):
+        with pytest.raises(typer.BadParameter):
+            parse_label_ids(bad, labels)
+
+
+def test_unknown_label_name_is_a_usage_error_before_the_ct_is_read(tmp_path: Path) -> None:
+    labels = tmp_path / "structures.nii.gz"
+    labels.write_bytes(b"")
+    (tmp_path / "structures.csv").write_text("id,structure\n1,spleen\n")
+    result = run_cli("project", str(tmp_path / "missing.nii.gz"), "--labels", str(labels),
+                     "--label-ids", "lungs")
+    assert result.returncode == 2
+    assert result.stderr.decode().count("\n") == 1 and b"no structure 'lungs'" in result.stderr

@@ -14,17 +14,76 @@ import sys
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from cxrkit import __version__
 from cxrkit.errors import CheckFailedError, CxrkitError, ExitCode
 
+GLOBAL_FLAGS = ("-v", "-vv", "-vvv", "--verbose", "-q", "--quiet")
+"""Root options that may also follow the subcommand (``cxrkit project -v ...``)."""
+
+MAX_MESSAGE = 400
+"""Characters of an error message shown without -v (a library's essay is cut there)."""
+
+
+class _Group(TyperGroup):
+    """The root group: ``-v``/``-q`` work after the subcommand too (moved in front of it)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_global_flags(self, ctx, list(args)))
+
+
+def hoist_global_flags(group: Any, ctx: Any, args: list[str]) -> list[str]:
+    """``[..., CMD, *rest]`` with the :data:`GLOBAL_FLAGS` of ``rest`` moved before ``CMD``.
+
+    Values of the subcommand's options (``-o -v`` names a folder ``-v``) and everything after
+    ``--`` stay where they are.
+    """
+    at = next((i for i, a in enumerate(args) if not a.startswith("-")), None)
+    command = group.get_command(ctx, args[at]) if at is not None else None
+    if command is None:
+        return args
+    takes_value = {opt for p in command.params if getattr(p, "param_type_name", "") == "option"
+                   and not (p.is_flag or p.count) for opt in (*p.opts, *p.secondary_opts)}
+    head, rest, moved = args[: at + 1], [], []
+    tail = args[at + 1:]
+    i = 0
+    while i < len(tail):
+        token = tail[i]
+        if token == "--":
+            rest += tail[i:]
+            break
+        if token in GLOBAL_FLAGS:
+            moved.append(token)
+        else:
+            rest.append(token)
+            if token in takes_value and i + 1 < len(tail):
+                rest.append(tail[i + 1])
+                i += 1
+        i += 1
+    return [*args[:at], *moved, args[at], *rest] if moved else head + tail
+
+
+def keep_examples(text: str) -> str:
+    """Mark each indented block of a docstring (the examples) with click's ``\\b`` so ``--help``
+    prints its lines as written: they paste into a shell as the man page shows them."""
+    import inspect
+
+    blocks = inspect.cleandoc(text).split("\n\n")
+    marked = [("\b\n" + b) if all(ln.startswith("    ") for ln in b.split("\n") if ln.strip())
+              else b for b in blocks]
+    return "\n\n".join(marked)
+
+
 app = typer.Typer(
+    cls=_Group,
     name="cxrkit",
-    help=(
+    help=keep_examples(
         "Composable tools for synthetic chest X-ray research.\n\n"
         "Commands read images or JSON Lines records (from paths or stdin) and write images as "
         "files and one JSON record per item on stdout, so they chain in pipes:\n\n"
-        "    cxrkit project ct.nii.gz -o drr/ | jq .path"
+        "    cxrkit project ct.nii.gz -o drr/ | jq .path\n\n"
+        "-v and -q may also follow the command (cxrkit project -v ...)."
     ),
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -62,7 +121,11 @@ def _root(
 
 
 def _register() -> None:
-    """Add the commands; each module imports only typer at its top, so this stays fast."""
+    """Add the commands; each module imports only typer at its top, so this stays fast.
+
+    Every command's help keeps its example lines (:func:`keep_examples`), and every float
+    option rejects nan and inf (:func:`~cxrkit.cli._options.finite_floats`).
+    """
     from cxrkit.cli import (
         degrade,
         enhance,
@@ -74,25 +137,62 @@ def _register() -> None:
         train_enhance,
         train_munit,
     )
+    from cxrkit.cli._options import finite_floats
 
-    app.command("project")(project.project)
-    app.command("degrade")(degrade.degrade)
-    app.command("enhance")(enhance.enhance)
-    app.command("train-enhance")(train_enhance.train_enhance)
-    app.command("train-munit")(train_munit.train_munit)
-    app.command("train-ddpm-lq")(train_ddpm_lq.train_ddpm_lq)
-    app.command("synth")(synth.synth)
-    app.command("eval")(evaluate.evaluate)
-    app.command("sample-data")(sample_data.sample_data)
+    commands = {
+        "project": project.project,
+        "degrade": degrade.degrade,
+        "enhance": enhance.enhance,
+        "train-enhance": train_enhance.train_enhance,
+        "train-munit": train_munit.train_munit,
+        "train-ddpm-lq": train_ddpm_lq.train_ddpm_lq,
+        "synth": synth.synth,
+        "eval": evaluate.evaluate,
+        "sample-data": sample_data.sample_data,
+    }
+    for name, func in commands.items():
+        app.command(name, help=keep_examples(func.__doc__ or ""))(finite_floats(func))
 
 
 _register()
 
 
-def _fail(message: str, code: int) -> int:
-    name = f"cxrkit {state['command']}".strip()
-    sys.stderr.write(f"{name}: error: {message}\n")
+def _fail(message: str, code: int, name: str | None = None) -> int:
+    """Write ``<command>: error: <message>`` as ONE line on stderr; return ``code``."""
+    name = name or f"cxrkit {state['command']}".strip()
+    sys.stderr.write(f"{name}: error: {one_line(message)}\n")
     return code
+
+
+def one_line(message: str) -> str:
+    """A message as one line: line breaks and runs of spaces collapsed; without -v, cut at
+    :data:`MAX_MESSAGE` characters (libraries such as diffusers raise paragraphs)."""
+    text = " ".join(str(message).split())
+    if state["verbose"] <= 0 and len(text) > MAX_MESSAGE:
+        text = text[: MAX_MESSAGE - 1].rstrip() + "…"
+    return text
+
+
+def _usage_error(exc: Any) -> int:
+    """A click usage error as one line, ``cxrkit CMD: error: WHAT (try 'cxrkit CMD --help')``;
+    exit 2. With no arguments at all, the help (click's own) is the answer."""
+    from typer._click.exceptions import BadParameter, MissingParameter, NoArgsIsHelpError
+
+    if isinstance(exc, NoArgsIsHelpError):
+        exc.show()
+        return ExitCode.USAGE
+    ctx = getattr(exc, "ctx", None)
+    name = ctx.command_path if ctx is not None else f"cxrkit {state['command']}".strip()
+    message = exc.format_message()
+    if isinstance(exc, BadParameter) and not isinstance(exc, MissingParameter):
+        hint = exc.param_hint
+        if hint is None and exc.param is not None:
+            hint = list(getattr(exc.param, "opts", None) or [exc.param.name])
+        if isinstance(hint, (list, tuple)):
+            hint = " / ".join(hint)
+        message = f"{hint}: {exc.message}" if hint else exc.message
+    _fail(f"{message} (try '{name} --help')", ExitCode.USAGE, name)
+    return ExitCode.USAGE
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -116,9 +216,10 @@ def main(argv: list[str] | None = None) -> None:
         code = exc.exit_code
     except typer.Abort:
         code = _fail("aborted", ExitCode.INTERRUPTED)
+    except _usage_exception() as exc:
+        code = _usage_error(exc)
     except _click_exception() as exc:
-        exc.show()
-        code = exc.exit_code
+        code = _fail(exc.format_message(), exc.exit_code)
     except BrokenPipeError:
         _silence_stdout()
         code = ExitCode.OK
@@ -128,6 +229,12 @@ def main(argv: list[str] | None = None) -> None:
         code = _fail(f"{type(exc).__name__}: {exc} (run with -v for the traceback)",
                      ExitCode.ERROR)
     sys.exit(int(code or 0))
+
+
+def _usage_exception() -> Any:
+    from typer._click.exceptions import UsageError
+
+    return UsageError
 
 
 def _click_exception() -> Any:

@@ -48,7 +48,7 @@ def _paragraphs(text: str) -> str:
     """Docstring → roff: blank lines separate paragraphs, indented blocks are examples."""
     out: list[str] = []
     for block in text.strip().split("\n\n"):
-        lines = block.split("\n")
+        lines = [ln for ln in block.split("\n") if ln != "\b"]  # click's no-rewrap marker
         if all(ln.startswith("    ") for ln in lines if ln.strip()):
             out += [".PP", ".nf", ".RS 4", *(_esc(ln[4:]) for ln in lines), ".RE", ".fi"]
         else:

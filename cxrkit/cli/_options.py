@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import shutil
 import sys
@@ -296,3 +297,148 @@ def parse_triple(text: str, name: str) -> tuple[float, float, float]:
         raise typer.BadParameter(f"'{text}' must be three comma-separated numbers",
                                  param_hint=name)
     return (values[0], values[1], values[2])
+
+
+# ---- numbers: every float option rejects nan and inf; ranges checked while parsing --------------
+
+def number_parser(low: float | None = None, high: float | None = None, *,
+                  above: bool = False) -> Callable[[Any], float]:
+    """A typer ``parser`` for a float option: finite, and within ``[low, high]`` (``(low, high]``
+    with ``above``), so a bad value is a usage error before any input is read."""
+
+    def parse(text: Any) -> float:
+        try:
+            value = float(text)
+        except (TypeError, ValueError):
+            raise typer.BadParameter(f"'{text}' is not a number") from None
+        if not math.isfinite(value):
+            raise typer.BadParameter(f"'{text}' is not a finite number")
+        if low is not None and (value <= low if above else value < low):
+            raise typer.BadParameter(f"{text} must be {'>' if above else '≥'} {low:g}")
+        if high is not None and value > high:
+            raise typer.BadParameter(f"{text} must be ≤ {high:g}")
+        return value
+
+    parse.__name__ = "float"
+    return parse
+
+
+def finite_floats(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Give every float option of a command a :func:`number_parser` honouring its ``min``/``max``
+    (typer skips ``min``/``max`` once a parser is set, so they move into the parser).
+
+    Applied to every command when the app registers it, so no float option accepts ``nan``.
+    """
+    import typing
+
+    hints = typing.get_type_hints(func, include_extras=True)
+    # the evaluated annotations replace the strings (``from __future__ import annotations``), so
+    # that typer sees these OptionInfo objects rather than fresh ones from evaluating again
+    func.__annotations__ = {**func.__annotations__, **hints}
+    for hint in hints.values():
+        if typing.get_origin(hint) is not Annotated:
+            continue
+        base, *extras = typing.get_args(hint)
+        if base not in (float, float | None):
+            continue
+        for info in extras:
+            if isinstance(info, typer.models.OptionInfo) and info.parser is None:
+                info.parser = number_parser(info.min, info.max)
+    return func
+
+
+# ---- option groups: options several commands share, defined once ------------------------------
+
+class OptionGroup:
+    """Options shared by several commands, defined once as the parameters of ``build``.
+
+    ``@GROUP.use("name")`` replaces the command's parameter ``name`` by the group's options (at
+    that place in ``--help``) and passes the command what ``build(**options)`` returns, built
+    and checked before the command body runs, so bad values are usage errors up front. A command
+    may change a default or a help text (``defaults={...}``, ``helps={...}``); the option names
+    and meanings stay the same everywhere.
+    """
+
+    def __init__(self, build: Callable[..., Any]) -> None:
+        self.build = build
+        self.parameters = list(_evaluated_signature(build).parameters.values())
+
+    @property
+    def names(self) -> list[str]:
+        """The Python names of the group's options."""
+        return [p.name for p in self.parameters]
+
+    def use(self, target: str, *, defaults: dict[str, Any] | None = None,
+            helps: dict[str, str] | None = None) -> Callable[[Callable[..., Any]],
+                                                          Callable[..., Any]]:
+        """Decorate a command: its parameter ``target`` becomes this group's options."""
+        import copy
+        import functools
+        import typing
+
+        defaults, helps = defaults or {}, helps or {}
+        unknown = (set(defaults) | set(helps)) - set(self.names)
+        if unknown:
+            raise TypeError(f"not options of this group: {sorted(unknown)}")
+        options = []
+        for p in self.parameters:
+            annotation = p.annotation
+            if p.name in helps:
+                base, *extras = typing.get_args(annotation)
+                extras = [copy.copy(e) for e in extras]
+                for e in extras:
+                    if isinstance(e, typer.models.OptionInfo):
+                        e.help = helps[p.name]
+                annotation = Annotated.__class_getitem__((base, *extras))  # type: ignore[attr-defined]
+            options.append(p.replace(annotation=annotation,
+                                     default=defaults.get(p.name, p.default)))
+        build, names = self.build, self.names
+
+        def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+            signature = _evaluated_signature(func, skip=target)
+            params = list(signature.parameters.values())
+            at = [p.name for p in params].index(target)
+            params[at:at + 1] = options
+
+            @functools.wraps(func)
+            def command(*args: Any, **kwargs: Any) -> Any:
+                kwargs[target] = build(**{n: kwargs.pop(n) for n in names if n in kwargs})
+                return func(*args, **kwargs)
+
+            command.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+            command.__annotations__ = {p.name: p.annotation for p in params}
+            return command
+
+        return decorate
+
+
+def _evaluated_signature(func: Callable[..., Any], skip: str | None = None) -> Any:
+    """``func``'s signature with string annotations evaluated (``skip``'s becomes ``Any``)."""
+    import inspect
+
+    signature = inspect.signature(func)
+    params = []
+    for p in signature.parameters.values():
+        annotation = p.annotation
+        if p.name == skip:
+            annotation = Any
+        elif isinstance(annotation, str):
+            annotation = eval(annotation, func.__globals__)  # our own annotations, as typer does
+        params.append(p.replace(annotation=annotation))
+    return signature.replace(parameters=params, return_annotation=None)
+
+
+MAX_CHANNELS = 4096
+"""The widest network level ``--channels`` may ask for."""
+
+
+def channel_list(text: str, name: str) -> tuple[int, ...]:
+    """``"32,64,128"`` → (32, 64, 128): whole numbers from 1 to :data:`MAX_CHANNELS`."""
+    try:
+        widths = tuple(int(c) for c in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"'{text}' is not comma-separated whole numbers, e.g. "
+                                 "32,64,128", param_hint=name) from None
+    if not all(1 <= w <= MAX_CHANNELS for w in widths):
+        raise typer.BadParameter(f"'{text}': widths must be 1..{MAX_CHANNELS}", param_hint=name)
+    return widths

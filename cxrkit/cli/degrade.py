@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from cxrkit.cli._groups import device_name
 from cxrkit.cli._options import (
     Format,
     Inputs,
@@ -71,6 +72,11 @@ def degrade(
     list_: Annotated[bool, typer.Option(
         "--list", help="Print the methods, presets and operators with their parameter ranges, "
                        "and exit.")] = False,
+    device: Annotated[str, typer.Option(
+        "--device", parser=device_name, metavar="DEVICE",
+        help="Learned methods: where the model runs: auto (CUDA when present, else the CPU; "
+             "under accelerate launch, each process's own GPU), cpu, cuda or cuda:N (physics "
+             "runs on the CPU).")] = "auto",
     seed: Seed = 0,
     fmt: Format = "tiff",
     overwrite: Overwrite = False,
@@ -107,7 +113,7 @@ def degrade(
         return
     overrides = _parse_settings(settings or [])
     learned = {"style_reference": style_reference, "strength": strength}
-    degrader = _build_degrader(method, preset, overrides, model, learned)
+    degrader = _build_degrader(method, preset, overrides, model, learned, device)
     options = {"method": method, "preset": preset if method == "physics" else None,
                "scale": scale, "overrides": overrides, "model": str(model) if model else None,
                **{k: str(v) if isinstance(v, Path) else v for k, v in learned.items()
@@ -208,7 +214,27 @@ def _parse_settings(settings: list[str]) -> dict[str, dict[str, Any]]:
         except json.JSONDecodeError:
             value = raw.strip()
         overrides.setdefault(operator, {})[param] = value
+    for operator, values in overrides.items():
+        _try_override(operator, values)
     return overrides
+
+
+def _try_override(operator: str, values: dict[str, Any]) -> None:
+    """Apply an operator with the ``--set`` values to a tiny image, so a value it refuses (NaN,
+    out of range, a 1e9 mm blur) is a usage error before any input is read."""
+    import numpy as np
+
+    from cxrkit.degrade import DEGRADATIONS
+
+    if operator == "resize":  # its values are checked when applied; a test image would be big
+        return
+    instance: Any = DEGRADATIONS[operator]()
+    rng = np.random.default_rng(0)
+    try:
+        instance.apply(np.full((8, 8), 0.5, np.float32),
+                       {**instance.sample_params(rng), **values}, rng)
+    except (InputError, TypeError, ValueError) as exc:
+        raise typer.BadParameter(f"{operator}: {exc}", param_hint="--set") from None
 
 
 def _parameters(operator: Any, generator: Any) -> list[str]:
@@ -218,7 +244,8 @@ def _parameters(operator: Any, generator: Any) -> list[str]:
 
 
 def _build_degrader(method: str, preset: str, overrides: dict[str, dict[str, Any]],
-                    model: Path | None, learned: dict[str, Any]) -> Degrader:
+                    model: Path | None, learned: dict[str, Any], device: str = "auto"
+                    ) -> Degrader:
     """The degrader of ``--method`` from the registry, with usage errors for bad options."""
     from cxrkit.degrade import METHODS, PRESETS
 
@@ -233,7 +260,9 @@ def _build_degrader(method: str, preset: str, overrides: dict[str, dict[str, Any
             from cxrkit.io import read_radiograph
 
             kwargs["style_reference"] = read_radiograph(kwargs["style_reference"]).pixels
-        return METHODS[method](model_dir=model, **kwargs)
+        from cxrkit.device import resolve_device
+
+        return METHODS[method](model_dir=model, device=str(resolve_device(device)), **kwargs)
     if any(v is not None for v in learned.values()):
         raise typer.BadParameter("--style-reference and --strength are for learned methods",
                                  param_hint="--method")

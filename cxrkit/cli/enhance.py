@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cxrkit.cli._groups import Device
 from cxrkit.cli._options import (
     Format,
     Inputs,
@@ -31,7 +32,8 @@ log = logging.getLogger("cxrkit.cli")
 
 METHODS = ("diffusion", "bicubic")
 SAMPLER_NAMES = ("ddim", "dpmpp", "ddpm")  # cxrkit.diffusion.SAMPLERS, kept torch-free here
-DEVICES = ("auto", "cpu", "cuda")
+MIN_TILE, MAX_TILE = 64, 8192
+"""``--tile`` limits (0: no tiling): smaller tiles cost thousands of model calls per image."""
 
 
 def enhance(
@@ -54,15 +56,17 @@ def enhance(
         help="ddim (deterministic), dpmpp (DPM-Solver++ 2M) or ddpm (ancestral). Default: the "
              "model's (ddim).", show_default=False)] = None,
     tile: Annotated[int, typer.Option(
-        help="Tile side in output pixels; larger images are denoised in overlapping tiles of "
-             "one shared noisy image (bounded memory, no seams). 0: never tile.")] = 1024,
-    overlap: Annotated[int, typer.Option(help="Tile overlap in output pixels.")] = 128,
+        help=f"Tile side in output pixels ({MIN_TILE}..{MAX_TILE}); larger images are denoised "
+             "in overlapping tiles of one shared noisy image (bounded memory, no seams). 0: "
+             "never tile.")] = 1024,
+    overlap: Annotated[int, typer.Option(
+        help="Tile overlap in output pixels, less than --tile.")] = 128,
     keep_black: Annotated[bool, typer.Option(
         "--keep-black/--no-keep-black",
         help="Where the input is black (at most 0.001 over a 3x3 neighbourhood), the output is "
              "the bicubic input: blur, tone curves and resampling keep black black, and the "
              "model's faint haze there costs SSIM.")] = True,
-    device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = "auto",
+    device: Device = "auto",
     seed: Seed = 0,
     fmt: Format = "tiff",
     overwrite: Overwrite = False,
@@ -89,15 +93,18 @@ def enhance(
 
         cxrkit degrade cxr.png --preset drr-like --scale 2 | cxrkit enhance --method bicubic
     """
-    for value, choices, name in ((method, METHODS, "--method"), (device, DEVICES, "--device"),
+    for value, choices, name in ((method, METHODS, "--method"),
                                  (sampler or "ddim", SAMPLER_NAMES, "--sampler")):
         if value not in choices:
             raise typer.BadParameter(f"'{value}' is not one of {', '.join(choices)}",
                                      param_hint=name)
     if scale not in (None, 1, 2):
         raise typer.BadParameter("use 1 or 2", param_hint="--scale")
-    if tile < 0 or overlap < 0:
-        raise typer.BadParameter("tile and overlap must be ≥ 0", param_hint="--tile")
+    if tile and not MIN_TILE <= tile <= MAX_TILE:
+        raise typer.BadParameter(f"{tile} is not 0 or {MIN_TILE}..{MAX_TILE}", param_hint="--tile")
+    if overlap < 0 or (tile and overlap >= tile):
+        raise typer.BadParameter(f"{overlap} must be ≥ 0 and less than --tile {tile}",
+                                 param_hint="--overlap")
     options = {"method": method, "scale": scale, "steps": steps, "sampler": sampler,
                "tile": tile or None, "overlap": overlap, "keep_black": keep_black,
                "device": device}
@@ -157,6 +164,10 @@ class EnhanceJob:
 
         model = self._load()
         settings = model.settings
+        limit = int(model.scheduler_config.get("num_train_timesteps", 1000))
+        if opts["steps"] is not None and opts["steps"] > limit:
+            raise typer.BadParameter(f"{opts['steps']} is more than the {limit} timesteps the "
+                                     "model was trained on", param_hint="--steps")
         if opts["scale"] not in (None, settings.scale):
             raise InputError(f"the model enhances ×{settings.scale}, not ×{opts['scale']}",
                              path=str(self.model_dir), hint="drop --scale or pick another model")
@@ -177,20 +188,13 @@ class EnhanceJob:
 
     def _load(self) -> Any:
         if self._model is None:
+            from cxrkit.device import resolve_device
             from cxrkit.enhancer import Enhancer, default_model_dir, model_sha256
 
             self.model_dir = self.model_dir or default_model_dir()
-            self._model = Enhancer.from_pretrained(self.model_dir,
-                                                   device=_device(self.options["device"]))
+            self._model = Enhancer.from_pretrained(
+                self.model_dir, device=str(resolve_device(self.options["device"])))
             self._model_sha256 = model_sha256(self.model_dir)
         return self._model
 
 
-def _device(name: str) -> str:
-    import torch
-
-    from cxrkit.errors import DeviceError
-
-    if name == "cuda" and not torch.cuda.is_available():
-        raise DeviceError("CUDA is not available", hint="use --device cpu or auto")
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name

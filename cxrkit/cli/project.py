@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from cxrkit.cli._groups import GEOMETRY, Device, Kev
 from cxrkit.cli._options import (
     Format,
     Inputs,
@@ -19,8 +20,6 @@ from cxrkit.cli._options import (
     exit_with,
     format_suffix,
     iter_inputs,
-    parse_pair,
-    parse_triple,
     run_items,
 )
 from cxrkit.pipe import Record
@@ -40,32 +39,12 @@ def _is_dicom_dir(path: Path) -> bool:
                for c in path.iterdir())
 
 
+@GEOMETRY.use("geometry")
 def project(
     inputs: Inputs = None,
     out: Out = None,
-    view: Annotated[str, typer.Option(help="Standard view: PA, AP, LAT (left lateral) or RLAT.")
-                    ] = "PA",
-    size: Annotated[str, typer.Option(
-        "--size", help="Detector pixels: N or ROWS,COLS.")] = "1024",
-    pixel_mm: Annotated[str | None, typer.Option(
-        "--pixel-mm", help="Detector pixel pitch in mm: P or ROW,COL. Default: a 430 mm "
-                           "(17 inch) detector divided by --size.", show_default=False)] = None,
-    sid_mm: Annotated[float, typer.Option("--sid-mm", help="Source-to-detector distance (mm).")
-                      ] = 1800.0,
-    sod_mm: Annotated[float | None, typer.Option(
-        "--sod-mm", help="Source-to-isocentre distance (mm). Default: the detector 15 mm beyond "
-                         "the body surface.", show_default=False)] = None,
-    rotation_deg: Annotated[str, typer.Option(
-        "--rotation-deg", help="Extra rotation RX,RY,RZ of source and detector about the "
-                               "isocentre, about the patient's LPS x, y, z axes (degrees).")
-    ] = "0,0,0",
-    translation_mm: Annotated[str, typer.Option(
-        "--translation-mm", help="Shift X,Y,Z of source and detector, LPS mm.")] = "0,0,0",
-    isocenter_mm: Annotated[str | None, typer.Option(
-        "--isocenter-mm", help="Isocentre X,Y,Z in LPS mm. Default: centre of the body.",
-        show_default=False)] = None,
-    kev: Annotated[float, typer.Option(
-        "--kev", help="Effective beam energy (keV) for HU to attenuation.")] = 60.0,
+    geometry: Geometry = None,  # type: ignore[assignment]  # the GEOMETRY options
+    kev: Kev = 60.0,
     method: Annotated[str, typer.Option(
         help="Ray integration: trilinear (fast, Joseph slabs) or siddon (exact, slow).")
     ] = "trilinear",
@@ -82,13 +61,16 @@ def project(
                          "to project into 2-D masks aligned with the DRR.", show_default=False)
     ] = None,
     label_ids: Annotated[str | None, typer.Option(
-        "--label-ids", help="Comma-separated label ids to project. Default: all non-zero.",
+        "--label-ids", help="Comma-separated labels to project: ids, or structure names from "
+                            "the <labels stem>.csv beside --labels (columns id, structure; "
+                            "shell patterns such as lung_* allowed). Default: all non-zero.",
         show_default=False)] = None,
     labels_as: Annotated[str, typer.Option(
         "--labels-as", help="mask (0/1) or thickness (mm of tissue along each ray).")] = "mask",
     series: Annotated[str | None, typer.Option(
         "--series", help="SeriesInstanceUID to read from a folder with several DICOM series.",
         show_default=False)] = None,
+    device: Device = "auto",
     fmt: Format = "tiff",
     overwrite: Overwrite = False,
     resume: Resume = False,
@@ -113,30 +95,24 @@ def project(
     (--multi_gpu starts the processes on a CPU-only machine too; accelerate's --cpu starts one.)
     """
     from cxrkit import drr
-    from cxrkit.geometry import Geometry
 
     if kind not in KINDS:
         raise typer.BadParameter(f"'{kind}' is not one of {', '.join(KINDS)}", param_hint="--kind")
     if method not in drr.METHODS:
         raise typer.BadParameter(f"'{method}' is not one of {', '.join(drr.METHODS)}",
                                  param_hint="--method")
+    if quality not in drr.QUALITIES:
+        raise typer.BadParameter(f"'{quality}' is not one of {', '.join(drr.QUALITIES)}",
+                                 param_hint="--quality")
     if labels_as not in ("mask", "thickness"):
         raise typer.BadParameter("use mask or thickness", param_hint="--labels-as")
-    geometry = Geometry(
-        view=view.upper(), sid_mm=sid_mm, sod_mm=sod_mm,
-        detector_px=parse_pair(size, "--size", int),
-        pixel_mm=parse_pair(pixel_mm, "--pixel-mm") if pixel_mm else None,
-        rotation_deg=parse_triple(rotation_deg, "--rotation-deg"),
-        translation_mm=parse_triple(translation_mm, "--translation-mm"),
-        isocenter_mm=parse_triple(isocenter_mm, "--isocenter-mm") if isocenter_mm else None,
-    )
-    ids = [int(v) for v in label_ids.split(",")] if label_ids else None
+    ids = parse_label_ids(label_ids, labels)
     options = {"view": geometry.view, "kev": kev, "method": method, "quality": quality,
                "kind": kind, "remove_table": not keep_table, "series": series,
                "labels": str(labels) if labels else None, "label_ids": ids,
-               "labels_as": labels_as}
+               "labels_as": labels_as, "device": device}
     outputs = Outputs(out, format_suffix(fmt), overwrite)
-    job = ProjectJob(geometry, options, outputs)
+    job = ProjectJob(geometry, options, outputs, device=device)
     code = run_items(iter_inputs(inputs, is_item_dir=_is_dicom_dir,
                                  patterns=("*.nii", "*.nii.gz", "*.mha", "*.mhd", "*.nrrd")),
                      job, done=job.done if resume else None, keep_going=keep_going,
@@ -147,11 +123,22 @@ def project(
 class ProjectJob:
     """Renders one CT record into a DRR file (and label masks) and returns the new record."""
 
-    def __init__(self, geometry: Geometry, options: dict[str, Any], outputs: Outputs) -> None:
+    def __init__(self, geometry: Geometry, options: dict[str, Any], outputs: Outputs, *,
+                 device: str = "auto") -> None:
         self.geometry = geometry
         self.options = options
         self.outputs = outputs
+        self.device = device
         self._labels: Volume | None = None
+        self._device: str | None = None
+
+    def _torch_device(self) -> str:
+        """The resolved ``--device`` (a DeviceError when it is not there), once per run."""
+        if self._device is None:
+            from cxrkit.device import resolve_device
+
+            self._device = str(resolve_device(self.device))
+        return self._device
 
     def done(self, record: Record) -> Record | None:
         """The stored record of an item already rendered (for --resume), else None."""
@@ -166,7 +153,8 @@ class ProjectJob:
         opts = self.options
         volume = read_volume(record["path"], series=opts["series"])
         result = drr.project(volume, self.geometry, method=opts["method"], kev=opts["kev"],
-                             remove_table=opts["remove_table"], quality=opts["quality"])
+                             remove_table=opts["remove_table"], quality=opts["quality"],
+                             device=self._torch_device())
         pixels, display = result.line_integral, None
         if opts["kind"] == "intensity":
             pixels = drr.to_intensity(result.line_integral)
@@ -197,7 +185,8 @@ class ProjectJob:
             self._labels = read_volume(self.options["labels"])
         labels = self._labels
         ids = self.options["label_ids"] or [int(v) for v in np.unique(labels.array) if v != 0]
-        maps = drr.project_labels(labels, result.geometry, ids, method=self.options["method"])
+        maps = drr.project_labels(labels, result.geometry, ids, method=self.options["method"],
+                                  device=self._torch_device())
         if self.options["labels_as"] == "mask":
             maps = {i: drr.thickness_to_mask(m, labels.spacing_mm) for i, m in maps.items()}
         stack = np.stack([maps[i] for i in ids]).astype(np.float32)  # (L, H, W)
@@ -213,17 +202,78 @@ class ProjectJob:
 
 def _label_names(labels_path: Path, ids: list[int]) -> list[str | None]:
     """Names from a ``<stem>.csv`` beside the label volume (columns ``id`` and ``structure``)."""
+    names = _label_table(labels_path) or {}
+    return [names.get(i) for i in ids]
+
+
+def _label_table(labels_path: Path) -> dict[int, str] | None:
+    """``{id: structure name}`` from the ``<stem>.csv`` beside a label volume, None without one."""
     import csv
 
     from cxrkit.pipe import stem_of
 
     table = labels_path.with_name(stem_of(labels_path) + ".csv")
+    if not table.is_file():
+        return None
     names: dict[int, str] = {}
-    if table.is_file():
-        with open(table, newline="") as fh:
-            for row in csv.DictReader(fh):
-                key = row.get("id")
-                name = row.get("structure") or row.get("name")
-                if key and key.strip().isdigit() and name:
-                    names[int(key)] = name
-    return [names.get(i) for i in ids]
+    with open(table, newline="") as fh:
+        for row in csv.DictReader(fh):
+            key = row.get("id")
+            name = row.get("structure") or row.get("name")
+            if key and key.strip().isdigit() and name:
+                names[int(key)] = name.strip()
+    return names
+
+
+def parse_label_ids(text: str | None, labels: Path | None) -> list[int] | None:
+    """``--label-ids`` → label ids, checked before any CT is read (a usage error otherwise).
+
+    Items are ids (``5``) or structure names of the labels' CSV (``lung_upper_lobe_left``, or
+    shell patterns such as ``lung_*``). Without a CSV, ids are checked against the volume.
+    """
+    import fnmatch
+
+    if text is None:
+        return None
+    if labels is None:
+        raise typer.BadParameter("give --labels, the volume the ids refer to",
+                                 param_hint="--label-ids")
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise typer.BadParameter("no labels given", param_hint="--label-ids")
+    table = _label_table(labels) if labels.is_file() else None
+    ids: list[int] = []
+    for item in items:
+        if item.lstrip("-").isdigit():
+            found = [int(item)]
+            if found[0] <= 0 or (table is not None and found[0] not in table):
+                raise typer.BadParameter(f"no label {item} in {labels.name}"
+                                         + (f"'s table ({len(table)} labels)" if table else ""),
+                                         param_hint="--label-ids")
+        else:
+            if table is None:
+                raise typer.BadParameter(f"'{item}' is a name, but there is no table of "
+                                         "names beside --labels (<stem>.csv with id, structure)",
+                                         param_hint="--label-ids")
+            found = [i for i, name in table.items() if fnmatch.fnmatchcase(name, item)]
+            if not found:
+                known = ", ".join(list(table.values())[:6])
+                raise typer.BadParameter(f"no structure '{item}' in the labels' table (e.g. "
+                                         f"{known}, ...)", param_hint="--label-ids")
+        ids += [i for i in found if i not in ids]
+    if table is None and labels.is_file():
+        _check_ids_in_volume(labels, ids)
+    return ids
+
+
+def _check_ids_in_volume(labels: Path, ids: list[int]) -> None:
+    """Usage error for ids the label volume does not hold (read once, up front)."""
+    import numpy as np
+
+    from cxrkit.volume import read_volume
+
+    present = set(np.unique(read_volume(labels).array).astype(int).tolist())
+    missing = [i for i in ids if i not in present]
+    if missing:
+        raise typer.BadParameter(f"no label {', '.join(map(str, missing))} in {labels.name}",
+                                 param_hint="--label-ids")

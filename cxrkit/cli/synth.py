@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from cxrkit.cli._groups import GEOMETRY, Device, Kev
 from cxrkit.cli._options import (
     Format,
     Inputs,
@@ -29,6 +30,7 @@ from cxrkit.pipe import Record
 from cxrkit.synth import ENGINES, SUBTLETY_CONTRAST, EngineInfo
 
 if TYPE_CHECKING:
+    from cxrkit.geometry import Geometry
     from cxrkit.synth import SynthConfig
     from cxrkit.synth.sampling import NoduleSource, Sample
 
@@ -42,6 +44,16 @@ CT_PATTERNS = ("*.nii", "*.nii.gz", "*.mha", "*.mhd", "*.nrrd")
 OWNED = ("path", "kind", "spacing_mm", "mask", "thickness", "labels", "boxes", "nodule", "synth")
 
 
+@GEOMETRY.use("geometry", helps={
+    "view": "ct: standard view: PA, AP, LAT or RLAT.",
+    "size": "ct: detector pixels: N or ROWS,COLS (at most 8192 per side).",
+    "pixel_mm": "ct: detector pitch in mm (default 430 mm / --size); blend: pixel size of "
+                "images that do not state it (default 430 mm / width).",
+    "sod_mm": "ct: source-to-isocentre distance (mm). Default: the detector 15 mm beyond the "
+              "body.",
+    "rotation_deg": "ct: extra rotation RX,RY,RZ about the isocentre (degrees).",
+    "translation_mm": "ct: shift X,Y,Z of source and detector, LPS mm.",
+    "isocenter_mm": "ct: isocentre X,Y,Z in LPS mm. Default: centre of the body."})
 def synth(
     inputs: Inputs = None,
     out: Out = None,
@@ -106,27 +118,8 @@ def synth(
     center_px: Annotated[str | None, typer.Option(
         "--center-px", help="blend: nodule centre COL,ROW in pixels.", show_default=False)
     ] = None,
-    view: Annotated[str, typer.Option(help="ct: standard view: PA, AP, LAT or RLAT.")] = "PA",
-    size: Annotated[str, typer.Option("--size", help="ct: detector pixels: N or ROWS,COLS.")
-                    ] = "1024",
-    pixel_mm: Annotated[str | None, typer.Option(
-        "--pixel-mm", help="ct: detector pitch in mm (default 430 mm / --size); blend: pixel "
-                           "size of images that do not state it (default 430 mm / width).",
-        show_default=False)] = None,
-    sid_mm: Annotated[float, typer.Option("--sid-mm", help="Source-to-detector distance (mm).")
-                      ] = 1800.0,
-    sod_mm: Annotated[float | None, typer.Option(
-        "--sod-mm", help="ct: source-to-isocentre distance (mm). Default: the detector 15 mm "
-                         "beyond the body.", show_default=False)] = None,
-    rotation_deg: Annotated[str, typer.Option(
-        "--rotation-deg", help="ct: extra rotation RX,RY,RZ about the isocentre (degrees).")
-    ] = "0,0,0",
-    translation_mm: Annotated[str, typer.Option(
-        "--translation-mm", help="ct: shift X,Y,Z of source and detector, LPS mm.")] = "0,0,0",
-    isocenter_mm: Annotated[str | None, typer.Option(
-        "--isocenter-mm", help="ct: isocentre X,Y,Z in LPS mm. Default: centre of the body.",
-        show_default=False)] = None,
-    kev: Annotated[float, typer.Option("--kev", help="Effective beam energy (keV).")] = 60.0,
+    geometry: Geometry = None,  # type: ignore[assignment]  # the GEOMETRY options
+    kev: Kev = 60.0,
     quality: Annotated[str, typer.Option(
         help="ct: fast (adaptive thick slabs) or exact (one slab per voxel plane).")] = "fast",
     kind: Annotated[str, typer.Option(
@@ -138,6 +131,7 @@ def synth(
     intensity_scale: Annotated[float | None, typer.Option(
         "--intensity-scale", help="blend: display units per unit line integral. Default: from "
                                   "the image's window.", show_default=False)] = None,
+    device: Device = "auto",
     seed: Seed = 0,
     fmt: Format = "tiff",
     overwrite: Overwrite = False,
@@ -173,9 +167,11 @@ def synth(
     if engine not in ENGINES:
         raise typer.BadParameter(f"'{engine}' is not one of {', '.join(ENGINES)}",
                                  param_hint="--engine")
+    if where is not None and not where.strip():
+        raise typer.BadParameter("an empty selection; give a condition such as 'calcified==1' "
+                                 "or leave --where out", param_hint="--where")
     config = SynthConfig(
-        geometry=_geometry(view, size, pixel_mm, sid_mm, sod_mm, rotation_deg, translation_mm,
-                           isocenter_mm),
+        geometry=geometry, device=_resolved(device),
         kev=kev, kind=kind, quality=quality, nodule_depth_mm=nodule_depth_mm,
         intensity_scale=intensity_scale,
         center_mm=parse_triple(center_mm, "--center-mm") if center_mm else None,
@@ -199,18 +195,12 @@ def synth(
     exit_with(code)
 
 
-def _geometry(view: str, size: str, pixel_mm: str | None, sid_mm: float, sod_mm: float | None,
-              rotation_deg: str, translation_mm: str, isocenter_mm: str | None) -> Any:
-    """The acquisition from the ``cxrkit project`` geometry options."""
-    from cxrkit.geometry import Geometry
 
-    return Geometry(
-        view=view.upper(), sid_mm=sid_mm, sod_mm=sod_mm,
-        detector_px=parse_pair(size, "--size", int),
-        pixel_mm=parse_pair(pixel_mm, "--pixel-mm") if pixel_mm else None,
-        rotation_deg=parse_triple(rotation_deg, "--rotation-deg"),
-        translation_mm=parse_triple(translation_mm, "--translation-mm"),
-        isocenter_mm=parse_triple(isocenter_mm, "--isocenter-mm") if isocenter_mm else None)
+def _resolved(device: str) -> str:
+    """The torch device the ct engine renders on (a DeviceError when it is not there)."""
+    from cxrkit.device import resolve_device
+
+    return str(resolve_device(device))
 
 
 def _nodule_source(source: str, luna16_dir: Path | None, where: str | None, *,

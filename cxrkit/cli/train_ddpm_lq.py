@@ -9,12 +9,21 @@ from typing import Annotated, Any
 
 import typer
 
-from cxrkit.cli._options import TIME_LIMIT_HELP, finish_training, parse_duration
-from cxrkit.cli.train_munit import MIXED, domain_paths
+from cxrkit.cli._groups import TRAINING, TrainOptions
+from cxrkit.cli._options import channel_list, finish_training
+from cxrkit.cli.train_munit import domain_paths
 
 ROUTES = ("img2img", "two-stage")
+TRAIN_TIMESTEPS = 1000
+"""The noise schedule's length (``num_train_timesteps`` of every DDPM-LQ model)."""
 
 
+@TRAINING.use("training", helps={
+    "steps": "Optimizer steps (stage 1 for two-stage).",
+    "lr": "Peak learning rate (AdamW).",
+    "stop_at_step": "Stop cleanly after this step of the --steps schedule (two-stage: of each "
+                    "stage's own schedule), as at --time-limit (exit 3; --resume latest without "
+                    "it finishes the same run). Default: run every step."})
 def train_ddpm_lq(
     lq: Annotated[list[str], typer.Option(
         "--lq", help="Real LQ images (DRRs): files, folders, globs or .jsonl records "
@@ -36,32 +45,22 @@ def train_ddpm_lq(
     out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")] = Path(
         "ddpm-lq"),
     image_size: Annotated[int, typer.Option(
-        help="Images are resized so the short side is this (px); sampling runs at it.")] = 256,
-    crop: Annotated[int, typer.Option(help="Random training crop side (px).")] = 128,
+        min=8, max=8192, help="Images are resized so the short side is this (px); sampling "
+                              "runs at it.")] = 256,
+    crop: Annotated[int, typer.Option(min=8, max=8192, help="Random training crop side (px).")
+                    ] = 128,
     channels: Annotated[str, typer.Option(help="UNet widths per level.")] = "32,64,128",
     prediction: Annotated[str | None, typer.Option(
         help="epsilon or v_prediction (default: epsilon for img2img, v_prediction for "
              "two-stage).", show_default=False)] = None,
     max_timestep: Annotated[int | None, typer.Option(
-        help="Train on t below this (default: 500 for img2img, 1000 for two-stage).",
+        min=1, max=TRAIN_TIMESTEPS,
+        help="Train on t below this (1..1000; default: 500 for img2img, 1000 for two-stage).",
         show_default=False)] = None,
-    steps: Annotated[int, typer.Option(help="Optimizer steps (stage 1 for two-stage).")] = 2000,
-    stage2_steps: Annotated[int, typer.Option(help="two-stage: stage 2 steps.")] = 1000,
-    batch_size: Annotated[int, typer.Option(help="Global batch per step.")] = 8,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 2e-4,
-    mixed_precision: Annotated[str, typer.Option(help="no, bf16 or fp16 autocast.")] = "no",
-    ema: Annotated[float, typer.Option("--ema", help="EMA decay (0: off).")] = 0.999,
-    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 500,
-    validate_every: Annotated[int, typer.Option(
-        help="Steps between validations (0: only at the end).")] = 500,
+    stage2_steps: Annotated[int, typer.Option(min=1, help="two-stage: stage 2 steps.")] = 1000,
     val_fraction: Annotated[float, typer.Option(
         help="Share of HQ patients and of LQ files held out for validation.")] = 0.1,
-    resume: Annotated[str | None, typer.Option(
-        help="'latest' or a checkpoint folder to continue from.", show_default=False)] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the weights and the data order.")] = 0,
-    cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even with CUDA.")] = False,
-    time_limit: Annotated[str | None, typer.Option(
-        help=TIME_LIMIT_HELP, show_default=False)] = None,
+    training: TrainOptions = None,  # type: ignore[assignment]  # the TRAINING options
 ) -> None:
     """Train DDPM-LQ on real DRRs; writes a model folder for cxrkit degrade --method ddpm.
 
@@ -90,24 +89,18 @@ def train_ddpm_lq(
     """
     from cxrkit.ddpm_lq import DdpmLQSettings, HeldOut
     from cxrkit.ddpm_lq import train_ddpm_lq as train
-    from cxrkit.train import TrainConfig
 
     if route not in ROUTES:
         raise typer.BadParameter(f"use one of {', '.join(ROUTES)}", param_hint="--route")
-    if mixed_precision not in MIXED:
-        raise typer.BadParameter(f"use one of {', '.join(MIXED)}", param_hint="--mixed-precision")
+    widths = channel_list(channels, "--channels")
     stage_two = _stage_two(route, hq, pairs, preset, stage2_steps)
     settings = DdpmLQSettings(
-        route=route, block_out_channels=tuple(int(c) for c in channels.split(",")),
+        route=route, block_out_channels=widths,
         prediction_type=prediction or ("epsilon" if route == "img2img" else "v_prediction"),
         image_size=image_size,
         max_train_timestep=max_timestep or (500 if route == "img2img" else 1000),
         default_strength=0.25 if route == "img2img" else 1.0)
-    config = TrainConfig(
-        output_dir=str(out), steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema,
-        mixed_precision=mixed_precision, checkpoint_every=checkpoint_every,
-        validate_every=validate_every, seed=seed, resume=resume, cpu=cpu,
-        time_limit_s=parse_duration(time_limit))
+    config = training.config(str(out))
     result = train(domain_paths(lq, "--lq"), settings, config, crop=crop, stage_two=stage_two,
                    hq_paths=domain_paths(hq, "--hq") if hq and stage_two is None else None,
                    held_out=HeldOut(fraction=val_fraction),

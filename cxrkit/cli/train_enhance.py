@@ -9,18 +9,12 @@ from typing import Annotated, Any
 
 import typer
 
-from cxrkit.cli._options import (
-    STOP_AT_HELP,
-    TIME_LIMIT_HELP,
-    Inputs,
-    finish_training,
-    iter_inputs,
-    parse_duration,
-)
-
-MIXED = ("no", "bf16", "fp16")
+from cxrkit.cli._groups import TRAINING, TrainOptions
+from cxrkit.cli._options import Inputs, channel_list, finish_training, iter_inputs
 
 
+@TRAINING.use("training", defaults={"steps": 4000, "lr": 5e-4},
+              helps={"lr": "Peak learning rate (AdamW)."})
 def train_enhance(
     inputs: Inputs = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")] = Path(
@@ -32,15 +26,8 @@ def train_enhance(
                         "(e.g. from cxrkit degrade) instead of HQ images.")] = False,
     scale: Annotated[int, typer.Option(help="HQ size / LQ size: 1 restores, 2 super-resolves.")
                      ] = 2,
-    crop: Annotated[int, typer.Option(help="HQ training crop side (pixels).")] = 192,
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 4000,
-    batch_size: Annotated[int, typer.Option(help="Global batch per step (all processes).")] = 8,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 5e-4,
-    lr_schedule: Annotated[str, typer.Option(
-        help="After the warm-up: constant, or cosine decay to 0 at the last step.")] = "constant",
-    grad_accum: Annotated[int, typer.Option(help="Micro-batches per step.")] = 1,
-    mixed_precision: Annotated[str, typer.Option(help="no, bf16 or fp16 autocast.")] = "no",
-    ema: Annotated[float, typer.Option("--ema", help="EMA decay (0: off).")] = 0.999,
+    crop: Annotated[int, typer.Option(min=8, max=8192, help="HQ training crop side (pixels).")
+                    ] = 192,
     channels: Annotated[str, typer.Option(help="UNet widths per level.")] = "32,64,128",
     prediction: Annotated[str, typer.Option(help="v_prediction or epsilon.")] = "v_prediction",
     ssim_weight: Annotated[float, typer.Option(
@@ -61,22 +48,13 @@ def train_enhance(
     init: Annotated[Path | None, typer.Option(
         help="Start from this model folder's weights and architecture (fine-tune); "
              "--channels and --prediction are then taken from it.", show_default=False)] = None,
-    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 500,
-    validate_every: Annotated[int, typer.Option(help="Steps between validations.")] = 500,
     val_fraction: Annotated[float, typer.Option(help="Share of patients held out.")] = 0.2,
     val_crop: Annotated[int, typer.Option(help="Validation crop side (0: whole image).")] = 512,
     val_count: Annotated[int, typer.Option(help="Validation images used (0: all).")] = 12,
+    training: TrainOptions = None,  # type: ignore[assignment]  # the TRAINING options
     split_seed: Annotated[int, typer.Option(
         help="Seed of the patient split and the validation pairs (keep it when fine-tuning "
              "with --init, so the held-out patients stay held out).")] = 0,
-    resume: Annotated[str | None, typer.Option(
-        help="'latest' or a checkpoint folder to continue from.", show_default=False)] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the weights and the data order.")] = 0,
-    cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even with CUDA.")] = False,
-    time_limit: Annotated[str | None, typer.Option(
-        help=TIME_LIMIT_HELP, show_default=False)] = None,
-    stop_at_step: Annotated[int, typer.Option(min=0, help=STOP_AT_HELP,
-                                              show_default=False)] = 0,
 ) -> None:
     """Train a conditional diffusion enhancer; writes a model folder for cxrkit enhance --model.
 
@@ -101,13 +79,9 @@ def train_enhance(
         accelerate launch --multi_gpu --num_processes 2 -m cxrkit train-enhance nih/images/ -o m/
     """
     from cxrkit.enhancer import EnhancerSettings, PairSettings, train_enhancer
-    from cxrkit.train import LR_SCHEDULES, TrainConfig
 
-    if lr_schedule not in LR_SCHEDULES:
-        raise typer.BadParameter(f"use one of {', '.join(LR_SCHEDULES)}",
-                                 param_hint="--lr-schedule")
-    if mixed_precision not in MIXED:
-        raise typer.BadParameter(f"use one of {', '.join(MIXED)}", param_hint="--mixed-precision")
+    widths = channel_list(channels, "--channels")
+    context = channel_list(context_channels, "--context-channels") if context_channels else ()
     records = list(iter_inputs(inputs, patterns=("*.png", "*.tif", "*.tiff", "*.dcm")))
     if not records:
         raise typer.BadParameter("no input images (under accelerate launch, give paths: stdin "
@@ -115,18 +89,8 @@ def train_enhance(
     if pairs and any("reference" not in r for r in records):
         raise typer.BadParameter("with --pairs every record needs a 'reference' (its HQ image)")
     hq = [r["reference"] if pairs else r["path"] for r in records]
-    try:
-        widths = tuple(int(c) for c in channels.split(","))
-        context = tuple(int(c) for c in context_channels.split(",")) if context_channels else ()
-    except ValueError:
-        raise typer.BadParameter("give comma-separated integers, e.g. 32,64,128") from None
     settings = EnhancerSettings(scale=scale, block_out_channels=widths, prediction_type=prediction)
-    config = TrainConfig(
-        output_dir=str(out), steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
-        lr_schedule=lr_schedule,
-        ema_decay=ema, mixed_precision=mixed_precision, checkpoint_every=checkpoint_every,
-        validate_every=validate_every, seed=seed, resume=resume, cpu=cpu,
-        time_limit_s=parse_duration(time_limit), stop_at_step=stop_at_step)
+    config = training.config(str(out))
     pair_settings = PairSettings(preset=preset, crop=crop, val_fraction=val_fraction,
                                  val_crop=val_crop, val_count=val_count, split_seed=split_seed)
     result = train_enhancer(

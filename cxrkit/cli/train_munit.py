@@ -9,19 +9,19 @@ from typing import Annotated, Any
 
 import typer
 
-from cxrkit.cli._options import (
-    STOP_AT_HELP,
-    TIME_LIMIT_HELP,
-    finish_training,
-    iter_inputs,
-    parse_duration,
-)
+from cxrkit.cli._groups import TRAINING, TrainOptions
+from cxrkit.cli._options import finish_training, iter_inputs
 
-MIXED = ("no", "bf16", "fp16")
 IMAGE_PATTERNS = ("*.png", "*.tif", "*.tiff", "*.dcm")
 DISC_INIT_NAMES = ("kaiming", "gaussian")  # cxrkit.munit.DISC_INITS, kept torch-free here
 
 
+@TRAINING.use("training", defaults={"batch_size": 4, "lr": 1e-4, "warmup_steps": 0,
+                                    "weight_decay": 1e-4, "max_grad_norm": 0.0},
+              helps={"batch_size": "Global batch per step (paper: 1).",
+                     "lr": "Generator learning rate (paper: 1e-4); the discriminators use "
+                           "--disc-lr-ratio times it.",
+                     "weight_decay": "Adam weight decay of both (paper: 1e-4)."})
 def train_munit(
     hq: Annotated[list[str], typer.Option(
         "--hq", help="HQ domain: real radiographs (files, folders, globs or .jsonl records; "
@@ -32,9 +32,10 @@ def train_munit(
     out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")] = Path(
         "munit-lq"),
     image_size: Annotated[int, typer.Option(
-        help="Both domains are resized so the short side is this (px); translation runs at "
-             "this resolution.")] = 256,
-    crop: Annotated[int, typer.Option(help="Random training crop side (px).")] = 128,
+        min=8, max=8192, help="Both domains are resized so the short side is this (px); "
+                              "translation runs at this resolution.")] = 256,
+    crop: Annotated[int, typer.Option(min=8, max=8192, help="Random training crop side (px).")
+                    ] = 128,
     width: Annotated[int, typer.Option(help="Channels of the first conv (paper: 64).")] = 16,
     residual_blocks: Annotated[int, typer.Option(help="Residual blocks (paper: 4).")] = 2,
     style_dim: Annotated[int, typer.Option(help="Style code length (paper: 8).")] = 8,
@@ -60,25 +61,7 @@ def train_munit(
     disc_lr_ratio: Annotated[float, typer.Option(
         help="Discriminator learning rate as a multiple of --lr (two time-scale update rule; "
              "paper: 1).")] = 4.0,
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 2000,
-    batch_size: Annotated[int, typer.Option(help="Global batch per step (paper: 1).")] = 4,
-    lr: Annotated[float, typer.Option(
-        help="Generator learning rate (paper: 1e-4); the discriminators use --disc-lr-ratio "
-             "times it.")] = 1e-4,
-    weight_decay: Annotated[float, typer.Option(help="Adam weight decay (paper: 1e-4).")
-                            ] = 1e-4,
-    mixed_precision: Annotated[str, typer.Option(help="no, bf16 or fp16 autocast.")] = "no",
-    ema: Annotated[float, typer.Option("--ema", help="EMA decay (0: off).")] = 0.999,
-    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 500,
-    validate_every: Annotated[int, typer.Option(help="Steps between validations.")] = 500,
-    resume: Annotated[str | None, typer.Option(
-        help="'latest' or a checkpoint folder to continue from.", show_default=False)] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the weights and the data order.")] = 0,
-    cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even with CUDA.")] = False,
-    time_limit: Annotated[str | None, typer.Option(
-        help=TIME_LIMIT_HELP, show_default=False)] = None,
-    stop_at_step: Annotated[int, typer.Option(min=0, help=STOP_AT_HELP,
-                                              show_default=False)] = 0,
+    training: TrainOptions = None,  # type: ignore[assignment]  # the TRAINING options
 ) -> None:
     """Train MUNIT-LQ on unpaired HQ radiographs and DRRs; writes a model folder for degrade.
 
@@ -101,10 +84,7 @@ def train_munit(
     """
     from cxrkit.munit import MunitSettings
     from cxrkit.munit import train_munit as train
-    from cxrkit.train import TrainConfig
 
-    if mixed_precision not in MIXED:
-        raise typer.BadParameter(f"use one of {', '.join(MIXED)}", param_hint="--mixed-precision")
     if disc_init not in DISC_INIT_NAMES:
         raise typer.BadParameter(f"use one of {', '.join(DISC_INIT_NAMES)}",
                                  param_hint="--disc-init")
@@ -116,12 +96,7 @@ def train_munit(
                              recon_image_weight=recon_image_weight,
                              recon_cycle_weight=recon_cycle_weight, tone_weight=tone_weight,
                              tone_pool=tone_pool, image_size=image_size)
-    config = TrainConfig(
-        output_dir=str(out), steps=steps, batch_size=batch_size, lr=lr, warmup_steps=0,
-        weight_decay=weight_decay, max_grad_norm=0.0, ema_decay=ema,
-        mixed_precision=mixed_precision, checkpoint_every=checkpoint_every,
-        validate_every=validate_every, seed=seed, resume=resume, cpu=cpu,
-        time_limit_s=parse_duration(time_limit), stop_at_step=stop_at_step)
+    config = training.config(str(out))
     result = train(hq_paths, lq_paths, settings, config, crop=crop,
                    command=shlex.join(["cxrkit", *sys.argv[1:]]), on_log=_progress)
     finish_training(result, out, "train-munit")

@@ -173,7 +173,7 @@ METHODS: dict[str, Callable[..., Degrader]] = {
 """Ways of degrading; ``METHODS[name](**options)`` builds a :class:`Degrader`. ``physics`` takes
 ``preset`` and ``overrides``; the learned methods (``munit``, ``ddpm``) take ``model_dir`` and
 optionally ``style_reference`` (munit: an ``(H, W)`` LQ image) or ``strength`` (ddpm), and
-``device`` (a torch device name)."""
+``device`` (a resolved torch device, see :func:`cxrkit.device.resolve_device`)."""
 
 
 def degrade(

@@ -111,7 +111,7 @@ class DetectorBlur:
         self, image: np.ndarray, params: Params, generator: np.random.Generator
     ) -> np.ndarray:
         """Blur ``image`` ``(H, W)``; the generator is unused."""
-        mtf50 = _param(params, "mtf50_lp_per_mm", 0.0, open_low=True)
+        mtf50 = _param(params, "mtf50_lp_per_mm", MIN_MTF50, 1e6)
         sigma_px = gaussian_sigma(mtf50) / _param(params, "pixel_mm", 0.0, open_low=True)
         return _finish(ndimage.gaussian_filter(image, sigma_px, mode="reflect", truncate=4.0))
 
@@ -143,8 +143,8 @@ class SliceBlur:
     ) -> np.ndarray:
         """Blur ``image`` ``(H, W)``; the generator is unused."""
         pixel_mm = _param(params, "pixel_mm", 0.0, open_low=True)
-        sigma_rows = _param(params, "slice_mm", 0.0) / FWHM_PER_SIGMA / pixel_mm
-        sigma_cols = _param(params, "in_plane_mm", 0.0) / FWHM_PER_SIGMA / pixel_mm
+        sigma_rows = _param(params, "slice_mm", 0.0, MAX_BLUR_MM) / FWHM_PER_SIGMA / pixel_mm
+        sigma_cols = _param(params, "in_plane_mm", 0.0, MAX_BLUR_MM) / FWHM_PER_SIGMA / pixel_mm
         blurred = ndimage.gaussian_filter(image, (sigma_rows, sigma_cols), mode="reflect")
         return _finish(blurred)
 
@@ -187,11 +187,16 @@ class Resize:
         """Resample ``image`` ``(H, W)`` to ``(h, w)``; the generator is unused."""
         if "size" in params:
             size = params["size"]
-            if not (isinstance(size, Sequence) and len(size) == 2 and min(size) >= 1):
-                raise InputError(f"resize: size must be [height, width] ≥ 1, got {size!r}")
+            if not (isinstance(size, Sequence) and len(size) == 2
+                    and 1 <= min(size) <= max(size) <= MAX_RESIZE_PX):
+                raise InputError(f"resize: size must be [height, width] in 1..{MAX_RESIZE_PX}, "
+                                 f"got {size!r}")
             shape = (int(size[0]), int(size[1]))
         else:
-            shape = resized_shape(image.shape, _param(params, "factor", 0.0, open_low=True))
+            shape = resized_shape(image.shape, _param(params, "factor", 1 / 16, 1e6))
+            if max(shape) > MAX_RESIZE_PX:
+                raise InputError(f"resize: {shape[0]}x{shape[1]} is over {MAX_RESIZE_PX} pixels "
+                                 "per side")
         return resample(image, shape, params.get("kernel"))
 
 
@@ -288,7 +293,7 @@ class Scatter:
         """Add scatter to ``image`` ``(H, W)``; the generator is unused."""
         spr = _param(params, "spr", 0.0)
         attenuation = _param(params, "attenuation", 0.0, open_low=True)
-        sigma_px = (_param(params, "sigma_mm", 0.0, open_low=True)
+        sigma_px = (_param(params, "sigma_mm", 0.0, MAX_SCATTER_MM, open_low=True)
                     / _param(params, "pixel_mm", 0.0, open_low=True))
         if spr == 0:
             return _finish(image.copy())
@@ -464,6 +469,17 @@ def draw_log_uniform(generator: np.random.Generator, bounds: Range) -> float:
 def draw_choice(generator: np.random.Generator, options: Sequence[str]) -> str:
     """One of ``options``, each equally likely."""
     return options[int(generator.integers(len(options)))]
+
+
+MAX_BLUR_MM = 100.0
+"""Largest slice or in-plane blur FWHM (mm) ``slice-blur`` takes (a 1e9 mm blur would allocate
+a kernel of billions of taps)."""
+MAX_SCATTER_MM = 1000.0
+"""Largest scatter kernel σ (mm)."""
+MIN_MTF50 = 0.01
+"""Smallest detector MTF50 (line pairs per mm) ``detector-blur`` takes."""
+MAX_RESIZE_PX = 16384
+"""Largest output side (pixels) of ``resize``."""
 
 
 def _param(params: Params, key: str, low: float = -math.inf, high: float = math.inf, *,

@@ -78,8 +78,9 @@ def sample(model_fn: ModelFn, cond: torch.Tensor, *, scheduler: Any, steps: int,
     Returns:
         ``(1, 1, H, W)`` float32 sample ``x_0``.
     """
-    if steps < 1:
-        raise InputError(f"steps must be ≥ 1, got {steps}")
+    limit = int(scheduler.config.num_train_timesteps)
+    if not 1 <= steps <= limit:  # diffusers would raise a paragraph
+        raise InputError(f"steps must be 1..{limit} (the training timesteps), got {steps}")
     scheduler.set_timesteps(steps)
     x = torch.randn(cond.shape, generator=generator).to(cond.device)  # (1, 1, H, W)
     x = x * (0.0 if zero_start else scheduler.init_noise_sigma)

@@ -61,6 +61,8 @@ class SynthConfig:
         intensity_scale: ``blend``: display units per unit of line integral; None estimates it
             (see :func:`cxrkit.synth.blend.intensity_scale`).
         max_tries: random placements tried before giving up.
+        device: ``ct``: the torch device the renderer runs on (resolved, e.g. ``cuda:0``; see
+            :func:`cxrkit.device.resolve_device`).
     """
 
     geometry: Geometry | None = None
@@ -72,6 +74,7 @@ class SynthConfig:
     nodule_depth_mm: float = 150.0
     intensity_scale: float | None = None
     max_tries: int = 2000
+    device: str = "cpu"
 
 
 class Engine(Protocol):

@@ -289,7 +289,7 @@ class CTEngine:
         if not lung.any():
             raise InputError("the lung mask is empty")
         base = drr.project(data, self.geometry, kev=self.config.kev,
-                           quality=self.config.quality)
+                           quality=self.config.quality, device=self.config.device)
         return CTScene(data, lung, method, base)
 
     def negative(self, scene: CTScene) -> Sample:
@@ -310,13 +310,14 @@ class CTEngine:
         volume = scene.volume
         center, block = self._place(scene, nodule, generator)
         result = drr.project(volume.with_array(insert_nodule(volume.array, block)),
-                             self.geometry, kev=self.config.kev, quality=self.config.quality)
+                             self.geometry, kev=self.config.kev, quality=self.config.quality,
+                             device=self.config.device)
         start = [s.start for s in block.slices]
         origin = volume.index_to_world() @ np.array([start[2], start[1], start[0], 1.0])
         occupancy = Volume(block.occupancy, volume.spacing_mm, tuple(origin[:3].tolist()),
                            volume.direction)
         thickness = drr.project_values(occupancy, result.geometry,
-                                       quality=self.config.quality)
+                                       quality=self.config.quality, device=self.config.device)
         spacing_xyz = np.asarray(nodule.spacing_mm[::-1], dtype=np.float64)
         corner = center - np.asarray(nodule.center_index[::-1]) * spacing_xyz
         placed_grid = Volume(nodule.occupancy, nodule.spacing_mm, tuple(corner.tolist()))
