@@ -29,35 +29,17 @@ from typing import IO, Any
 
 from cxrkit import __version__
 from cxrkit.errors import InputError, OutputError
+from cxrkit.io import DOUBLE_SUFFIXES, sniff_suffix  # the format registry (re-exported)
 
 Record = dict[str, Any]
 
-# Magic bytes of the raw images a command accepts on stdin, and the suffix they are spooled under.
-_MAGIC: tuple[tuple[int, bytes, str], ...] = (
-    (0, b"II*\x00", ".tiff"),
-    (0, b"MM\x00*", ".tiff"),
-    (0, b"\x89PNG\r\n\x1a\n", ".png"),
-    (128, b"DICM", ".dcm"),
-    (0, b"\x1f\x8b", ".nii.gz"),
-    (344, b"n+1\x00", ".nii"),
-    (0, b"NRRD", ".nrrd"),
-    (0, b"ObjectType", ".mha"),
-)
 _GLOB_CHARS = set("*?[")
-
-
-def sniff_suffix(head: bytes) -> str | None:
-    """The file suffix matching the magic bytes at the start of a file, or None if unknown."""
-    for offset, magic, suffix in _MAGIC:
-        if head[offset : offset + len(magic)] == magic:
-            return suffix
-    return None
 
 
 def stem_of(path: str | Path) -> str:
     """A file's name without its (possibly double) image suffix: ``ct.nii.gz`` → ``ct``."""
     name = Path(path).name
-    for suffix in (".nii.gz", ".tar.gz"):
+    for suffix in DOUBLE_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return Path(name).stem if Path(name).suffix else name
