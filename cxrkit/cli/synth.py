@@ -25,6 +25,8 @@ from cxrkit.cli._options import (
     parse_triple,
     run_items,
 )
+from cxrkit.io import RADIOGRAPH_PATTERNS, VOLUME_PATTERNS
+from cxrkit.io import is_dicom_dir as _is_dicom_dir
 from cxrkit.pipe import Record
 from cxrkit.synth import ENGINES, SUBTLETY_CONTRAST, EngineInfo
 
@@ -37,8 +39,7 @@ log = logging.getLogger("cxrkit.cli")
 SHARED_LUNA16 = Path(__file__).resolve().parents[3] / "shared" / "data" / "luna16-nodules"
 """Default --luna16-dir: the development data beside a source checkout (never downloaded)."""
 
-RADIOGRAPH_PATTERNS = ("*.png", "*.tif", "*.tiff", "*.dcm", "*.mha")
-CT_PATTERNS = ("*.nii", "*.nii.gz", "*.mha", "*.mhd", "*.nrrd")
+CT_PATTERNS = VOLUME_PATTERNS
 OWNED = ("path", "kind", "spacing_mm", "mask", "thickness", "labels", "boxes", "nodule", "synth")
 
 
@@ -290,10 +291,6 @@ def _subtlety(text: str | None) -> list[int]:
     return values
 
 
-def _is_dicom_dir(path: Path) -> bool:
-    # Copied from cxrkit.cli.project
-    return any(c.is_file() and (c.suffix.lower() in (".dcm", "") or c.name.isdigit())
-               for c in path.iterdir())
 
 
 class SynthJob:

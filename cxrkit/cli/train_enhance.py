@@ -17,6 +17,7 @@ from cxrkit.cli._options import (
     iter_inputs,
     parse_duration,
 )
+from cxrkit.io import RADIOGRAPH_PATTERNS
 
 MIXED = ("no", "bf16", "fp16")
 
@@ -108,7 +109,7 @@ def train_enhance(
                                  param_hint="--lr-schedule")
     if mixed_precision not in MIXED:
         raise typer.BadParameter(f"use one of {', '.join(MIXED)}", param_hint="--mixed-precision")
-    records = list(iter_inputs(inputs, patterns=("*.png", "*.tif", "*.tiff", "*.dcm")))
+    records = list(iter_inputs(inputs, patterns=RADIOGRAPH_PATTERNS))
     if not records:
         raise typer.BadParameter("no input images (under accelerate launch, give paths: stdin "
                                  "reaches one process only)", param_hint="INPUTS")

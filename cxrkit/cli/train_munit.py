@@ -16,9 +16,10 @@ from cxrkit.cli._options import (
     iter_inputs,
     parse_duration,
 )
+from cxrkit.io import RADIOGRAPH_PATTERNS
 
 MIXED = ("no", "bf16", "fp16")
-IMAGE_PATTERNS = ("*.png", "*.tif", "*.tiff", "*.dcm")
+IMAGE_PATTERNS = RADIOGRAPH_PATTERNS
 DISC_INIT_NAMES = ("kaiming", "gaussian")  # cxrkit.munit.DISC_INITS, kept torch-free here
 
 
