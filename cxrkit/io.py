@@ -49,7 +49,8 @@ KINDS = ("display", "line_integral", "intensity", "mask", "thickness")
 
 RADIOGRAPH_SUFFIXES = (".png", ".tif", ".tiff", ".dcm", ".dicom", ".mha", ".mhd")
 """Suffixes of the radiograph files cxrkit reads (files are told apart by magic bytes)."""
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+VOLUME_SUFFIXES = (*NIFTI_SUFFIXES, ".mha", ".mhd", ".nrrd", ".nhdr")
 """Suffixes of the CT / label volume files cxrkit reads (a DICOM series is a folder)."""
 TIFF_SUFFIXES = (".tif", ".tiff")
 RECORD_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -190,8 +191,8 @@ def sitk_message(exc: BaseException, limit: int = 200) -> str:
         line = raw.strip()
         if not line or line.startswith("Exception thrown in SimpleITK"):
             continue
-        line = re.sub(r"^(ITK ERROR|sitk::ERROR|ERROR):\s*", "", line)
-        line = re.sub(r"^\w+\(0x[0-9a-fA-F]+\):\s*", "", line)
+        line = re.sub(r"\b(ITK ERROR|itk::ERROR|sitk::ERROR|ERROR):\s*", "", line)
+        line = re.sub(r"\w+\(0x[0-9a-fA-F]+\):\s*", "", line)
         parts.append(line)
     text = "; ".join(parts) or "SimpleITK could not read the file"
     return text[:limit]

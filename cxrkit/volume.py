@@ -30,6 +30,7 @@ import numpy as np
 from cxrkit.errors import FormatError, InputError
 from cxrkit.io import (
     MAX_VOXELS,
+    NIFTI_SUFFIXES,
     VOLUME_SUFFIXES,
     check_metaimage,
     check_voxels,
@@ -241,7 +242,7 @@ def _nifti_header(p: Path) -> _NiftiHeader | None:
         InputError: a zero, negative or non-finite voxel size (``pixdim``).
     """
     gz = sniff_head(p, 2) == b"\x1f\x8b"
-    if not (p.name.lower().endswith((".nii", ".nii.gz")) or gz):
+    if not (has_suffix(p, NIFTI_SUFFIXES) or gz):
         return None
     try:
         if gz:
@@ -422,6 +423,7 @@ def _read_dicom_series(folder: Path, series: str | None) -> Any:
     files = reader.GetGDCMSeriesFileNames(str(folder), uid)
     if len(files) < 2:
         raise InputError("DICOM series has a single slice; not a CT volume", path=str(folder))
+    _check_left_out(folder, uid, {Path(f).resolve() for f in files})
     _check_series([Path(f) for f in files], folder)
     reader.SetFileNames(files)
     try:
@@ -431,8 +433,26 @@ def _read_dicom_series(folder: Path, series: str | None) -> Any:
                           path=str(folder)) from exc
 
 
+def _check_left_out(folder: Path, uid: str, taken: set[Path]) -> None:
+    """GDCM silently leaves a slice without pixel data out of its series: find such files."""
+    import pydicom
+
+    for f in sorted(folder.iterdir()):
+        if not f.is_file() or f.resolve() in taken:
+            continue
+        try:
+            ds = pydicom.dcmread(f, defer_size=1024)
+        except Exception:  # not DICOM: not part of the series
+            continue
+        if str(ds.get("SeriesInstanceUID", "")) != uid:
+            continue
+        if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+            raise FormatError(f"DICOM slice {f.name} holds no pixel data", path=str(folder))
+        raise FormatError(f"DICOM slice {f.name} of the series cannot be read", path=str(folder))
+
+
 SLICE_GAP_TOLERANCE = 0.1
-"""A DICOM series' slice gaps may differ from their median by this fraction (plus 0.01 mm);
+"""A DICOM series' slice gaps may exceed the smallest gap by this fraction (plus 0.01 mm);
 a larger gap means a missing slice, and cxrkit refuses the series (SimpleITK only warns)."""
 
 
@@ -490,11 +510,11 @@ def _check_series(files: list[Path], folder: Path) -> None:
         if gap < 1e-3:
             raise InputError(f"duplicated DICOM slice: {a.name} and {b.name} lie at the same "
                              "position", path=str(folder))
-    median = float(np.median(gaps))
-    worst = int(np.argmax(np.abs(gaps - median)))
-    if abs(gaps[worst] - median) > SLICE_GAP_TOLERANCE * median + 0.01:
+    step = float(gaps.min())
+    worst = int(np.argmax(gaps))
+    if gaps[worst] > (1 + SLICE_GAP_TOLERANCE) * step + 0.01:
         a, b = where[worst][1], where[worst + 1][1]
-        missing = max(round(float(gaps[worst]) / median) - 1, 0)
+        missing = max(round(float(gaps[worst]) / step) - 1, 0)
         what = f"{missing} missing slice(s)" if missing else "uneven slice spacing"
         raise InputError(f"DICOM series has {what}: {gaps[worst]:.3g} mm between {a.name} and "
-                         f"{b.name}, {median:.3g} mm elsewhere", path=str(folder))
+                         f"{b.name}, {step:.3g} mm elsewhere", path=str(folder))

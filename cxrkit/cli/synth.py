@@ -359,8 +359,10 @@ class SynthJob:
 
                 data = read_radiograph(path)
                 if data.spacing_mm is None and record.get("spacing_mm"):
-                    row_mm, col_mm = (float(v) for v in record["spacing_mm"])
-                    data.spacing_mm = (row_mm, col_mm)
+                    from cxrkit.io import check_spacing
+
+                    data.spacing_mm = check_spacing(record["spacing_mm"], path=path,
+                                                    what="the record's spacing_mm")
                 lung = read_radiograph(lung_path).pixels > 0.5 if lung_path else None
             self._scene = (path, self.engine.prepare(data, lung), file_sha256(path))
         return self._scene[1], self._scene[2]
