@@ -378,6 +378,18 @@ def test_simpleitk_errors_are_one_line(tmp_path: Path) -> None:
 
 
 def _series(folder: Path, positions: list[float]) -> list[Path]:
+    """A small CT series written by SimpleITK's GDCM writer (which sets the C locale to "C",
+    turning Python's default text encoding into ASCII for the rest of the run: restored here)."""
+    import locale
+
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        return _write_series(folder, positions)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_series(folder: Path, positions: list[float]) -> list[Path]:
     import SimpleITK as sitk
 
     folder.mkdir()
