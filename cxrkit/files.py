@@ -1,5 +1,5 @@
 """Files on disk, below both :mod:`cxrkit.io` (pixels) and :mod:`cxrkit.pipe` (records): atomic
-writes, magic-byte sniffing, file hashes and the JSON encoding of records and metadata.
+writes, file hashes and the JSON encoding of records and metadata.
 
 This module imports no numpy or torch: it is used while the CLI starts.
 """
@@ -17,27 +17,8 @@ from typing import Any
 
 from cxrkit.errors import OutputError
 
+
 # Magic bytes of the raw images a command accepts on stdin, and the suffix they are spooled under.
-_MAGIC: tuple[tuple[int, bytes, str], ...] = (
-    (0, b"II*\x00", ".tiff"),
-    (0, b"MM\x00*", ".tiff"),
-    (0, b"\x89PNG\r\n\x1a\n", ".png"),
-    (128, b"DICM", ".dcm"),
-    (0, b"\x1f\x8b", ".nii.gz"),
-    (344, b"n+1\x00", ".nii"),
-    (0, b"NRRD", ".nrrd"),
-    (0, b"ObjectType", ".mha"),
-)
-
-
-def sniff_suffix(head: bytes) -> str | None:
-    """The file suffix matching the magic bytes at the start of a file, or None if unknown."""
-    for offset, magic, suffix in _MAGIC:
-        if head[offset : offset + len(magic)] == magic:
-            return suffix
-    return None
-
-
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

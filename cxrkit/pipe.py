@@ -30,7 +30,8 @@ from cxrkit import __version__
 from cxrkit.errors import InputError
 from cxrkit.files import atomic_path as atomic_path  # re-exported: commands write through it
 from cxrkit.files import file_sha256 as file_sha256  # re-exported: provenance hashes
-from cxrkit.files import sniff_suffix, to_json
+from cxrkit.files import to_json
+from cxrkit.io import DOUBLE_SUFFIXES, sniff_suffix  # the format registry (re-exported)
 
 Record = dict[str, Any]
 
@@ -40,7 +41,7 @@ _GLOB_CHARS = set("*?[")
 def stem_of(path: str | Path) -> str:
     """A file's name without its (possibly double) image suffix: ``ct.nii.gz`` → ``ct``."""
     name = Path(path).name
-    for suffix in (".nii.gz", ".tar.gz"):
+    for suffix in DOUBLE_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return Path(name).stem if Path(name).suffix else name

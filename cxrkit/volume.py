@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import gzip
 import logging
+import math
 import os
+import struct
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,13 +28,25 @@ from typing import Any
 import numpy as np
 
 from cxrkit.errors import FormatError, InputError
+from cxrkit.io import (
+    MAX_VOXELS,
+    NIFTI_SUFFIXES,
+    VOLUME_SUFFIXES,
+    check_metaimage,
+    check_voxels,
+    has_suffix,
+    sitk_header,
+    sitk_message,
+    sitk_pixel_problem,
+)
 
 log = logging.getLogger(__name__)
 
 AIR_HU = -1024.0
 """Values below this (e.g. the −2048 padding outside the scan circle) are air."""
 
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
+__all__ = ["AIR_HU", "MAX_VOXELS", "VOLUME_SUFFIXES", "Volume", "is_volume_path", "read_volume",
+           "validate_volume", "volume_from_sitk", "volume_to_sitk", "write_volume"]
 
 
 @dataclass(frozen=True)
@@ -106,12 +120,17 @@ def validate_volume(volume: Volume, *, path: str | None = None) -> Volume:
 
 def is_volume_path(path: Path) -> bool:
     """Whether ``path`` names something :func:`read_volume` can read (by suffix or folder)."""
-    name = path.name.lower()
-    return path.is_dir() or name.endswith(VOLUME_SUFFIXES)
+    return path.is_dir() or has_suffix(path, VOLUME_SUFFIXES)
 
 
 def read_volume(path: str | Path, *, series: str | None = None) -> Volume:
     """Read a CT (or label) volume and reorient it to LPS.
+
+    Before any voxel is read, the header is checked: the declared size against
+    :data:`~cxrkit.io.MAX_VOXELS`, one scalar real channel, positive finite spacing; for NIfTI
+    also the raw header (SimpleITK silently turns a zero or NaN ``pixdim`` into 1 mm, NaN voxels
+    into 0 and a truncated ``.nii`` into zeros, so cxrkit checks those bytes itself); for a DICOM
+    series every slice (pixels present, no duplicate, evenly spaced: no missing slice).
 
     Args:
         path: a NIfTI, MHA/MHD or NRRD file, or a folder holding one DICOM series.
@@ -121,30 +140,26 @@ def read_volume(path: str | Path, *, series: str | None = None) -> Volume:
         A validated :class:`Volume`; HU < −1024 (padding) is kept as is, see :data:`AIR_HU`.
 
     Raises:
-        InputError: missing path, several series without ``series``, or an invalid volume.
-        FormatError: unreadable, truncated or corrupt file.
+        InputError: missing path, several series without ``series``, or an invalid volume
+            (NaN/infinite voxels, bad spacing, a missing or duplicated DICOM slice).
+        FormatError: unreadable, truncated, corrupt, complex, multi-component or oversized file.
     """
     import SimpleITK as sitk
 
     p = Path(path)
     if not p.exists():
         raise InputError("no such file or folder", path=str(p))
+    warn = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # cxrkit checks what ITK only warns about
     try:
         if p.is_dir():
             image = _read_dicom_series(p, series)
             fmt = "dicom"
         else:
-            # SimpleITK silently reads a truncated .gz as zeros: verify the stream meanwhile
-            # (zlib releases the GIL, so this costs no wall time on a multi-core machine).
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                check = pool.submit(_check_not_truncated, p)
-                image = sitk.ReadImage(str(p))
-                check.result()
+            image = _read_volume_file(p)
             fmt = p.suffix.lower().lstrip(".")
-    except RuntimeError as exc:  # SimpleITK reports every read problem this way
-        first = str(exc).strip().splitlines()
-        detail = next((ln for ln in first if "rror" in ln), first[0] if first else "")
-        raise FormatError(f"cannot read volume: {detail.strip()[:160]}", path=str(p)) from exc
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warn)
     if image.GetDimension() != 3:
         raise InputError(
             f"expected a 3-D volume, got a {image.GetDimension()}-D image", path=str(p),
@@ -154,6 +169,178 @@ def read_volume(path: str | Path, *, series: str | None = None) -> Volume:
         raise InputError("expected a scalar volume, got a multi-component image", path=str(p))
     volume = volume_from_sitk(image, meta={"format": fmt})
     return validate_volume(volume, path=str(p))
+
+
+def _read_volume_file(p: Path) -> object:
+    """One volume file → a SimpleITK image, with every check that can come before the read."""
+    nifti = _nifti_header(p)
+    reader = sitk_header(p)
+    size = tuple(int(v) for v in reader.GetSize())
+    if len(size) != 3:
+        raise InputError(
+            f"expected a 3-D volume, got a {len(size)}-D image", path=str(p),
+            hint="give a CT volume (NIfTI, MHA, NRRD or a DICOM series folder)",
+        )
+    check_voxels(size[::-1], path=str(p))
+    problem = sitk_pixel_problem(reader)
+    if problem:
+        raise FormatError(f"volume has {problem}", path=str(p))
+    _check_spacing(reader.GetSpacing(), path=str(p))
+    if sniff_head(p)[:10] == b"ObjectType":
+        check_metaimage(p)
+    # Meanwhile (zlib and numpy release the GIL): verify a .gz stream to its end (SimpleITK may
+    # read a truncated one as zeros) and, for NIfTI, that every declared voxel is there and finite.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        check = pool.submit(_check_stream, p, nifti)
+        failure: RuntimeError | None = None
+        try:
+            image = reader.Execute()
+        except RuntimeError as exc:  # SimpleITK reports every read problem this way
+            failure = exc
+        check.result()
+    if failure is not None:
+        raise FormatError(f"cannot read volume: {sitk_message(failure, 160)}",
+                          path=str(p)) from failure
+    return image
+
+
+def sniff_head(path: Path, size: int = 16) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(size)
+
+
+def _check_spacing(spacing: tuple[float, ...], *, path: str) -> None:
+    if not all(math.isfinite(s) and s > 0 for s in spacing):
+        shown = ", ".join(f"{s:g}" for s in spacing)
+        raise InputError(f"voxel spacing must be positive and finite, got ({shown}) mm", path=path)
+
+
+# NIfTI datatype codes → numpy dtype names (None: refused: complex or RGB).
+_NIFTI_TYPES: dict[int, str | None] = {
+    2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4",
+    1024: "i8", 1280: "u8", 32: None, 1792: None, 2048: None, 128: None, 2304: None, 1536: None,
+}
+
+
+@dataclass(frozen=True)
+class _NiftiHeader:
+    shape: tuple[int, ...]  # NIfTI order (x, y, z, ...)
+    dtype: str  # numpy dtype string with byte order
+    vox_offset: int
+    gz: bool
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * np.dtype(self.dtype).itemsize
+
+
+def _nifti_header(p: Path) -> _NiftiHeader | None:
+    """Parse and check a NIfTI-1/2 header (``.nii`` or ``.nii.gz``); None for other formats.
+
+    Raises:
+        FormatError: a size over :data:`MAX_VOXELS`, an unknown, complex or RGB datatype.
+        InputError: a zero, negative or non-finite voxel size (``pixdim``).
+    """
+    gz = sniff_head(p, 2) == b"\x1f\x8b"
+    if not (has_suffix(p, NIFTI_SUFFIXES) or gz):
+        return None
+    try:
+        if gz:
+            with gzip.open(p, "rb") as fh:
+                head = fh.read(544)
+        else:
+            head = sniff_head(p, 544)
+    except (OSError, EOFError) as exc:
+        raise FormatError(f"corrupt or truncated gzip file: {exc}", path=str(p)) from exc
+    if len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00"):
+        version = 1
+    elif len(head) >= 540 and head[4:8] in (b"n+2\x00", b"ni2\x00"):
+        version = 2
+    else:
+        return None  # not NIfTI (or not a form checked here): SimpleITK decides
+    size = 348 if version == 1 else 540
+    endian = "<" if struct.unpack("<i", head[:4])[0] == size else ">"
+    if struct.unpack(endian + "i", head[:4])[0] != size:
+        raise FormatError("corrupt NIfTI header (sizeof_hdr)", path=str(p))
+    if version == 1:
+        dim = struct.unpack(endian + "8h", head[40:56])
+        datatype = struct.unpack(endian + "h", head[70:72])[0]
+        pixdim = struct.unpack(endian + "8f", head[76:108])
+        vox_offset = struct.unpack(endian + "f", head[108:112])[0]
+    else:
+        datatype = struct.unpack(endian + "h", head[12:14])[0]
+        dim = struct.unpack(endian + "8q", head[16:80])
+        pixdim = struct.unpack(endian + "8d", head[104:168])
+        vox_offset = struct.unpack(endian + "q", head[168:176])[0]
+    ndim = int(dim[0])
+    if not 1 <= ndim <= 7:
+        raise FormatError(f"corrupt NIfTI header: {ndim} dimensions", path=str(p))
+    shape = tuple(int(d) for d in dim[1 : ndim + 1])
+    check_voxels(shape[:3][::-1] if ndim <= 3 else shape[::-1], path=str(p))
+    if datatype not in _NIFTI_TYPES:
+        raise FormatError(f"unknown NIfTI datatype code {datatype}", path=str(p))
+    kind = _NIFTI_TYPES[datatype]
+    if kind is None:
+        what = "complex" if datatype in (32, 1792, 2048) else "RGB" if datatype in (128, 2304) \
+            else "128-bit float"
+        raise FormatError(f"volume has {what} voxels; cxrkit reads real scalar volumes",
+                          path=str(p))
+    spatial = pixdim[1 : min(ndim, 3) + 1]
+    if not all(math.isfinite(v) and v > 0 for v in spatial):
+        shown = ", ".join(f"{v:g}" for v in spatial)
+        raise InputError(f"NIfTI voxel size (pixdim) must be positive and finite, got ({shown})",
+                         path=str(p))
+    if not (math.isfinite(vox_offset) and vox_offset >= 0):
+        raise FormatError("corrupt NIfTI header (vox_offset)", path=str(p))
+    offset = max(int(vox_offset), size + 4 if version == 1 else size)
+    return _NiftiHeader(shape, endian + kind, offset, gz)
+
+
+def _check_stream(path: Path, nifti: _NiftiHeader | None) -> None:
+    """Read the file once: a .gz stream must be whole; NIfTI voxels all present and finite."""
+    opener = gzip.open if (nifti.gz if nifti else path.name.lower().endswith(".gz")) else open
+    if nifti is None and opener is open:
+        return
+    try:
+        with opener(path, "rb") as fh:  # type: ignore[operator]
+            if nifti is None:
+                while fh.read(1 << 24):
+                    pass
+                return
+            _scan_nifti(fh, nifti, path)
+            while fh.read(1 << 24):  # the rest, so that gzip verifies its checksum
+                pass
+    except (OSError, EOFError) as exc:
+        raise FormatError(f"corrupt or truncated gzip file: {exc}", path=str(path)) from exc
+
+
+def _scan_nifti(fh: Any, nifti: _NiftiHeader, path: Path) -> None:
+    dtype = np.dtype(nifti.dtype)
+    skip = nifti.vox_offset
+    while skip > 0:
+        got = len(fh.read(min(skip, 1 << 20)))
+        if not got:
+            break
+        skip -= got
+    need = nifti.nbytes
+    have = 0
+    check = dtype.kind == "f"
+    chunk = (1 << 24) // dtype.itemsize * dtype.itemsize
+    rest = b""
+    while have < need:
+        block = fh.read(min(chunk, need - have))
+        if not block:
+            break
+        have += len(block)
+        if check:
+            data = rest + block
+            usable = len(data) // dtype.itemsize * dtype.itemsize
+            rest = data[usable:]
+            if not np.isfinite(np.frombuffer(data[:usable], dtype=dtype)).all():
+                raise InputError("volume contains NaN or infinite voxels", path=str(path))
+    if have < need:
+        raise FormatError(f"truncated NIfTI: {have:,} of {need:,} bytes of voxel data",
+                          path=str(path))
 
 
 def volume_from_sitk(image: Any, *, meta: dict[str, Any] | None = None) -> Volume:
@@ -236,16 +423,98 @@ def _read_dicom_series(folder: Path, series: str | None) -> Any:
     files = reader.GetGDCMSeriesFileNames(str(folder), uid)
     if len(files) < 2:
         raise InputError("DICOM series has a single slice; not a CT volume", path=str(folder))
+    _check_left_out(folder, uid, {Path(f).resolve() for f in files})
+    _check_series([Path(f) for f in files], folder)
     reader.SetFileNames(files)
-    return reader.Execute()
+    try:
+        return reader.Execute()
+    except RuntimeError as exc:
+        raise FormatError(f"cannot read DICOM series: {sitk_message(exc, 160)}",
+                          path=str(folder)) from exc
 
 
-def _check_not_truncated(path: Path) -> None:
-    """Catch truncated gzip files early (SimpleITK may otherwise read zeros)."""
-    if path.name.lower().endswith(".gz"):
+def _check_left_out(folder: Path, uid: str, taken: set[Path]) -> None:
+    """GDCM silently leaves a slice without pixel data out of its series: find such files."""
+    import pydicom
+
+    for f in sorted(folder.iterdir()):
+        if not f.is_file() or f.resolve() in taken:
+            continue
         try:
-            with gzip.open(path, "rb") as fh:
-                while fh.read(1 << 24):
-                    pass
-        except (OSError, EOFError) as exc:
-            raise FormatError(f"corrupt or truncated gzip file: {exc}", path=str(path)) from exc
+            ds = pydicom.dcmread(f, defer_size=1024)
+        except Exception:  # not DICOM: not part of the series
+            continue
+        if str(ds.get("SeriesInstanceUID", "")) != uid:
+            continue
+        if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+            raise FormatError(f"DICOM slice {f.name} holds no pixel data", path=str(folder))
+        raise FormatError(f"DICOM slice {f.name} of the series cannot be read", path=str(folder))
+
+
+SLICE_GAP_TOLERANCE = 0.1
+"""A DICOM series' slice gaps may exceed the smallest gap by this fraction (plus 0.01 mm);
+a larger gap means a missing slice, and cxrkit refuses the series (SimpleITK only warns)."""
+
+
+def _check_series(files: list[Path], folder: Path) -> None:
+    """Every slice of a series has pixels, one size, a unique instance and position, and the
+    slices are evenly spaced along their normal (no missing slice).
+
+    Raises:
+        FormatError: a slice without pixel data, or slices of different sizes or orientations.
+        InputError: a duplicated slice (instance or position), or uneven spacing (missing slice).
+    """
+    import pydicom
+
+    uids: dict[str, Path] = {}
+    where: list[tuple[float, Path]] = []
+    shape: tuple[int, int] | None = None
+    orientation: np.ndarray | None = None
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f, defer_size=1024)
+        except Exception as exc:  # pydicom raises many types on corrupt files
+            raise FormatError(f"unreadable DICOM slice {f.name}: {exc}"[:200],
+                              path=str(folder)) from exc
+        if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+            raise FormatError(f"DICOM slice {f.name} holds no pixel data", path=str(folder))
+        uid = str(ds.get("SOPInstanceUID", "")) or None
+        if uid is not None:
+            if uid in uids:
+                raise InputError(f"duplicated DICOM slice: {f.name} and {uids[uid].name} are the "
+                                 "same instance", path=str(folder))
+            uids[uid] = f
+        size = (int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0))
+        if shape is None:
+            shape = size
+            check_voxels((len(files), *size), path=str(folder), what="DICOM series")
+        elif size != shape:
+            raise FormatError(f"DICOM slice {f.name} is {size[0]}×{size[1]}, the series "
+                              f"{shape[0]}×{shape[1]}", path=str(folder))
+        pos, iop = ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient")
+        if pos is None or iop is None or len(pos) != 3 or len(iop) != 6:
+            return  # no geometry to check against: SimpleITK sorts by what it has
+        iop_arr = np.array([float(v) for v in iop])
+        if orientation is None:
+            orientation = iop_arr
+        elif not np.allclose(iop_arr, orientation, atol=1e-3):
+            raise FormatError(f"DICOM slice {f.name} has another orientation than the series",
+                              path=str(folder))
+        normal = np.cross(orientation[:3], orientation[3:])
+        where.append((float(np.dot(normal, [float(v) for v in pos])), f))
+    where.sort(key=lambda t: t[0])
+    gaps = np.diff([w for w, _ in where])
+    if not gaps.size:
+        return
+    for gap, (_, a), (_, b) in zip(gaps, where, where[1:], strict=False):
+        if gap < 1e-3:
+            raise InputError(f"duplicated DICOM slice: {a.name} and {b.name} lie at the same "
+                             "position", path=str(folder))
+    step = float(gaps.min())
+    worst = int(np.argmax(gaps))
+    if gaps[worst] > (1 + SLICE_GAP_TOLERANCE) * step + 0.01:
+        a, b = where[worst][1], where[worst + 1][1]
+        missing = max(round(float(gaps[worst]) / step) - 1, 0)
+        what = f"{missing} missing slice(s)" if missing else "uneven slice spacing"
+        raise InputError(f"DICOM series has {what}: {gaps[worst]:.3g} mm between {a.name} and "
+                         f"{b.name}, {step:.3g} mm elsewhere", path=str(folder))

@@ -66,6 +66,16 @@ def test_2d_image_is_refused(tmp_path: Path) -> None:
 
 
 def test_several_series_need_a_choice(tmp_path: Path) -> None:
+    import locale
+
+    saved = locale.setlocale(locale.LC_ALL)  # GDCM's writer sets the C locale to "C"
+    try:
+        _several_series(tmp_path)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _several_series(tmp_path: Path) -> None:
     import SimpleITK as sitk
 
     writer = sitk.ImageFileWriter()

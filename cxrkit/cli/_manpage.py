@@ -89,8 +89,34 @@ def render_page(name: str, command: Any, *, summary_only: bool = False) -> str:
             sub_summary = (sub.help or "").strip().split("\n")[0]
             lines += [".TP", f".B {_esc(sub_name)}",
                       f"{_esc(sub_summary)} See \\fBcxrkit\\-{_esc(sub_name)}\\fR(1)."]
+    if summary_only:
+        lines += [_limits()]
     lines += [_EXIT_STATUS.rstrip(), ".SH SEE ALSO", _see_also(name)]
     return "\n".join(lines) + "\n"
+
+
+def _limits() -> str:
+    """The size limits every reader checks before it allocates (from :mod:`cxrkit.io`)."""
+    from cxrkit import io
+
+    return "\n".join([
+        ".SH LIMITS",
+        _esc("Every reader checks the sizes a file declares before it allocates memory, and "
+             "refuses the file with one line (exit 1) when they are over these limits "
+             "(constants in cxrkit.io):"),
+        ".TP", ".B MAX_PIXELS",
+        _esc(f"{io.MAX_PIXELS:,} pixels in one radiograph or TIFF page "
+             f"({int(io.MAX_PIXELS ** 0.5)} x {int(io.MAX_PIXELS ** 0.5)})."),
+        ".TP", ".B MAX_VOXELS",
+        _esc(f"{io.MAX_VOXELS:,} voxels in one volume, DICOM series or TIFF stack."),
+        ".TP", ".B MIN_PIXEL_MM, MAX_PIXEL_MM",
+        _esc(f"a radiograph's pixel spacing (from its file or its record) must lie in "
+             f"{io.MIN_PIXEL_MM:g} to {io.MAX_PIXEL_MM:g} mm."),
+        ".PP",
+        _esc("Volumes must also have positive finite voxel sizes, finite real scalar voxels and "
+             "all their declared bytes; a DICOM series must have every slice, once, with "
+             "pixels."),
+    ])
 
 
 def _see_also(name: str) -> str:

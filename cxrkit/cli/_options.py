@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cxrkit.errors import CxrkitError, ExitCode, InputError, OutputError
+from cxrkit.io import RECORD_SUFFIXES, WRITE_FORMATS, WRITE_SUFFIXES
 from cxrkit.pipe import (
     Record,
     RecordWriter,
@@ -63,7 +64,7 @@ Format = Annotated[str, typer.Option(
                            "or dicom.")]
 
 DEFAULT_OUT = Path("cxrkit-out")
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".dcm")
+IMAGE_SUFFIXES = WRITE_SUFFIXES
 
 
 @dataclass
@@ -108,7 +109,7 @@ class Outputs:
 
 def format_suffix(fmt: str) -> str:
     """``tiff``/``png``/``dicom`` → file suffix."""
-    suffixes = {"tiff": ".tiff", "tif": ".tiff", "png": ".png", "dicom": ".dcm", "dcm": ".dcm"}
+    suffixes = WRITE_FORMATS
     if fmt.lower() not in suffixes:
         raise typer.BadParameter(f"unknown format '{fmt}'; use tiff, png or dicom",
                                  param_hint="--format")
@@ -125,7 +126,7 @@ def iter_inputs(inputs: list[str] | None, *, is_item_dir: Callable[[Path], bool]
     args = [a for a in (inputs or []) if a != "-"]
     if args:
         for arg in args:
-            if arg.lower().endswith(".jsonl") and Path(arg).is_file():
+            if arg.lower().endswith(RECORD_SUFFIXES) and Path(arg).is_file():
                 yield from read_record_file(Path(arg))
                 continue
             for p in expand_paths([arg], is_item_dir=is_item_dir, patterns=patterns):

@@ -171,11 +171,13 @@ class DegradeJob:
         Square pixels are assumed by the operators: the pitch is the mean of row and column.
         """
         from cxrkit.degrade import DEFAULT_PIXEL_MM
+        from cxrkit.io import check_spacing
 
         for source, spacing in (("record", record.get("spacing_mm")),
                                 ("file", image.spacing_mm)):
             if spacing:
-                row, col = float(spacing[0]), float(spacing[1])
+                row, col = check_spacing(spacing, path=str(record.get("path")),
+                                         what=f"the {source}'s spacing_mm")
                 if row > 0 and col > 0:
                     return (row + col) / 2.0, source, (row, col)
         if self.pixel_mm is not None:

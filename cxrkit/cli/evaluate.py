@@ -13,6 +13,7 @@ import typer
 
 from cxrkit.cli._options import KeepGoing, _Progress, exit_with, iter_inputs
 from cxrkit.errors import CheckFailedError, CxrkitError, ExitCode, InputError, OutputError
+from cxrkit.io import RECORD_SUFFIXES, TIFF_SUFFIXES, has_suffix
 from cxrkit.pipe import Record, read_record_file
 
 if TYPE_CHECKING:
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cxrkit.cli")
 
-RECORD_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
 
 def evaluate(
@@ -220,7 +220,7 @@ def _read_mask(path: str) -> np.ndarray:
     """A mask file as ``(H, W)``: a TIFF stack is reduced to the union (max) of its masks."""
     from cxrkit.io import read_radiograph, read_stack
 
-    if Path(path).suffix.lower() in (".tif", ".tiff"):
+    if has_suffix(path, TIFF_SUFFIXES):
         return read_stack(path)[0].max(axis=0)
     return read_radiograph(path).pixels
 

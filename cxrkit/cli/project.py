@@ -22,6 +22,8 @@ from cxrkit.cli._options import (
     iter_inputs,
     run_items,
 )
+from cxrkit.io import VOLUME_PATTERNS
+from cxrkit.io import is_dicom_dir as _is_dicom_dir
 from cxrkit.pipe import Record
 
 if TYPE_CHECKING:
@@ -33,10 +35,6 @@ log = logging.getLogger("cxrkit.cli")
 KINDS = ("display", "line_integral", "intensity")
 
 
-def _is_dicom_dir(path: Path) -> bool:
-    """A folder is one CT (a DICOM series) when it holds .dcm files or extension-less files."""
-    return any(c.is_file() and (c.suffix.lower() in (".dcm", "") or c.name.isdigit())
-               for c in path.iterdir())
 
 
 @GEOMETRY.use("geometry")
@@ -114,7 +112,7 @@ def project(
     outputs = Outputs(out, format_suffix(fmt), overwrite)
     job = ProjectJob(geometry, options, outputs, device=device)
     code = run_items(iter_inputs(inputs, is_item_dir=_is_dicom_dir,
-                                 patterns=("*.nii", "*.nii.gz", "*.mha", "*.mhd", "*.nrrd")),
+                                 patterns=VOLUME_PATTERNS),
                      job, done=job.done if resume else None, keep_going=keep_going,
                      label="CTs")
     exit_with(code)

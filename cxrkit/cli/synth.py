@@ -26,6 +26,8 @@ from cxrkit.cli._options import (
     parse_triple,
     run_items,
 )
+from cxrkit.io import RADIOGRAPH_PATTERNS, VOLUME_PATTERNS
+from cxrkit.io import is_dicom_dir as _is_dicom_dir
 from cxrkit.pipe import Record
 from cxrkit.synth import ENGINES, SUBTLETY_CONTRAST, EngineInfo
 
@@ -39,8 +41,7 @@ log = logging.getLogger("cxrkit.cli")
 SHARED_LUNA16 = Path(__file__).resolve().parents[3] / "shared" / "data" / "luna16-nodules"
 """Default --luna16-dir: the development data beside a source checkout (never downloaded)."""
 
-RADIOGRAPH_PATTERNS = ("*.png", "*.tif", "*.tiff", "*.dcm", "*.mha")
-CT_PATTERNS = ("*.nii", "*.nii.gz", "*.mha", "*.mhd", "*.nrrd")
+CT_PATTERNS = VOLUME_PATTERNS
 OWNED = ("path", "kind", "spacing_mm", "mask", "thickness", "labels", "boxes", "nodule", "synth")
 
 
@@ -280,10 +281,6 @@ def _subtlety(text: str | None) -> list[int]:
     return values
 
 
-def _is_dicom_dir(path: Path) -> bool:
-    # Copied from cxrkit.cli.project
-    return any(c.is_file() and (c.suffix.lower() in (".dcm", "") or c.name.isdigit())
-               for c in path.iterdir())
 
 
 class SynthJob:
@@ -352,8 +349,10 @@ class SynthJob:
 
                 data = read_radiograph(path)
                 if data.spacing_mm is None and record.get("spacing_mm"):
-                    row_mm, col_mm = (float(v) for v in record["spacing_mm"])
-                    data.spacing_mm = (row_mm, col_mm)
+                    from cxrkit.io import check_spacing
+
+                    data.spacing_mm = check_spacing(record["spacing_mm"], path=path,
+                                                    what="the record's spacing_mm")
                 lung = read_radiograph(lung_path).pixels > 0.5 if lung_path else None
             self._scene = (path, self.engine.prepare(data, lung), file_sha256(path))
         return self._scene[1], self._scene[2]

@@ -11,6 +11,7 @@ import typer
 
 from cxrkit.cli._groups import TRAINING, TrainOptions
 from cxrkit.cli._options import Inputs, channel_list, finish_training, iter_inputs
+from cxrkit.io import RADIOGRAPH_PATTERNS
 
 
 @TRAINING.use("training", defaults={"steps": 4000, "lr": 5e-4},
@@ -82,7 +83,7 @@ def train_enhance(
 
     widths = channel_list(channels, "--channels")
     context = channel_list(context_channels, "--context-channels") if context_channels else ()
-    records = list(iter_inputs(inputs, patterns=("*.png", "*.tif", "*.tiff", "*.dcm")))
+    records = list(iter_inputs(inputs, patterns=RADIOGRAPH_PATTERNS))
     if not records:
         raise typer.BadParameter("no input images (under accelerate launch, give paths: stdin "
                                  "reaches one process only)", param_hint="INPUTS")

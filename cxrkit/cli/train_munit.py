@@ -11,8 +11,9 @@ import typer
 
 from cxrkit.cli._groups import TRAINING, TrainOptions
 from cxrkit.cli._options import finish_training, iter_inputs
+from cxrkit.io import RADIOGRAPH_PATTERNS
 
-IMAGE_PATTERNS = ("*.png", "*.tif", "*.tiff", "*.dcm")
+IMAGE_PATTERNS = RADIOGRAPH_PATTERNS
 DISC_INIT_NAMES = ("kaiming", "gaussian")  # cxrkit.munit.DISC_INITS, kept torch-free here
 
 
