@@ -163,9 +163,22 @@ def synth(
     source patch), synth (engine, options, seeds). With --negatives the stream also lists each
     input without a nodule (boxes: []), so it feeds cxrkit eval directly.
 
+    A CT's own nodules are ground truth too (--known-nodules): by default those listed in
+    <stem>.nodules.csv or nodules.csv beside the CT (a centre x_mm,y_mm,z_mm in LPS, coordX..
+    as LUNA16, or ras_x_mm.. as LIDC, and diameter_mm or xy_extent_mm; rows within each
+    other's radius are one nodule) and the nodule structures of --labels. Every image from that
+    CT boxes them (origin "ct"; inserted ones have origin "synth") and masks them, nodules are
+    inserted at least 5 mm from them, and the CT gives no negative: its _neg item fails with an
+    error (exit 1; 3 with --keep-going). Marks under 3 mm (LIDC's small nodules) are listed in
+    synth.options.known_nodules but not boxed.
+
     Example:
 
-        cxrkit synth "$(cxrkit sample-data)/ct.nii.gz" -n 8 --negatives -o synth/ | jq -c .boxes
+        cxrkit synth "$(cxrkit sample-data)/ct.nii.gz" -n 8 -o synth/ | jq -c .boxes
+
+    Negatives too, from CTs without nodules of their own (or with nodules.csv beside them):
+
+        cxrkit synth cts/*.nii.gz -n 8 --negatives -o synth/
 
     With the CT's lung lobes, and a subtlety from 1 to 5 drawn per sample:
 
