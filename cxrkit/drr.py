@@ -24,7 +24,9 @@ The pipeline of :func:`project`:
 
 All renderers work in voxel-index space (rays mapped through the inverse of
 :meth:`Volume.index_to_world`), so any direction matrix gives the same image of the same anatomy.
-They use torch's current thread count and never change global settings.
+On ``device="cpu"`` the trilinear renderer runs in numpy (:func:`render_slabs_numpy`: the same
+samples, no torch import, one thread); other devices and Siddon use torch at its current thread
+count. Nothing changes global settings.
 """
 
 from __future__ import annotations
