@@ -24,7 +24,9 @@ The pipeline of :func:`project`:
 
 All renderers work in voxel-index space (rays mapped through the inverse of
 :meth:`Volume.index_to_world`), so any direction matrix gives the same image of the same anatomy.
-They use torch's current thread count and never change global settings.
+On ``device="cpu"`` the trilinear renderer runs in numpy (:func:`render_slabs_numpy`: the same
+samples, no torch import, one thread); other devices and Siddon use torch at its current thread
+count. Nothing changes global settings.
 """
 
 from __future__ import annotations
@@ -125,14 +127,36 @@ def hu_to_mu(hu: torch.Tensor | np.ndarray, kev: float = 60.0) -> torch.Tensor |
     Returns:
         float32 μ in 1/mm, same shape, type and device as ``hu``.
     """
+    mu_water, mu_bone = attenuation_coefficients(kev)
+    if isinstance(hu, np.ndarray):  # numpy in, numpy out: no torch import
+        return _hu_to_mu_inplace(np.array(hu, dtype=np.float32, copy=True), kev)
     import torch
 
-    if isinstance(hu, np.ndarray):
-        return hu_to_mu(torch.from_numpy(np.asarray(hu, dtype=np.float32)), kev).numpy()
-    mu_water, mu_bone = attenuation_coefficients(kev)
     hu = hu.float()
     slope = torch.where(hu > 0, (mu_bone - mu_water) / HU_BONE, mu_water / 1000.0)
     return slope.mul_(hu).add_(mu_water).clamp_(min=0.0)
+
+
+def _hu_to_mu_inplace(values: np.ndarray, kev: float) -> np.ndarray:
+    """:func:`hu_to_mu` of a float32 array, overwriting it: ``μw + a·HU + (b − a)·max(HU, 0)``
+    with ``a = μw / 1000`` and ``b = (μb − μw) / HU_bone``, clamped at 0."""
+    mu_water, mu_bone = attenuation_coefficients(kev)
+    below, above = np.float32(mu_water / 1000.0), np.float32((mu_bone - mu_water) / HU_BONE)
+    if not values.flags.c_contiguous:
+        values = np.ascontiguousarray(values)
+    flat = values.reshape(-1)  # a view: the updates land in ``values``
+    chunk = 1 << 18  # in cache-sized pieces: one pass over memory, no large temporary
+    bone = np.empty(min(chunk, flat.size), dtype=np.float32)
+    for start in range(0, flat.size, chunk):
+        part = flat[start:start + chunk]
+        extra = bone[:len(part)]
+        np.maximum(part, np.float32(0.0), out=extra)
+        extra *= above - below
+        part *= below
+        part += np.float32(mu_water)
+        part += extra
+        np.maximum(part, np.float32(0.0), out=part)
+    return values
 
 
 # --- body mask ---------------------------------------------------------------------------------
@@ -158,12 +182,9 @@ def body_mask(volume: Volume) -> np.ndarray:
 
 def _coarse_body(hu: np.ndarray, *, remove_table: bool) -> np.ndarray:
     """``(d, h, w)`` bool mask on the :data:`MASK_DOWNSAMPLE` grid (ceil division)."""
-    import torch
     from scipy import ndimage
 
-    x = torch.from_numpy(np.asarray(hu, dtype=np.float32))[None, None]  # (1, 1, D, H, W)
-    block = torch.nn.functional.avg_pool3d(x, MASK_DOWNSAMPLE, ceil_mode=True)
-    coarse = (block[0, 0] > BODY_THRESHOLD_HU).numpy()
+    coarse = _block_mean(np.asarray(hu), MASK_DOWNSAMPLE) > BODY_THRESHOLD_HU
     if not remove_table or not coarse.any():
         return coarse
     in_plane = np.zeros((3, 3, 3), dtype=bool)  # 4-connectivity within axial slices only
@@ -178,6 +199,32 @@ def _coarse_body(hu: np.ndarray, *, remove_table: bool) -> np.ndarray:
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     return ndimage.binary_dilation(labels == int(sizes.argmax()), structure=in_plane)
+
+
+def _block_mean(values: np.ndarray, block: tuple[int, ...]) -> np.ndarray:
+    """Means over ``block``-sized tiles (the last, partial tile of an axis over what it holds),
+    as torch's ``avg_pool3d(..., ceil_mode=True)``: strided views summed in float32."""
+    out = np.asarray(values, dtype=np.float32)
+    for axis in reversed(range(out.ndim)):  # the last axis first: it shrinks the most
+        f, n = block[axis], out.shape[axis]
+        if f == 1:
+            continue
+
+        def every(i: int, source: np.ndarray = out, axis: int = axis, f: int = f) -> np.ndarray:
+            return source[tuple(slice(i, None, f) if a == axis else slice(None)
+                                for a in range(source.ndim))]
+
+        total = every(0).copy()
+        for i in range(1, f):
+            part = every(i)
+            total[tuple(slice(0, part.shape[axis]) if a == axis else slice(None)
+                        for a in range(total.ndim))] += part
+        starts = np.arange(0, n, f)
+        shape = [1] * out.ndim
+        shape[axis] = len(starts)
+        total /= (np.minimum(starts + f, n) - starts).astype(np.float32).reshape(shape)
+        out = total
+    return out
 
 
 def _coarse_ranges(coarse: np.ndarray, shape: tuple[int, ...]) -> list[tuple[int, int]]:
@@ -230,6 +277,71 @@ class DRR:
 Renderer = Callable[..., "tuple[torch.Tensor, dict[str, Any]]"]
 
 
+@dataclass(frozen=True, eq=False)
+class _SlabPlan:
+    """What both slab projectors share: the planes, slabs and every ray's crossings.
+
+    Rays are those in ``hit``; slab ``j``'s crossing of ray ``r`` is at in-plane voxel index
+    ``at[r] + j * step[r]`` (``(bx, by)`` order; the centre plane of slab j is ``j k + (k-1)/2``).
+    """
+
+    axis: int
+    bx: int
+    by: int
+    k: int
+    n_slabs: int
+    dim: int
+    hit: np.ndarray
+    at: np.ndarray
+    step: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    partial: bool
+    path_mm: np.ndarray
+    every: tuple[np.ndarray, ...] | None = None
+
+
+def _slab_plan(shape: tuple[int, int, int], index_to_world: np.ndarray,
+               geometry: ResolvedGeometry, exact: bool) -> _SlabPlan | int:
+    """The plan of a slab projection of a ``(D, H, W)`` grid, or the axis when no ray hits."""
+    D, H, W = shape
+    sizes = (W, H, D)  # along index axes (w, h, d)
+    source, dirs = index_space_rays(index_to_world, geometry)
+    centre = np.linalg.solve(index_to_world[:3, :3], geometry.beam_direction)
+    axis = int(np.argmax(np.abs(centre)))
+    t_in, t_out = ray_box_interval(source, dirs, sizes, margin=0.5)  # bilinear: -1 to N
+    hit = np.flatnonzero(t_out > t_in)
+    if len(hit) == 0:
+        return axis
+    d = dirs[hit]
+    da = d[:, axis]
+    if np.any(da * np.sign(centre[axis]) <= 1e-9 * np.linalg.norm(d, axis=1)):
+        raise GeometryError("the X-ray cone is too wide for the slab projector",
+                            hint="use method='siddon' or a smaller detector")
+    bx, by = (a for a in range(3) if a != axis)  # grid x, grid y index axes
+    drift = d[:, [bx, by]] / da[:, None]  # (n, 2) in-plane voxels moved per plane
+    k = 1 if exact else int(np.clip(1.0 / max(np.abs(drift).max(), 1e-9), 1, MAX_SLAB_PLANES))
+    n_axis = sizes[axis]
+    at_zero = source[[bx, by]] - source[axis] * drift  # (n, 2) crossing with plane m = 0
+    lo = source[axis] + np.minimum(0.0, da)  # (n,) plane-index range of the segment
+    hi = source[axis] + np.maximum(0.0, da)
+    partial = bool(np.any(lo > -0.5) or np.any(hi < n_axis - 0.5))
+    path_mm = np.linalg.norm((d / da[:, None]) @ index_to_world[:3, :3].T, axis=1)  # per plane
+    every = None  # (at, step, lo, hi, path_mm) of all rays, hit or not, when all cross planes
+    if len(hit) < len(dirs) and np.all(dirs[:, axis] * np.sign(centre[axis])
+                                        > 1e-9 * np.linalg.norm(dirs, axis=1)):
+        a_all = dirs[:, axis]
+        drift_all = dirs[:, [bx, by]] / a_all[:, None]
+        every = (source[[bx, by]] - source[axis] * drift_all + drift_all * (k - 1) / 2.0,
+                 drift_all * k, source[axis] + np.minimum(0.0, a_all),
+                 source[axis] + np.maximum(0.0, a_all),
+                 np.linalg.norm((dirs / a_all[:, None]) @ index_to_world[:3, :3].T, axis=1))
+    elif len(hit) == len(dirs):
+        every = (at_zero + drift * (k - 1) / 2.0, drift * k, lo, hi, path_mm)
+    return _SlabPlan(axis, bx, by, k, -(-n_axis // k), 2 - axis, hit,
+                     at_zero + drift * (k - 1) / 2.0, drift * k, lo, hi, partial, path_mm, every)
+
+
 def render_slabs(
     mu: torch.Tensor,
     index_to_world: np.ndarray,
@@ -256,31 +368,17 @@ def render_slabs(
     import torch.nn.functional as F
 
     D, H, W = mu.shape
-    sizes = (W, H, D)  # along index axes (w, h, d)
+    sizes = (W, H, D)
     device = mu.device
     rows, cols = geometry.detector_px
     out = torch.zeros(rows * cols, dtype=torch.float32, device=device)
-    source, dirs = index_space_rays(index_to_world, geometry)
-    centre = np.linalg.solve(index_to_world[:3, :3], geometry.beam_direction)
-    axis = int(np.argmax(np.abs(centre)))
-    t_in, t_out = ray_box_interval(source, dirs, sizes, margin=0.5)  # bilinear: -1 to N
-    hit = np.flatnonzero(t_out > t_in)
-    if len(hit) == 0:
-        return out.reshape(rows, cols), {"slab_planes": 0, "axis": "whd"[axis]}
-    d = dirs[hit]
-    da = d[:, axis]
-    if np.any(da * np.sign(centre[axis]) <= 1e-9 * np.linalg.norm(d, axis=1)):
-        raise GeometryError("the X-ray cone is too wide for the slab projector",
-                            hint="use method='siddon' or a smaller detector")
-    bx, by = (a for a in range(3) if a != axis)  # grid x, grid y index axes
-    drift = d[:, [bx, by]] / da[:, None]  # (n, 2) in-plane voxels moved per plane
-    k = 1 if exact else int(np.clip(1.0 / max(np.abs(drift).max(), 1e-9), 1, MAX_SLAB_PLANES))
-    n_axis = sizes[axis]
-    n_slabs = -(-n_axis // k)
+    plan = _slab_plan((D, H, W), index_to_world, geometry, exact)
+    if isinstance(plan, int):
+        return out.reshape(rows, cols), {"slab_planes": 0, "axis": "whd"[plan]}
+    k, n_slabs, dim, bx, by = plan.k, plan.n_slabs, plan.dim, plan.bx, plan.by
 
     # Plane stack (slabs, 1, N_by, N_bx): slab j is the mean of planes j k ... j k + k - 1 (zeros
     # past the end), summed from k strided views so the only copy is 1/k of the volume.
-    dim = 2 - axis  # array dimension of the slab axis
     if k == 1:
         stack = mu
     else:
@@ -293,24 +391,16 @@ def render_slabs(
         stack /= k
     planes = stack.permute(dim, 2 - by, 2 - bx).contiguous().unsqueeze(1)
 
-    # Ray crossing with slab j (centre plane m = j k + (k - 1)/2), in grid_sample coordinates
-    # (align_corners=False: index i ↦ (2 i + 1) / N - 1): base + j * step.
-    at_zero = source[[bx, by]] - source[axis] * drift  # (n, 2) crossing with plane m = 0
+    # In grid_sample coordinates (align_corners=False: index i ↦ (2 i + 1) / N - 1).
     scale = 2.0 / np.array([sizes[bx], sizes[by]], dtype=np.float64)
-    base = (at_zero + drift * (k - 1) / 2.0 + 0.5) * scale - 1.0
-    step = drift * k * scale
+
     def f32(values: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(values, dtype=torch.float32, device=device)
 
-    base_t, step_t = f32(base), f32(step)
+    base_t, step_t = f32((plan.at + 0.5) * scale - 1.0), f32(plan.step * scale)
+    lo_t, hi_t = f32(plan.lo), f32(plan.hi)  # rays ending inside cover part of some slabs
 
-    # Rays whose segment ends inside the volume cover only part of some slabs.
-    lo = source[axis] + np.minimum(0.0, da)  # (n,) plane-index range of the segment
-    hi = source[axis] + np.maximum(0.0, da)
-    partial = bool(np.any(lo > -0.5) or np.any(hi < n_axis - 0.5))
-    lo_t, hi_t = f32(lo), f32(hi)
-
-    n = len(hit)
+    n = len(plan.hit)
     threads = max(1, torch.get_num_threads())
     rays_per_call = min(n, max(4096, CHUNK_SAMPLES // threads))
     slabs_per_call = max(threads, CHUNK_SAMPLES // rays_per_call)
@@ -324,16 +414,156 @@ def render_slabs(
             samples = F.grid_sample(planes[j0:j1], grid[:, None], mode="bilinear",
                                     padding_mode="zeros", align_corners=False)  # (s, 1, 1, r)
             samples = samples.view(j1 - j0, r1 - r0)
-            if partial:  # fraction of each slab [j k - 0.5, j k + k - 0.5] inside the segment
+            if plan.partial:  # fraction of each slab [j k - 0.5, j k + k - 0.5] in the segment
                 start = j[:, :, 0] * k - 0.5
                 cover = (torch.minimum(hi_t[None, r0:r1], start + k)
                          - torch.maximum(lo_t[None, r0:r1], start)).clamp_(0.0, k) / k
                 samples = samples * cover
             acc[r0:r1] += samples.sum(0)
-    path_mm = np.linalg.norm((d / da[:, None]) @ index_to_world[:3, :3].T, axis=1)  # per plane
-    acc *= f32(path_mm * k)
-    out[torch.as_tensor(hit, device=device)] = acc
-    return out.reshape(rows, cols), {"slab_planes": k, "axis": "whd"[axis]}
+    acc *= f32(plan.path_mm * k)
+    out[torch.as_tensor(plan.hit, device=device)] = acc
+    return out.reshape(rows, cols), {"slab_planes": k, "axis": "whd"[plan.axis]}
+
+
+def render_slabs_numpy(
+    mu: np.ndarray,
+    index_to_world: np.ndarray,
+    geometry: ResolvedGeometry,
+    *,
+    exact: bool = False,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """:func:`render_slabs` in numpy, for the CPU without importing torch: the same slabs, the
+    same bilinear samples with zeros outside the grid, the same partial-slab weights (sums in
+    another order, so equal to float32 rounding).
+
+    When every ray's in-plane crossing moves along one plane axis with the detector rows and
+    along the other with its columns (the standard views of an axis-aligned CT), each slab is
+    interpolated separably: rows first, then columns, over the whole detector at once.
+    Otherwise the four neighbours of every sample are gathered.
+
+    Args and returns as :func:`render_slabs`, with numpy arrays.
+    """
+    D, H, W = mu.shape
+    rows, cols = geometry.detector_px
+    out = np.zeros(rows * cols, dtype=np.float32)
+    plan = _slab_plan((D, H, W), index_to_world, geometry, exact)
+    if isinstance(plan, int):
+        return out.reshape(rows, cols), {"slab_planes": 0, "axis": "whd"[plan]}
+    k, n_slabs, dim = plan.k, plan.n_slabs, plan.dim
+    values = np.asarray(mu, dtype=np.float32)
+    if k == 1:
+        stack = values
+    else:
+        shape = list(values.shape)
+        shape[dim] = n_slabs
+        stack = np.zeros(shape, dtype=np.float32)
+        for i in range(k):
+            part = values[tuple(slice(i, None, k) if a == dim else slice(None) for a in range(3))]
+            index = tuple(slice(0, part.shape[dim]) if a == dim else slice(None) for a in range(3))
+            stack[index] += part
+        stack /= np.float32(k)
+    planes = np.transpose(stack, (dim, 2 - plan.by, 2 - plan.bx))  # (S, N_by, N_bx)
+    # zeros around each plane (1 before, 2 after) so every bilinear neighbour is in range
+    padded = np.zeros((n_slabs, planes.shape[1] + 3, planes.shape[2] + 3), dtype=np.float32)
+    padded[:, 1:-2, 1:-2] = planes
+    info = {"slab_planes": k, "axis": "whd"[plan.axis]}
+    whole = _separable_slabs(padded, plan, rows, cols)
+    if whole is not None:  # every ray (a missing one sums zeros)
+        whole *= (plan.every[4] * k).astype(np.float32)  # type: ignore[index]
+        return whole.reshape(rows, cols), info
+    acc = _gathered_slabs(padded, plan)
+    acc *= (plan.path_mm * k).astype(np.float32)
+    out[plan.hit] = acc
+    return out.reshape(rows, cols), info
+
+
+def _weights(position: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Padded lower neighbour and its upper weight for voxel-index positions (see padding)."""
+    g = np.clip(position + 1.0, 0.0, size + 1.0)
+    low = np.floor(g)
+    return low.astype(np.intp), (g - low).astype(np.float32)
+
+
+def _cover(plan: _SlabPlan, j: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Fraction of slab ``j`` (``[j k - 0.5, j k + k - 0.5]``) inside each ray's segment."""
+    start = j * plan.k - 0.5
+    return np.clip(np.minimum(hi, start + plan.k) - np.maximum(lo, start), 0.0,
+                   plan.k) / plan.k
+
+
+def _separable_slabs(padded: np.ndarray, plan: _SlabPlan, rows: int, cols: int
+                     ) -> np.ndarray | None:
+    """Sums of every ray (``(rows * cols,)``) by separable interpolation, or None when the rays
+    do not allow it."""
+    if plan.every is None:
+        return None
+    at = plan.every[0].reshape(rows, cols, 2)
+    step = plan.every[1].reshape(rows, cols, 2)
+
+    def follows(values: np.ndarray) -> set[str]:  # (rows, cols): the detector axes it may follow
+        ways = set()
+        if np.allclose(values, values[:1, :], rtol=0.0, atol=1e-6):
+            ways.add("cols")  # the same down every column: a function of the column
+        if np.allclose(values, values[:, :1], rtol=0.0, atol=1e-6):
+            ways.add("rows")
+        return ways
+
+    x_ways = follows(at[..., 0]) & follows(step[..., 0])
+    y_ways = follows(at[..., 1]) & follows(step[..., 1])
+    if "cols" in x_ways and "rows" in y_ways:
+        transpose = False
+    elif "rows" in x_ways and "cols" in y_ways:
+        transpose = True  # grid x follows the detector rows, grid y its columns
+    else:
+        return None
+    lo, hi = plan.every[2].reshape(rows, cols), plan.every[3].reshape(rows, cols)
+    if plan.partial and not (np.allclose(lo, lo.flat[0], rtol=0.0, atol=1e-9)
+                             and np.allclose(hi, hi.flat[0], rtol=0.0, atol=1e-9)):
+        return None
+    x_line, y_line = (at[:, 0], at[0, :]) if transpose else (at[0, :], at[:, 0])
+    x_steps, y_steps = (step[:, 0], step[0, :]) if transpose else (step[0, :], step[:, 0])
+    x_at, x_step = x_line[:, 0], x_steps[:, 0]
+    y_at, y_step = y_line[:, 1], y_steps[:, 1]
+    size_y, size_x = padded.shape[1] - 3, padded.shape[2] - 3
+    acc = np.zeros((len(y_at), len(x_at)), dtype=np.float32)
+    for j in range(plan.n_slabs):
+        y0, fy = _weights(y_at + j * y_step, size_y)
+        x0, fx = _weights(x_at + j * x_step, size_x)
+        plane = padded[j]
+        fy = fy[:, None]
+        lines = plane[y0] * (1 - fy) + plane[y0 + 1] * fy  # (ny, N_bx + 3)
+        sample = lines[:, x0] * (1 - fx) + lines[:, x0 + 1] * fx
+        if plan.partial:
+            sample *= np.float32(_cover(plan, np.float64(j), lo.flat[0], hi.flat[0]))
+        acc += sample
+    return (acc.T if transpose else acc).reshape(-1)
+
+
+def _gathered_slabs(padded: np.ndarray, plan: _SlabPlan) -> np.ndarray:
+    """Per-ray sums by gathering the four neighbours of every sample (any geometry)."""
+    n = len(plan.hit)
+    n_slabs, height, width = padded.shape
+    flat = padded.reshape(-1)
+    at = plan.at.astype(np.float32)
+    step = plan.step.astype(np.float32)
+    acc = np.zeros(n, dtype=np.float32)
+    rays = min(n, 1 << 15)
+    slabs = max(1, CHUNK_SAMPLES // rays)
+    for j0 in range(0, n_slabs, slabs):
+        j = np.arange(j0, min(n_slabs, j0 + slabs), dtype=np.float32)[:, None]  # (s, 1)
+        for r0 in range(0, n, rays):
+            r = slice(r0, min(n, r0 + rays))
+            x0, fx = _weights(at[None, r, 0] + j * step[None, r, 0], width - 3)
+            y0, fy = _weights(at[None, r, 1] + j * step[None, r, 1], height - 3)
+            idx = ((j.astype(np.intp) * height) + y0) * width + x0
+            top = flat[idx] * (1 - fx) + flat[idx + 1] * fx
+            bottom = flat[idx + width] * (1 - fx) + flat[idx + width + 1] * fx
+            sample = top * (1 - fy) + bottom * fy
+            if plan.partial:
+                sample *= _cover(plan, j.astype(np.float64), plan.lo[None, r],
+                                 plan.hi[None, r]).astype(np.float32)
+            acc[r] += sample.sum(0)
+    return acc
 
 
 METHODS: dict[str, Renderer] = {"trilinear": render_slabs, "siddon": render_siddon}
@@ -374,8 +604,6 @@ def project(
         InputError: unknown method or quality, energy out of range, or no body in the volume.
         GeometryError: an invalid geometry, or one whose rays all miss the body.
     """
-    import torch
-
     _check_options(method, quality)
     mu_water, mu_bone = attenuation_coefficients(kev)
     coarse = _coarse_body(volume.array, remove_table=remove_table)
@@ -384,11 +612,10 @@ def project(
                          hint="is this a CT in Hounsfield units?")
     ranges = _coarse_ranges(coarse, volume.shape)
     box = tuple(slice(a, b) for a, b in ranges)
-    mu = hu_to_mu(torch.from_numpy(np.ascontiguousarray(volume.array[box], dtype=np.float32)),
-                  kev)
+    mu = _hu_to_mu_inplace(np.array(volume.array[box], dtype=np.float32, copy=True), kev)
     if remove_table:
-        mu *= torch.from_numpy(_upsample(coarse, ranges))
-    crop = _cropped(volume, ranges, mu.numpy())
+        mu *= _upsample(coarse, ranges)
+    crop = _cropped(volume, ranges, mu)
     resolved = geometry.resolve(crop.bounds_mm())
     _check_rays_hit(crop, resolved)
     image, info = _render(crop, resolved, method=method, quality=quality, antialias=antialias,
@@ -531,19 +758,31 @@ def _render(
     antialias: bool,
     device: str,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Run a renderer on per-mm values (with optional 2× supersampling); numpy image out."""
-    import torch
+    """Run a renderer on per-mm values (with optional 2× supersampling); numpy image out.
 
+    The trilinear renderer on ``device="cpu"`` runs in numpy (:func:`render_slabs_numpy`, the
+    same samples as :func:`render_slabs`; torch is not imported); other devices and Siddon use
+    torch.
+    """
     factor = 1
     if antialias and max(geometry.pixel_at_isocenter_mm) > ANTIALIAS_RATIO * min(values.spacing_mm):
         factor = 2
     fine = geometry.supersampled(factor) if factor > 1 else geometry
+    rows, cols = geometry.detector_px
+    if method == "trilinear" and str(device) == "cpu":
+        array = np.asarray(values.array, dtype=np.float32)
+        image, info = render_slabs_numpy(array, values.index_to_world(), fine,
+                                         exact=quality == "exact")
+        if factor > 1:
+            image = image.reshape(rows, factor, cols, factor).mean(axis=(1, 3))
+        return image.astype(np.float32, copy=False), {**info, "supersample": factor}
+    import torch
+
     mu = torch.from_numpy(np.asarray(values.array, dtype=np.float32)).to(device)
-    image, info = METHODS[method](mu, values.index_to_world(), fine, exact=quality == "exact")
+    result, info = METHODS[method](mu, values.index_to_world(), fine, exact=quality == "exact")
     if factor > 1:
-        rows, cols = geometry.detector_px
-        image = image.reshape(rows, factor, cols, factor).mean(dim=(1, 3))
-    return image.cpu().numpy().astype(np.float32, copy=False), {**info, "supersample": factor}
+        result = result.reshape(rows, factor, cols, factor).mean(dim=(1, 3))
+    return result.cpu().numpy().astype(np.float32, copy=False), {**info, "supersample": factor}
 
 
 # --- output ------------------------------------------------------------------------------------

@@ -157,10 +157,30 @@ def test_usage_errors_exit_2(args: tuple[str, ...], message: str, chest_ct: tupl
 
 
 def test_runtime_errors_exit_1(tmp_path: Path, chest_ct: tuple[Path, Path]) -> None:
+    (tmp_path / "empty").mkdir()
     missing = run_cli("synth", str(chest_ct[0]), "--source", "luna16", "--luna16-dir",
-                      str(tmp_path / "nowhere"))
+                      str(tmp_path / "empty"))
     assert missing.returncode == 1 and b"nodules.csv" in missing.stderr
     assert missing.stdout == b""
+
+
+def test_luna16_folder_from_option_or_environment(chest_ct: tuple[Path, Path], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """No folder beside the checkout is assumed: --luna16-dir, else $CXRKIT_LUNA16_DIR."""
+    monkeypatch.delenv("CXRKIT_LUNA16_DIR", raising=False)
+    args = ["synth", str(chest_ct[0]), "--source", "luna16", "-o", str(tmp_path / "out"),
+            *SMALL]
+    unset = runner.invoke(app, args)
+    assert unset.exit_code == 2 and "--luna16-dir" in unset.stderr
+    assert "CXRKIT_LUNA16_DIR" in unset.stderr
+    gone = runner.invoke(app, args, env={"CXRKIT_LUNA16_DIR": str(tmp_path / "nowhere")})
+    assert gone.exit_code == 2 and "nowhere" in gone.stderr and "CXRKIT_LUNA16_DIR" in gone.stderr
+    luna = make_luna_dir(tmp_path / "luna")
+    result = runner.invoke(app, args, env={"CXRKIT_LUNA16_DIR": str(luna)})
+    assert result.exit_code == 0, result.stderr
+    (rec,) = records(result.stdout)
+    assert rec["nodule"]["source"]["kind"] == "luna16"
+    assert rec["synth"]["options"]["luna16_dir"] == str(luna)
 
 
 def test_help_lists_every_choice() -> None:
@@ -189,3 +209,139 @@ def test_real_ct_and_radiograph(shared_data: Path, tmp_path: Path) -> None:
     assert code == 0 and len(recs) == 2 and recs[1]["boxes"] == []
     mask = read_radiograph(recs[0]["mask"]).pixels > 0.5
     assert mask.shape == (1024, 1024) and 10 < mask.sum() < 20000
+
+
+KNOWN_LPS = (-14.0, 0.0, 10.0)
+"""Centre of the 8 mm nodule the chest phantom gets in its right lung (LPS mm)."""
+GRID = ("--size", "64", "--pixel-mm", "1.0")
+
+
+def _add_known_nodule(ct: Path, labels: Path | None = None) -> None:
+    """Put an 8 mm soft-tissue ball at :data:`KNOWN_LPS` into the phantom (and, as label 20,
+    into its label volume)."""
+    from cxrkit.volume import read_volume
+
+    volume = read_volume(ct)
+    z, y, x = np.mgrid[0:64, 0:64, 0:64].astype(np.float32) - 31.5
+    ball = (x - KNOWN_LPS[0]) ** 2 + (y - KNOWN_LPS[1]) ** 2 + (z - KNOWN_LPS[2]) ** 2 <= 16
+    write_volume(volume.with_array(np.where(ball, 40.0, volume.array).astype(np.float32)), ct)
+    if labels is not None:
+        lobes = read_volume(labels)
+        write_volume(lobes.with_array(np.where(ball, 20.0, lobes.array).astype(np.float32)),
+                     labels)
+
+
+def _write_table(path: Path, rows: list[tuple[float, float, float, float]]) -> None:
+    """A LIDC-style nodules table: one row per reader mark, RAS centres, xy_extent_mm."""
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["reader_id", "nodule_id", "ras_x_mm", "ras_y_mm", "ras_z_mm",
+                         "xy_extent_mm", "subtlety", "texture"])
+        for k, (x, y, z, size) in enumerate(rows):
+            writer.writerow([k, f"N{k}", -x, -y, z, size, 4, 5])
+
+
+def test_known_nodules_are_labelled_and_rule_out_negatives(chest_ct: tuple[Path, Path],
+                                                           tmp_path: Path) -> None:
+    """A CT with its own nodule (nodules.csv beside it) never yields a 'negative' showing it."""
+    ct, _ = chest_ct
+    _add_known_nodule(ct)
+    x, y, z = KNOWN_LPS
+    _write_table(tmp_path / "nodules.csv", [(x + 0.4, y, z, 8.2), (x, y - 0.5, z, 7.8),
+                                            (x, y, z + 0.6, 8.0), (x - 0.3, y, z, 8.0),
+                                            (14.0, 0.0, -5.0, 0.7)])  # + one < 3 mm mark
+    out = tmp_path / "out"
+    result = run_cli("synth", str(ct), "-n", "2", "--negatives", "--diameter-mm", "5:6",
+                     *GRID, "-o", str(out))
+    assert result.returncode == 1
+    (line,) = result.stderr.decode().strip().splitlines()
+    assert "known nodule" in line and "nodules.csv" in line and "--known-nodules none" in line
+    recs = records(result.stdout)
+    assert [r["id"] for r in recs] == ["chest_s000", "chest_s001"]
+    assert not (out / "chest_neg.tiff").exists()
+    for rec in recs:
+        synth_box, ct_box = rec["boxes"]
+        assert synth_box["origin"] == "synth" and ct_box["origin"] == "ct"
+        assert ct_box["attributes"]["marks"] == 4  # four readers' marks, one nodule
+        assert ct_box["attributes"]["diameter_mm"] == 8.0
+        assert ct_box["attributes"]["texture"] == "solid"
+        # the box sits on the nodule's projection: about 8 mm x magnification wide
+        width, height = ct_box["x2"] - ct_box["x1"], ct_box["y2"] - ct_box["y1"]
+        assert 7 <= width <= 12 and 7 <= height <= 12
+        mask = read_radiograph(rec["mask"]).pixels > 0.5
+        assert mask[ct_box["y1"]:ct_box["y2"], ct_box["x1"]:ct_box["x2"]].mean() > 0.6
+        # the CT really shows it there: the region is denser than the mirrored lung
+        image = read_radiograph(rec["path"]).pixels
+        region = image[ct_box["y1"]:ct_box["y2"], ct_box["x1"]:ct_box["x2"]]
+        mirror = image[ct_box["y1"]:ct_box["y2"], 64 - ct_box["x2"]:64 - ct_box["x1"]]
+        assert region.mean() > mirror.mean() + 0.02
+        # the inserted nodule keeps clear of the known one
+        gap = np.linalg.norm(np.array(rec["nodule"]["center_mm"]) - KNOWN_LPS)
+        assert gap > 4.0 + 2.5 + 3.0
+        known = rec["synth"]["options"]["known_nodules"]
+        assert [k["marks"] for k in known] == [4, 1] and known[1]["diameter_mm"] == 0.7
+    assert rec["synth"]["negative"] is False
+
+    # the user says the CT has none: negatives are made, with no box
+    code, recs, _ = invoke(str(ct), "-n", "1", "--negatives", "--known-nodules", "none",
+                           "--diameter-mm", "5:6", *GRID, "-o", str(tmp_path / "none"))
+    assert code == 0 and [len(r["boxes"]) for r in recs] == [1, 0]
+    assert recs[1]["synth"]["negative"] is True
+
+
+def test_small_known_nodules_allow_negatives(chest_ct: tuple[Path, Path], tmp_path: Path
+                                             ) -> None:
+    ct, _ = chest_ct
+    _write_table(tmp_path / "chest.nodules.csv", [(14.0, 0.0, -5.0, 0.7)])
+    code, recs, _ = invoke(str(ct), "-n", "0", "--negatives", *GRID, "-o", str(tmp_path / "o"))
+    assert code == 0 and recs[0]["boxes"] == [] and recs[0]["synth"]["negative"] is True
+    assert recs[0]["synth"]["options"]["known_nodules"][0]["diameter_mm"] == 0.7
+
+
+def test_known_nodules_from_a_label_map_or_mask(chest_ct: tuple[Path, Path], tmp_path: Path
+                                                ) -> None:
+    ct, lobes = chest_ct
+    _add_known_nodule(ct, lobes)
+    with open(tmp_path / "lobes.csv", "a", newline="") as fh:
+        csv.writer(fh).writerow([20, "lung_nodules"])
+    result = run_cli("synth", str(ct), "--labels", str(lobes), "-n", "1", "--negatives",
+                     "--diameter-mm", "5:6", *GRID, "-o", str(tmp_path / "a"))
+    assert result.returncode == 1 and b"known nodule" in result.stderr
+    (rec,) = records(result.stdout)
+    ct_box = rec["boxes"][1]
+    assert ct_box["origin"] == "ct" and 7 <= ct_box["x2"] - ct_box["x1"] <= 12
+    assert abs(ct_box["attributes"]["diameter_mm"] - 8.0) < 1.0
+    # a nodule mask volume given explicitly
+    from cxrkit.volume import read_volume
+
+    labels = read_volume(lobes)
+    write_volume(labels.with_array((labels.array == 20).astype(np.float32)),
+                 tmp_path / "nod.nii.gz")
+    code, recs, _ = invoke(str(ct), "-n", "1", "--known-nodules", str(tmp_path / "nod.nii.gz"),
+                           "--diameter-mm", "5:6", *GRID, "-o", str(tmp_path / "b"))
+    assert code == 0 and [b["x1"] for b in recs[0]["boxes"][1:]] == [ct_box["x1"]]
+
+
+def test_unreadable_nodule_table_is_an_error(chest_ct: tuple[Path, Path], tmp_path: Path
+                                             ) -> None:
+    ct, _ = chest_ct
+    (tmp_path / "nodules.csv").write_text("a,b\n1,2\n")
+    result = run_cli("synth", str(ct), *GRID, "-o", str(tmp_path / "o"))
+    assert result.returncode == 1 and b"no centre" in result.stderr
+    bad = run_cli("synth", str(ct), "-e", "blend", "--known-nodules", "none")
+    assert bad.returncode == 2 and b"--known-nodules" in bad.stderr
+
+
+@pytest.mark.realdata
+def test_lidc_own_nodule_is_labelled_not_negative(shared_data: Path, tmp_path: Path) -> None:
+    """LIDC-IDRI-0001's 30 mm nodule: boxed in every image, and no negative from this CT."""
+    ct = shared_data / "lidc-idri-0001" / "ct.nii.gz"
+    code, recs, err = invoke(str(ct), "-n", "1", "--negatives", "--keep-going", "--size", "128",
+                             "-o", str(tmp_path / "o"))
+    assert code == 3 and "known nodule" in err
+    (rec,) = recs
+    (ct_box,) = [b for b in rec["boxes"] if b["origin"] == "ct"]
+    assert 30 <= ct_box["attributes"]["diameter_mm"] <= 36 and ct_box["attributes"]["marks"] == 4
+    # 430 mm / 128 px: ~3.4 mm pixels, the nodule ~11 px across, in the image's right half
+    # (patient's left lower lobe)
+    assert 8 <= ct_box["x2"] - ct_box["x1"] <= 16 and ct_box["x1"] > 64

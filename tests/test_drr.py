@@ -412,3 +412,41 @@ def test_real_ct_pa_orientation_and_nodule() -> None:
     yy, xx = np.mgrid[:256, :256]
     dist = np.hypot(xx - col, yy - row)
     assert p[dist < 4].mean() > p[(dist > 6) & (dist < 12)].mean() + 0.1
+
+
+@pytest.mark.parametrize("geometry", [
+    Geometry(detector_px=(40, 32)),
+    Geometry(view="LAT", detector_px=(24, 40)),
+    Geometry(view="AP", detector_px=(30, 30), sod_mm=45.0, sid_mm=90.0),  # rays end inside
+    Geometry(detector_px=(32, 32), rotation_deg=(10.0, 5.0, 20.0)),
+])
+@pytest.mark.parametrize("exact", [False, True])
+def test_numpy_slab_renderer_matches_torch(geometry: Geometry, exact: bool) -> None:
+    """The CPU renderer (numpy, no torch import) and the torch one take the same samples."""
+    torch = pytest.importorskip("torch")
+    values = np.random.default_rng(1).random((20, 26, 30)).astype(np.float32)
+    grid = Volume(values, (2.0, 1.5, 1.0), (-15.0, -20.0, -20.0), np.diag([-1.0, 1.0, 1.0]))
+    resolved = geometry.resolve(grid.bounds_mm())
+    reference, info = drr.render_slabs(torch.from_numpy(values), grid.index_to_world(),
+                                       resolved, exact=exact)
+    image, same = drr.render_slabs_numpy(values, grid.index_to_world(), resolved, exact=exact)
+    assert same == info
+    scale = float(reference.abs().max())
+    assert scale > 0 and np.abs(image - reference.numpy()).max() <= 1e-5 * scale
+    plan = drr._slab_plan(values.shape, grid.index_to_world(), resolved, exact)
+    padded = np.zeros((plan.n_slabs, 3, 3), dtype=np.float32)
+    separable = drr._separable_slabs(padded, plan, *resolved.detector_px) is not None
+    assert separable == (geometry.rotation_deg == (0.0, 0.0, 0.0))  # both paths are tested
+
+
+def test_cpu_render_does_not_import_torch(phantom_path: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from cxrkit import drr; from cxrkit.geometry import Geometry; "
+            "from cxrkit.volume import read_volume; "
+            f"drr.project(read_volume({str(phantom_path)!r}), Geometry(detector_px=(32, 32))); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"

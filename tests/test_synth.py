@@ -282,3 +282,20 @@ def test_intensity_scale_sources() -> None:
     ramp = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
     scale, method = intensity_scale(Radiograph(ramp, None, "display"))
     assert method == "estimated-from-window" and 0.15 < scale < 0.25
+
+
+def test_nodule_table_columns_groups_and_errors(tmp_path: Path) -> None:
+    from cxrkit.synth.known import read_nodule_table
+
+    table = tmp_path / "nodules.csv"
+    table.write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\n"
+                     "a,10,20,30,12\na,12,21,30,10\na,-40,0,0,5\n")
+    first, second = read_nodule_table(table)
+    assert first.center_mm == (11.0, 20.5, 30.0) and first.diameter_mm == 11.0
+    assert first.marks == 2 and first.counted and second.center_mm == (-40.0, 0.0, 0.0)
+    table.write_text("ras_x_mm,ras_y_mm,ras_z_mm,diameter_mm\n1,2,3,2\n")
+    (only,) = read_nodule_table(table)
+    assert only.center_mm == (-1.0, -2.0, 3.0) and not only.counted  # RAS -> LPS, < 3 mm
+    table.write_text("x_mm,y_mm,z_mm,diameter_mm\n1,2,nan,8\n")
+    with pytest.raises(InputError, match="line 2"):
+        read_nodule_table(table)

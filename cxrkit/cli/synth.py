@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cxrkit.cli")
 
-SHARED_LUNA16 = Path(__file__).resolve().parents[3] / "shared" / "data" / "luna16-nodules"
-"""Default --luna16-dir: the development data beside a source checkout (never downloaded)."""
+LUNA16_ENV = "CXRKIT_LUNA16_DIR"
+"""Environment variable naming the LUNA16 patch folder when --luna16-dir is not given."""
 
 CT_PATTERNS = VOLUME_PATTERNS
 OWNED = ("path", "kind", "spacing_mm", "mask", "thickness", "labels", "boxes", "nodule", "synth")
@@ -69,8 +69,9 @@ def synth(
         "--source", help="Nodules: parametric (generated) or luna16 (real CT patches).")
     ] = "parametric",
     luna16_dir: Annotated[Path | None, typer.Option(
-        "--luna16-dir", help="Folder with nodules.csv and patches/ (NODE21/LUNA16 patches). "
-                             "Default: ../shared/data/luna16-nodules beside the checkout.",
+        "--luna16-dir", envvar=LUNA16_ENV,
+        help="Folder with nodules.csv and patches/ (NODE21/LUNA16 patches), needed by "
+             f"--source luna16; nothing is downloaded. Default: ${LUNA16_ENV}.",
         show_default=False)] = None,
     where: Annotated[str | None, typer.Option(
         "--where", help="Select LUNA16 patches by their columns, e.g. 'calcified==1 and "
@@ -109,6 +110,12 @@ def synth(
                          "structures.csv naming lung_* lobes, or a binary mask); {id} is "
                          "replaced by the input's id. Default: a threshold lung mask.",
         show_default=False)] = None,
+    known_nodules: Annotated[str, typer.Option(
+        "--known-nodules", help="ct: the nodules the CT already has, boxed (origin ct) and "
+                                "in the mask of every image from it, so it gives no negative: "
+                                "auto (<stem>.nodules.csv or nodules.csv beside the CT, and "
+                                "nodule structures of --labels), a CSV or a nodule mask volume "
+                                "({id} is replaced), or none (the CT has none).")] = "auto",
     mask: Annotated[str | None, typer.Option(
         "--mask", help="blend: lung-field mask image (nonzero = lung); {id} is replaced by the "
                        "input's id. Default: a threshold lung field.", show_default=False)
@@ -151,9 +158,22 @@ def synth(
     source patch), synth (engine, options, seeds). With --negatives the stream also lists each
     input without a nodule (boxes: []), so it feeds cxrkit eval directly.
 
+    A CT's own nodules are ground truth too (--known-nodules): by default those listed in
+    <stem>.nodules.csv or nodules.csv beside the CT (a centre x_mm,y_mm,z_mm in LPS, coordX..
+    as LUNA16, or ras_x_mm.. as LIDC, and diameter_mm or xy_extent_mm; rows within each
+    other's radius are one nodule) and the nodule structures of --labels. Every image from that
+    CT boxes them (origin "ct"; inserted ones have origin "synth") and masks them, nodules are
+    inserted at least 5 mm from them, and the CT gives no negative: its _neg item fails with an
+    error (exit 1; 3 with --keep-going). Marks under 3 mm (LIDC's small nodules) are listed in
+    synth.options.known_nodules but not boxed.
+
     Example:
 
-        cxrkit synth "$(cxrkit sample-data)/ct.nii.gz" -n 8 --negatives -o synth/ | jq -c .boxes
+        cxrkit synth "$(cxrkit sample-data)/ct.nii.gz" -n 8 -o synth/ | jq -c .boxes
+
+    Negatives too, from CTs without nodules of their own (or with nodules.csv beside them):
+
+        cxrkit synth cts/*.nii.gz -n 8 --negatives -o synth/
 
     With the CT's lung lobes, and a subtlety from 1 to 5 drawn per sample:
 
@@ -184,8 +204,12 @@ def synth(
                     "spicule_length_mm": spicule_length_mm})
     options = {"engine": engine, "count": count, "negatives": negatives, "kev": kev,
                "kind": kind, "quality": quality, "subtlety": _subtlety(subtlety),
-               "lung": labels or mask, "center_mm": config.center_mm,
+               "lung": labels or mask, "known_nodules": known_nodules,
+               "center_mm": config.center_mm,
                "center_px": config.center_px, **nodule_options}
+    if known_nodules != "auto" and ENGINES[engine].reads != "ct":
+        raise typer.BadParameter("only the ct engine reads a CT's own nodules",
+                                 param_hint="--known-nodules")
     job = SynthJob(ENGINES[engine], config, nodules, options, Outputs(out, format_suffix(fmt),
                                                                       overwrite), seed=seed)
     patterns = CT_PATTERNS if ENGINES[engine].reads == "ct" else RADIOGRAPH_PATTERNS
@@ -213,10 +237,13 @@ def _nodule_source(source: str, luna16_dir: Path | None, where: str | None, *,
     from cxrkit import nodules
 
     if source == "luna16":
-        root = luna16_dir or SHARED_LUNA16
-        if luna16_dir is None and not root.is_dir():
-            raise typer.BadParameter(f"no LUNA16 patches at {root}; give the folder holding "
-                                     "nodules.csv and patches/ (nothing is downloaded)",
+        if luna16_dir is None or not str(luna16_dir).strip():
+            raise typer.BadParameter(f"--source luna16 needs the patch folder: give --luna16-dir "
+                                     f"DIR or set {LUNA16_ENV} (nothing is downloaded)",
+                                     param_hint="--luna16-dir")
+        root = luna16_dir
+        if not root.is_dir():
+            raise typer.BadParameter(f"no folder {root} (from --luna16-dir or {LUNA16_ENV})",
                                      param_hint="--luna16-dir")
         patches = nodules.read_luna16(root).select(where)
         return patches, {"source": "luna16", "luna16_dir": str(root), "where": where,
@@ -344,6 +371,8 @@ class SynthJob:
 
                 data = read_volume(path)
                 lung = read_lung_mask(lung_path, data) if lung_path else None
+                scene = self.engine.prepare(data, lung,  # type: ignore[call-arg]
+                                            self._known(path, input_id, lung_path))
             else:
                 from cxrkit.io import read_radiograph
 
@@ -354,8 +383,22 @@ class SynthJob:
                     data.spacing_mm = check_spacing(record["spacing_mm"], path=path,
                                                     what="the record's spacing_mm")
                 lung = read_radiograph(lung_path).pixels > 0.5 if lung_path else None
-            self._scene = (path, self.engine.prepare(data, lung), file_sha256(path))
+                scene = self.engine.prepare(data, lung)
+            self._scene = (path, scene, file_sha256(path))
         return self._scene[1], self._scene[2]
+
+    def _known(self, path: str, input_id: str, lung_path: str | None) -> list[Any]:
+        """The CT's own nodules by --known-nodules (see :mod:`cxrkit.synth.known`)."""
+        from cxrkit.synth import known
+
+        policy = self.options["known_nodules"]
+        if policy == "none":
+            return []
+        if policy != "auto":
+            return known.read_known(policy.replace("{id}", input_id))
+        table = known.table_beside(path)
+        found = known.read_nodule_table(table) if table else []
+        return found + (known.nodules_from_label_map(lung_path) if lung_path else [])
 
     def _write(self, record: Record, sample: Sample, sha256: str, seed: int | None) -> Record:
         """Write image, mask and thickness; return the sample's record."""
@@ -368,14 +411,16 @@ class SynthJob:
         mask_path = self.outputs.companion(primary, "mask.png")
         new = {k: v for k, v in record.items() if k not in OWNED and k != "_synth"}
         new.update(path=str(primary), kind=sample.kind, spacing_mm=list(sample.spacing_mm),
-                   mask=str(mask_path), boxes=[n.box_record() for n in sample.nodules],
+                   mask=str(mask_path),
+                   boxes=[n.box_record() for n in (*sample.nodules, *sample.known)],
                    nodule=sample.nodules[0].to_dict() if sample.nodules else None)
         if sample.thickness_mm is not None:
             new["thickness"] = str(self.outputs.companion(primary, "thickness.tiff"))
         new["synth"] = provenance("synth", {**self.options, **sample.info}, seed=self.seed,
                                   inputs={"input": str(record["path"]), "sha256": sha256})
         new["synth"].update(engine=self.info.name, sample=record["_synth"]["index"],
-                            sample_seed=seed, negative=not sample.nodules)
+                            sample_seed=seed,
+                            negative=not (sample.nodules or sample.known))
         ow = self.outputs.overwrite
         write_radiograph(mask_path, Radiograph(sample.mask.astype(np.float32), sample.spacing_mm,
                                                "mask"),

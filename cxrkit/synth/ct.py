@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from cxrkit.drr import DRR
     from cxrkit.nodules import Nodule
     from cxrkit.synth import SynthConfig
+    from cxrkit.synth.known import KnownNodule
     from cxrkit.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -64,13 +65,20 @@ class CTScene:
         volume: the CT in HU (LPS).
         lung: ``(D, H, W)`` bool lung mask on the CT grid.
         lung_method: ``labels`` or ``threshold``.
-        base: the nodule-free DRR (its geometry is every sample's geometry).
+        base: the DRR without an inserted nodule (its geometry is every sample's geometry).
+        known: the CT's own nodules (:mod:`cxrkit.synth.known`) that project onto the detector
+            and are at least :data:`cxrkit.synth.known.MIN_DIAMETER_MM`, with their boxes.
+        known_mask: ``(rows, cols)`` bool union of their 2-D masks.
+        known_all: every known nodule given, for the record (small or off the detector too).
     """
 
     volume: Volume
     lung: np.ndarray
     lung_method: str
     base: DRR
+    known: tuple[PlacedNodule, ...] = ()
+    known_mask: np.ndarray | None = None
+    known_all: tuple[KnownNodule, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -271,13 +279,17 @@ class CTEngine:
         self.config = config
         self.geometry = config.geometry or Geometry()
 
-    def prepare(self, data: Volume, lung: np.ndarray | None = None) -> CTScene:
-        """Lung mask (given, else :func:`threshold_lung_mask`) and the nodule-free DRR.
+    def prepare(self, data: Volume, lung: np.ndarray | None = None,
+                known: list[KnownNodule] | None = None) -> CTScene:
+        """Lung mask (given, else :func:`threshold_lung_mask`) and the DRR without an inserted
+        nodule; the CT's own nodules (``known``) are projected into boxes and kept out of the
+        placement region (:func:`cxrkit.synth.known.keep_out`).
 
         Raises:
             InputError: a lung mask of another shape, or an empty one.
         """
         from cxrkit import drr
+        from cxrkit.synth.known import keep_out
 
         if lung is None:
             lung, method = threshold_lung_mask(data), "threshold"
@@ -288,12 +300,50 @@ class CTEngine:
                                  f"{data.shape}")
         if not lung.any():
             raise InputError("the lung mask is empty")
+        known = list(known or [])
+        lung = keep_out(lung, data, known)
         base = drr.project(data, self.geometry, kev=self.config.kev,
                            quality=self.config.quality, device=self.config.device)
-        return CTScene(data, lung, method, base)
+        placed, mask = self._project_known(known, base)
+        return CTScene(data, lung, method, base, placed, mask, tuple(known))
+
+    @staticmethod
+    def _project_known(known: list[KnownNodule], base: DRR
+                       ) -> tuple[tuple[PlacedNodule, ...], np.ndarray]:
+        from cxrkit.synth.known import project_known
+
+        geometry = base.geometry
+        union = np.zeros(geometry.detector_px, dtype=bool)
+        placed = []
+        for nodule in known:
+            if not nodule.counted:
+                continue
+            mask = project_known(nodule, geometry)
+            if not mask.any():
+                continue  # off the detector: not in the image
+            union |= mask
+            col, row = geometry.project_points(np.asarray(nodule.center_mm)[None])[0]
+            labels = {"diameter_mm": round(nodule.diameter_mm, 2), "marks": nodule.marks,
+                      **nodule.attributes}
+            placed.append(PlacedNodule(box_from_mask(mask), (float(col), float(row)),
+                                       nodule.center_mm, labels,
+                                       {"kind": "ct", **nodule.source}, origin="ct"))
+        return tuple(placed), union
 
     def negative(self, scene: CTScene) -> Sample:
-        """The nodule-free DRR, in the configured kind."""
+        """The DRR without an inserted nodule, in the configured kind.
+
+        Raises:
+            InputError: the CT has known nodules on the detector (the image is not negative).
+        """
+        if scene.known:
+            sizes = ", ".join(f"{n.labels['diameter_mm']:g} mm" for n in scene.known)
+            where = scene.known[0].source.get("table") or scene.known[0].source.get("mask")
+            raise InputError(
+                f"no negative from this CT: it has {len(scene.known)} known nodule(s) of "
+                f"{sizes} ({where})",
+                hint="leave out --negatives for it, or give --known-nodules none if the CT has "
+                     "no nodules")
         empty = np.zeros(scene.base.geometry.detector_px, dtype=bool)
         return self._sample(scene, scene.base, empty, None, ())
 
@@ -388,9 +438,12 @@ class CTEngine:
         info: dict[str, Any] = {
             "engine": "ct", "geometry": result.geometry.to_dict(), "physics": result.physics,
             "display": display, "lung_mask": scene.lung_method,
+            "known_nodules": [n.to_dict() for n in scene.known_all],
         }
+        if scene.known_mask is not None:
+            mask = mask | scene.known_mask
         return Sample(np.asarray(image, dtype=np.float32), self.config.kind, result.spacing_mm,
-                      mask, thickness, placed, info)
+                      mask, thickness, placed, info, scene.known)
 
 
 def _ball_offsets(radius_mm: float, spacing_mm: tuple[float, float, float]) -> np.ndarray:

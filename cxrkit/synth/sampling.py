@@ -40,6 +40,8 @@ class PlacedNodule:
         labels: characteristics (:data:`cxrkit.nodules.LABEL_KEYS`).
         source: where the nodule came from (patch id, or the parametric spec).
         contrast: the factor applied to its density excess over lung (1 = as is).
+        origin: ``synth`` (inserted) or ``ct`` (a nodule the CT already had, see
+            :mod:`cxrkit.synth.known`).
     """
 
     box: tuple[int, int, int, int]
@@ -48,12 +50,14 @@ class PlacedNodule:
     labels: dict[str, Any]
     source: dict[str, Any]
     contrast: float = 1.0
+    origin: str = "synth"
 
     def box_record(self) -> dict[str, Any]:
-        """``{x1, y1, x2, y2, label: "nodule", attributes}``, the ``boxes`` entry for eval."""
+        """``{x1, y1, x2, y2, label: "nodule", origin, attributes}``, the ``boxes`` entry for
+        eval (``origin``: ``synth`` inserted, ``ct`` the CT's own)."""
         x1, y1, x2, y2 = self.box
         return {"x1": x1, "y1": y1, "x2": x2, "y2": y2, "label": "nodule",
-                "attributes": dict(self.labels)}
+                "origin": self.origin, "attributes": dict(self.labels)}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready ``nodule`` record entry (the construction details are left out)."""
@@ -77,11 +81,14 @@ class Sample:
             meaning is ``kind``.
         kind: ``display`` ([0, 1], bone bright), ``line_integral`` (∫μ dl) or ``intensity``.
         spacing_mm: pixel size ``(row, col)``, mm.
-        mask: ``(H, W)`` bool, the union of the nodules' projected masks (all False if none).
-        thickness_mm: ``(H, W)`` float32 length of each ray inside the nodules, mm (None when an
-            engine has no 3-D nodule).
+        mask: ``(H, W)`` bool, the union of the projected masks of the placed and the known
+            nodules (all False if none).
+        thickness_mm: ``(H, W)`` float32 length of each ray inside the inserted nodules, mm
+            (None when an engine has no 3-D nodule).
         nodules: the placed nodules (empty for a negative).
         info: the engine's provenance: geometry, physics, lung-mask method, intensity scale.
+        known: the nodules the input already had, projected (``origin="ct"``); an image with
+            any is never a negative.
     """
 
     image: np.ndarray
@@ -91,6 +98,7 @@ class Sample:
     thickness_mm: np.ndarray | None
     nodules: tuple[PlacedNodule, ...] = ()
     info: dict[str, Any] = field(default_factory=dict)
+    known: tuple[PlacedNodule, ...] = ()
 
 
 class NoduleSource(Protocol):
