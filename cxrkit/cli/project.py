@@ -112,6 +112,8 @@ def project(
 
     (--multi_gpu starts the processes on a CPU-only machine too; accelerate's --cpu starts one.)
     """
+    import dataclasses
+
     from cxrkit import drr
     from cxrkit.geometry import Geometry
 
@@ -135,7 +137,8 @@ def project(
                "kind": kind, "remove_table": not keep_table, "series": series,
                "labels": str(labels) if labels else None, "label_ids": ids,
                "labels_as": labels_as}
-    outputs = Outputs(out, format_suffix(fmt), overwrite)
+    outputs = Outputs(out, format_suffix(fmt), overwrite, tool="project",
+                      request={"geometry": dataclasses.asdict(geometry), **options})
     job = ProjectJob(geometry, options, outputs)
     code = run_items(iter_inputs(inputs, is_item_dir=_is_dicom_dir,
                                  patterns=("*.nii", "*.nii.gz", "*.mha", "*.mhd", "*.nrrd")),
@@ -175,10 +178,10 @@ class ProjectJob:
         primary = self.outputs.path(record["id"], "drr")
         new = {k: v for k, v in record.items() if k not in ("mask", "labels")}
         new.update(path=str(primary), kind=opts["kind"], spacing_mm=list(result.spacing_mm))
-        new["project"] = provenance(
+        new["project"] = self.outputs.stamp(provenance(
             "project", {**opts, "geometry": result.geometry.to_dict(),
                         "physics": result.physics, "display": display},
-            inputs={"ct_sha256": file_sha256(record["path"])})
+            inputs={"ct_sha256": file_sha256(record["path"])}))
         if opts["labels"]:
             new.update(self._write_labels(result, primary))
         write_radiograph(primary, Radiograph(pixels, result.spacing_mm, opts["kind"]),
