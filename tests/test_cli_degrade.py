@@ -174,6 +174,10 @@ def test_raw_image_on_stdin(radiograph_path: Path, tmp_path: Path) -> None:
     assert rec["id"] == "stdin" and rec["source"] == "-"
     assert read_radiograph(rec["path"]).pixels.shape == (32, 32)
     assert list(spool.iterdir()) == []  # the spooled stdin image is gone with the process
+    # ... so the record's reference is a copy kept beside the output, not the spool file
+    assert str(spool) not in result.stdout.decode()
+    assert rec["reference"] == str(tmp_path / "stdin_lq.input.tiff")
+    assert Path(rec["reference"]).read_bytes() == radiograph_path.read_bytes()
 
 
 def test_resume_reemits_the_stored_record(radiograph_path: Path, tmp_path: Path) -> None:
@@ -208,3 +212,64 @@ def test_records_from_a_jsonl_file_argument(radiograph_path: Path, tmp_path: Pat
                                  "-o", str(tmp_path / "out"))
     assert code == 0, error
     assert rec["id"] == "p1" and rec["project"] == {"view": "PA"}
+
+
+def test_hostile_ids_stay_inside_the_output_folder(radiograph_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "a" / "b" / "out"
+    evil = tmp_path / "evil"
+    ids = ["../../x", str(evil), ".hidden", "..", "ok"]
+    lines = "".join(json.dumps({"path": str(radiograph_path), "id": i}) + "\n" for i in ids)
+    code, recs, error = invoke("--preset", "bicubic", "-o", str(out), stdin=lines)
+    assert code == 0, error
+    assert [r["id"] for r in recs] == ids  # ids are kept; only file names are made safe
+    for rec in recs:
+        assert Path(rec["path"]).parent == out and not Path(rec["path"]).name.startswith(".")
+    assert recs[-1]["path"] == str(out / "ok_lq.tiff")  # normal ids give the usual names
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == sorted(
+        [radiograph_path.name, *(Path(r["path"]).name for r in recs)])
+    assert not evil.exists() and not (tmp_path / "a" / "x_lq.tiff").exists()
+
+
+def test_output_onto_an_input_is_refused(radiograph_path: Path, tmp_path: Path) -> None:
+    before = radiograph_path.read_bytes()
+    code, _, error = invoke(str(radiograph_path), "-o", str(radiograph_path), "--overwrite")
+    assert code == 1 and "replace an input" in error
+    assert radiograph_path.read_bytes() == before
+    # a second stage writing into the folder it reads from: its output is its own input
+    code, first, _ = invoke(str(radiograph_path), "-o", str(tmp_path / "d"))
+    lq = Path(first[0]["path"]).read_bytes()
+    line = json.dumps(first[0]) + "\n"
+    code, _, error = invoke("-o", str(tmp_path / "d"), "--overwrite", stdin=line)
+    assert code == 1 and "replace an input" in error
+    assert Path(first[0]["path"]).read_bytes() == lq
+
+
+def test_resume_compares_the_stored_options(radiograph_path: Path, tmp_path: Path) -> None:
+    args = (str(radiograph_path), "--preset", "bicubic", "-o", str(tmp_path / "o"))
+    code, first, _ = invoke(*args, "--scale", "2")
+    assert code == 0 and first[0]["degrade"]["request"]["scale"] == 2
+    code, _, error = invoke(*args, "--scale", "1", "--resume")
+    assert code == 1 and "other options" in error and "scale: 2 → 1" in error
+    code, again, _ = invoke(*args, "--scale", "2", "--seed", "5", "--resume")
+    assert code == 1  # the seed is compared too
+    code, again, _ = invoke(*args, "--scale", "2", "--resume")
+    assert code == 0 and again == first
+    code, redone, _ = invoke(*args, "--scale", "1", "--resume", "--overwrite")
+    assert code == 0 and redone[0]["degrade"]["options"]["scale"] == 1
+    assert read_radiograph(redone[0]["path"]).pixels.shape == (64, 64)
+
+
+@pytest.mark.parametrize("name", ["out.xyz", "out.jpg", "run.v2"])
+def test_output_name_with_an_unknown_suffix_is_a_usage_error(
+        radiograph_path: Path, tmp_path: Path, name: str) -> None:
+    result = run_cli("degrade", str(radiograph_path), "-o", str(tmp_path / name))
+    assert result.returncode == 2 and b"end it with /" in result.stderr
+    assert not (tmp_path / name).exists()
+
+
+def test_output_folder_by_trailing_slash_or_no_suffix(radiograph_path: Path,
+                                                      tmp_path: Path) -> None:
+    for name in ("run.v2/", "plain"):
+        code, recs, error = invoke(str(radiograph_path), "-o", f"{tmp_path}/{name}")
+        assert code == 0, error
+        assert Path(recs[0]["path"]).parent == tmp_path / name.rstrip("/")
