@@ -189,3 +189,13 @@ def test_real_ct_and_radiograph(shared_data: Path, tmp_path: Path) -> None:
     assert code == 0 and len(recs) == 2 and recs[1]["boxes"] == []
     mask = read_radiograph(recs[0]["mask"]).pixels > 0.5
     assert mask.shape == (1024, 1024) and 10 < mask.sum() < 20000
+
+
+def test_raw_radiograph_on_stdin_names_no_spool_file(cxr: Path, tmp_path: Path) -> None:
+    """The spooled stdin image is deleted with the process: records say "-" instead."""
+    result = run_cli("synth", "-e", "blend", "--pixel-mm", "0.5", "-o", str(tmp_path / "out"),
+                     stdin=cxr.read_bytes())
+    assert result.returncode == 0, result.stderr.decode()
+    (rec,) = records(result.stdout)
+    assert rec["source"] == "-" and rec["synth"]["inputs"]["input"] == "-"
+    assert b"cxrkit-stdin" not in result.stdout
