@@ -83,10 +83,12 @@ def degrade(
     on stdin), runs the --preset at the input resolution (quantum and electronic noise at a
     relative dose, detector MTF blur, slice blur, scatter, contrast, gamma, JPEG, ...), then
     reduces the size by --scale. Writes <id>_lq.tiff and one record per image: path = the
-    low-quality image, reference = the image it was made from (always the input's path, so
-    (path, reference) is a training pair), spacing_mm scaled by the size change, and a degrade key
-    with the method, preset, scale, seed, per-item seed and every drawn parameter. Other keys
-    pass through unchanged (companions such as mask or boxes stay aligned with reference).
+    low-quality image, reference = the image it was made from (the input's path, so (path,
+    reference) is a training pair; for a raw image on stdin, a copy kept as
+    <id>_lq.input.<suffix> beside the output), spacing_mm scaled by the size change, and a
+    degrade key with the method, preset, scale, seed, per-item seed and every drawn parameter.
+    Other keys pass through unchanged (companions such as mask or boxes stay aligned with
+    reference).
 
     Each item draws from its own generator seeded by sha256(seed, item id): the same --seed
     gives the same bytes, whatever the batch order or sharding. The physics uses the pixel pitch
