@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cxrkit.cli import app
-from cxrkit.io import Radiograph, read_radiograph, write_radiograph
+from cxrkit.io import Radiograph, read_meta, read_radiograph, write_radiograph
 from cxrkit.pipe import item_seed
 from tests.test_cli import run_cli
 
@@ -273,3 +273,50 @@ def test_output_folder_by_trailing_slash_or_no_suffix(radiograph_path: Path,
         code, recs, error = invoke(str(radiograph_path), "-o", f"{tmp_path}/{name}")
         assert code == 0, error
         assert Path(recs[0]["path"]).parent == tmp_path / name.rstrip("/")
+
+
+def test_two_runs_into_one_folder_never_mix_their_outputs(radiograph_path: Path,
+                                                          tmp_path: Path) -> None:
+    """Two runs (other seeds) get the same records on stdin at the same moment and write the
+    same names into one -o: every output is created exclusively, so each record on stdout
+    describes the file its own run made, and the run that finds a name taken stops with
+    "output exists" (exit 1) instead of replacing it."""
+    import os
+    import subprocess
+    import sys
+
+    big = np.kron(read_radiograph(radiograph_path).pixels, np.ones((16, 16), np.float32))
+    write_radiograph(tmp_path / "x.tiff", Radiograph(big, (0.5, 0.5), "display"))
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = {seed: subprocess.Popen(
+        [sys.executable, "-m", "cxrkit", "degrade", "--seed", str(seed), "--preset", "bicubic",
+         "-f", "png", "-o", str(out)],  # 1024² PNGs: encodings long enough for the runs to meet
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        for seed in (1, 2)}
+    emitted: list[tuple[int, dict]] = []
+    for k in range(5):  # first one item of its own each (both are running then), then the
+        # same record to both at once; wait for both answers
+        live = [seed for seed, run in runs.items() if run.poll() is None]
+        line = json.dumps({"path": str(tmp_path / "x.tiff"), "id": f"x{k}"}).encode() + b"\n"
+        for seed in live:
+            if k == 0:
+                line = json.dumps({"path": str(tmp_path / "x.tiff"), "id": f"warm{seed}"}
+                                  ).encode() + b"\n"
+            try:
+                runs[seed].stdin.write(line)  # type: ignore[union-attr]
+                runs[seed].stdin.flush()  # type: ignore[union-attr]
+            except BrokenPipeError:  # it stopped ("output exists") meanwhile
+                live.remove(seed)
+        for seed in live:
+            answer = runs[seed].stdout.readline()  # type: ignore[union-attr]
+            if answer:
+                emitted.append((seed, json.loads(answer)))
+    for seed, run in runs.items():
+        rest, err = run.communicate(timeout=120)  # closes its stdin: end of input
+        emitted += [(seed, rec) for rec in records(rest)]
+        assert run.returncode == 0 or (run.returncode == 1 and b"output exists" in err), err
+    paths = [rec["path"] for _, rec in emitted]
+    assert len(paths) == len(set(paths)) == 6  # one record per file, every item made once
+    for seed, rec in emitted:
+        assert read_meta(rec["path"])["degrade"]["seed"] == seed  # its own bytes
