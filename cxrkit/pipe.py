@@ -21,6 +21,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -28,8 +29,12 @@ from typing import IO, Any
 
 from cxrkit import __version__
 from cxrkit.errors import InputError
-from cxrkit.files import atomic_path as atomic_path  # re-exported: commands write through it
+from cxrkit.files import TEMP_PREFIX as TEMP_PREFIX  # re-exported: commands write through these
+from cxrkit.files import atomic_path as atomic_path
+from cxrkit.files import clean_stale_temporaries as clean_stale_temporaries
 from cxrkit.files import file_sha256 as file_sha256  # re-exported: provenance hashes
+from cxrkit.files import item_outputs as item_outputs
+from cxrkit.files import record_inputs as record_inputs
 from cxrkit.files import to_json
 from cxrkit.io import DOUBLE_SUFFIXES, sniff_suffix  # the format registry (re-exported)
 
@@ -45,6 +50,29 @@ def stem_of(path: str | Path) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return Path(name).stem if Path(name).suffix else name
+
+
+_SAFE_NAME = re.compile(r"[^/\\\x00-\x1f\x7f]+")
+_NAME_LIMIT = 120  # bytes of an id kept in a file name (a tag and suffix follow it)
+
+
+def safe_name(item_id: str) -> str:
+    """A file name made from an item id that stays inside its folder.
+
+    A normal id (no path separator, no control character, not hidden, ``.`` or ``..``, at most
+    120 bytes) is its own name. Any other id becomes its characters with separators and
+    control characters replaced by ``_``, leading dots dropped and cut to 100 bytes, then
+    ``-`` and the first 8 hex digits of the id's sha1: deterministic, and two ids that differ
+    give different names. ``"../../x"`` → ``"_.._x-<hash>"``; ``"/etc/passwd"`` →
+    ``"_etc_passwd-<hash>"``.
+    """
+    text = str(item_id)
+    raw = text.encode("utf-8", "surrogatepass")
+    if _SAFE_NAME.fullmatch(text) and not text.startswith(".") and len(raw) <= _NAME_LIMIT:
+        return text
+    cleaned = re.sub(r"[/\\\x00-\x1f\x7f]", "_", text).lstrip(".")
+    cleaned = cleaned.encode("utf-8", "surrogatepass")[:100].decode("utf-8", "ignore") or "item"
+    return f"{cleaned}-{hashlib.sha1(raw).hexdigest()[:8]}"
 
 
 def new_record(path: str | Path, *, item_id: str | None = None) -> Record:
@@ -101,7 +129,8 @@ def expand_paths(
         args: the positional arguments, in order.
         is_item_dir: for tools whose item can be a folder (a DICOM series), a predicate telling an
             item folder from a folder of items.
-        patterns: ``fnmatch`` patterns of the file names taken from a folder of items.
+        patterns: ``fnmatch`` patterns of the file names taken from a folder of items; hidden
+            files (names starting with ``.``, among them cxrkit's temporaries) are skipped.
 
     Raises:
         InputError: a path that does not exist and matches nothing.
@@ -114,9 +143,10 @@ def expand_paths(
                 raise InputError("no file matches the pattern", path=arg)
             yield from (Path(m) for m in matches)
         elif p.is_dir() and not (is_item_dir and is_item_dir(p)):
-            found = sorted(
+            found = sorted(  # hidden names (and so cxrkit's temporaries) are never inputs
                 c for c in p.iterdir()
-                if any(fnmatch.fnmatch(c.name.lower(), pat) for pat in patterns)
+                if not c.name.startswith(".")
+                and any(fnmatch.fnmatch(c.name.lower(), pat) for pat in patterns)
                 and (c.is_file() or (is_item_dir is not None and c.is_dir() and is_item_dir(c)))
             )
             if not found:

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from cxrkit.cli import app
 from cxrkit.data.seeds import item_seed
-from cxrkit.io import Radiograph, read_radiograph, write_radiograph
+from cxrkit.io import Radiograph, read_meta, read_radiograph, write_radiograph
 from tests.test_cli import run_cli
 
 runner = CliRunner()
@@ -174,6 +174,10 @@ def test_raw_image_on_stdin(radiograph_path: Path, tmp_path: Path) -> None:
     assert rec["id"] == "stdin" and rec["source"] == "-"
     assert read_radiograph(rec["path"]).pixels.shape == (32, 32)
     assert list(spool.iterdir()) == []  # the spooled stdin image is gone with the process
+    # ... so the record's reference is a copy kept beside the output, not the spool file
+    assert str(spool) not in result.stdout.decode()
+    assert rec["reference"] == str(tmp_path / "stdin_lq.input.tiff")
+    assert Path(rec["reference"]).read_bytes() == radiograph_path.read_bytes()
 
 
 def test_resume_reemits_the_stored_record(radiograph_path: Path, tmp_path: Path) -> None:
@@ -208,3 +212,111 @@ def test_records_from_a_jsonl_file_argument(radiograph_path: Path, tmp_path: Pat
                                  "-o", str(tmp_path / "out"))
     assert code == 0, error
     assert rec["id"] == "p1" and rec["project"] == {"view": "PA"}
+
+
+def test_hostile_ids_stay_inside_the_output_folder(radiograph_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "a" / "b" / "out"
+    evil = tmp_path / "evil"
+    ids = ["../../x", str(evil), ".hidden", "..", "ok"]
+    lines = "".join(json.dumps({"path": str(radiograph_path), "id": i}) + "\n" for i in ids)
+    code, recs, error = invoke("--preset", "bicubic", "-o", str(out), stdin=lines)
+    assert code == 0, error
+    assert [r["id"] for r in recs] == ids  # ids are kept; only file names are made safe
+    for rec in recs:
+        assert Path(rec["path"]).parent == out and not Path(rec["path"]).name.startswith(".")
+    assert recs[-1]["path"] == str(out / "ok_lq.tiff")  # normal ids give the usual names
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == sorted(
+        [radiograph_path.name, *(Path(r["path"]).name for r in recs)])
+    assert not evil.exists() and not (tmp_path / "a" / "x_lq.tiff").exists()
+
+
+def test_output_onto_an_input_is_refused(radiograph_path: Path, tmp_path: Path) -> None:
+    before = radiograph_path.read_bytes()
+    code, _, error = invoke(str(radiograph_path), "-o", str(radiograph_path), "--overwrite")
+    assert code == 1 and "replace an input" in error
+    assert radiograph_path.read_bytes() == before
+    # a second stage writing into the folder it reads from: its output is its own input
+    code, first, _ = invoke(str(radiograph_path), "-o", str(tmp_path / "d"))
+    lq = Path(first[0]["path"]).read_bytes()
+    line = json.dumps(first[0]) + "\n"
+    code, _, error = invoke("-o", str(tmp_path / "d"), "--overwrite", stdin=line)
+    assert code == 1 and "replace an input" in error
+    assert Path(first[0]["path"]).read_bytes() == lq
+
+
+def test_resume_compares_the_stored_options(radiograph_path: Path, tmp_path: Path) -> None:
+    args = (str(radiograph_path), "--preset", "bicubic", "-o", str(tmp_path / "o"))
+    code, first, _ = invoke(*args, "--scale", "2")
+    assert code == 0 and first[0]["degrade"]["request"]["scale"] == 2
+    code, _, error = invoke(*args, "--scale", "1", "--resume")
+    assert code == 1 and "other options" in error and "scale: 2 → 1" in error
+    code, again, _ = invoke(*args, "--scale", "2", "--seed", "5", "--resume")
+    assert code == 1  # the seed is compared too
+    code, again, _ = invoke(*args, "--scale", "2", "--resume")
+    assert code == 0 and again == first
+    code, redone, _ = invoke(*args, "--scale", "1", "--resume", "--overwrite")
+    assert code == 0 and redone[0]["degrade"]["options"]["scale"] == 1
+    assert read_radiograph(redone[0]["path"]).pixels.shape == (64, 64)
+
+
+@pytest.mark.parametrize("name", ["out.xyz", "out.jpg", "run.v2"])
+def test_output_name_with_an_unknown_suffix_is_a_usage_error(
+        radiograph_path: Path, tmp_path: Path, name: str) -> None:
+    result = run_cli("degrade", str(radiograph_path), "-o", str(tmp_path / name))
+    assert result.returncode == 2 and b"end it with /" in result.stderr
+    assert not (tmp_path / name).exists()
+
+
+def test_output_folder_by_trailing_slash_or_no_suffix(radiograph_path: Path,
+                                                      tmp_path: Path) -> None:
+    for name in ("run.v2/", "plain"):
+        code, recs, error = invoke(str(radiograph_path), "-o", f"{tmp_path}/{name}")
+        assert code == 0, error
+        assert Path(recs[0]["path"]).parent == tmp_path / name.rstrip("/")
+
+
+def test_two_runs_into_one_folder_never_mix_their_outputs(radiograph_path: Path,
+                                                          tmp_path: Path) -> None:
+    """Two runs (other seeds) get the same records on stdin at the same moment and write the
+    same names into one -o: every output is created exclusively, so each record on stdout
+    describes the file its own run made, and the run that finds a name taken stops with
+    "output exists" (exit 1) instead of replacing it."""
+    import os
+    import subprocess
+    import sys
+
+    big = np.kron(read_radiograph(radiograph_path).pixels, np.ones((16, 16), np.float32))
+    write_radiograph(tmp_path / "x.tiff", Radiograph(big, (0.5, 0.5), "display"))
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = {seed: subprocess.Popen(
+        [sys.executable, "-m", "cxrkit", "degrade", "--seed", str(seed), "--preset", "bicubic",
+         "-f", "png", "-o", str(out)],  # 1024² PNGs: encodings long enough for the runs to meet
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        for seed in (1, 2)}
+    emitted: list[tuple[int, dict]] = []
+    for k in range(5):  # first one item of its own each (both are running then), then the
+        # same record to both at once; wait for both answers
+        live = [seed for seed, run in runs.items() if run.poll() is None]
+        line = json.dumps({"path": str(tmp_path / "x.tiff"), "id": f"x{k}"}).encode() + b"\n"
+        for seed in live:
+            if k == 0:
+                line = json.dumps({"path": str(tmp_path / "x.tiff"), "id": f"warm{seed}"}
+                                  ).encode() + b"\n"
+            try:
+                runs[seed].stdin.write(line)  # type: ignore[union-attr]
+                runs[seed].stdin.flush()  # type: ignore[union-attr]
+            except BrokenPipeError:  # it stopped ("output exists") meanwhile
+                live.remove(seed)
+        for seed in live:
+            answer = runs[seed].stdout.readline()  # type: ignore[union-attr]
+            if answer:
+                emitted.append((seed, json.loads(answer)))
+    for seed, run in runs.items():
+        rest, err = run.communicate(timeout=120)  # closes its stdin: end of input
+        emitted += [(seed, rec) for rec in records(rest)]
+        assert run.returncode == 0 or (run.returncode == 1 and b"output exists" in err), err
+    paths = [rec["path"] for _, rec in emitted]
+    assert len(paths) == len(set(paths)) == 6  # one record per file, every item made once
+    for seed, rec in emitted:
+        assert read_meta(rec["path"])["degrade"]["seed"] == seed  # its own bytes

@@ -187,3 +187,69 @@ def test_unknown_label_name_is_a_usage_error_before_the_ct_is_read(tmp_path: Pat
                      "--label-ids", "lungs")
     assert result.returncode == 2
     assert result.stderr.decode().count("\n") == 1 and b"no structure 'lungs'" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+def test_signal_to_the_group_exits_130_and_leaves_only_whole_outputs(
+        phantom_path: Path, tmp_path: Path, name: str) -> None:
+    """Ctrl-C (SIGINT to the process group) or a batch scheduler's SIGTERM during a batch:
+    exit 130 with one line on stderr, and every file in -o a finished output (no temporary)."""
+    import signal
+
+    cts = tmp_path / "cts"
+    cts.mkdir()
+    for k in range(40):
+        (cts / f"ct{k:02d}.nii.gz").symlink_to(phantom_path)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "cxrkit", "project", str(cts), "--size", "256",
+                             "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    first = proc.stdout.readline()  # type: ignore[union-attr]
+    os.killpg(proc.pid, getattr(signal, name))
+    rest, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()
+    assert err.decode().splitlines() == [f"cxrkit project: error: interrupted ({name})"]
+    emitted = records(first + rest)
+    files = sorted(out.iterdir())
+    assert 1 <= len(emitted) < 40 and len(files) <= len(emitted) + 1
+    assert not [f for f in files if f.name.startswith(".")]
+    for f in files:  # each file is whole: it reads, and says which item it is
+        assert read_radiograph(f).meta["path"] == str(f)
+
+
+def test_stale_temporary_of_a_killed_run_is_cleaned_by_resume(phantom_path: Path,
+                                                              tmp_path: Path) -> None:
+    """kill -9 during a write leaves a hidden temporary: --resume removes it (its writer is
+    gone), and the next stage reading the folder never takes a hidden file for an input."""
+    from cxrkit.files import TEMP_PREFIX, _host
+
+    out = tmp_path / "out"
+    first = run_cli("project", str(phantom_path), *SMALL, "-o", str(out))
+    assert first.returncode == 0
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    half = (out / "phantom_drr.tiff").read_bytes()[:100]
+    stale = out / f"{TEMP_PREFIX}{_host()}.{dead.pid}.1234abcd.other_drr.tiff"
+    old_style = out / ".other_drr.tiff.x1y2z3w4.tiff"  # what earlier versions left
+    stale.write_bytes(half)
+    old_style.write_bytes(half)
+    resumed = run_cli("project", str(phantom_path), *SMALL, "-o", str(out), "--resume")
+    assert resumed.returncode == 0 and records(resumed.stdout) == records(first.stdout)
+    assert not stale.exists()
+    nxt = run_cli("degrade", str(out), "--preset", "bicubic", "-o", str(tmp_path / "lq"))
+    assert nxt.returncode == 0, nxt.stderr.decode()
+    assert [r["id"] for r in records(nxt.stdout)] == ["phantom_drr"]
+
+
+def test_resume_refuses_outputs_made_with_other_options(phantom_path: Path,
+                                                        tmp_path: Path) -> None:
+    out = str(tmp_path / "out")
+    assert run_cli("project", str(phantom_path), *SMALL, "-o", out).returncode == 0
+    other = run_cli("project", str(phantom_path), "--size", "40", "-o", out, "--resume")
+    assert other.returncode == 1 and other.stdout == b""
+    assert b"other options" in other.stderr and b"--overwrite" in other.stderr
+    redone = run_cli("project", str(phantom_path), "--size", "40", "-o", out, "--resume",
+                     "--overwrite")
+    assert redone.returncode == 0
+    assert read_radiograph(records(redone.stdout)[0]["path"]).pixels.shape == (40, 40)

@@ -345,3 +345,13 @@ def test_lidc_own_nodule_is_labelled_not_negative(shared_data: Path, tmp_path: P
     # 430 mm / 128 px: ~3.4 mm pixels, the nodule ~11 px across, in the image's right half
     # (patient's left lower lobe)
     assert 8 <= ct_box["x2"] - ct_box["x1"] <= 16 and ct_box["x1"] > 64
+
+
+def test_raw_radiograph_on_stdin_names_no_spool_file(cxr: Path, tmp_path: Path) -> None:
+    """The spooled stdin image is deleted with the process: records say "-" instead."""
+    result = run_cli("synth", "-e", "blend", "--pixel-mm", "0.5", "-o", str(tmp_path / "out"),
+                     stdin=cxr.read_bytes())
+    assert result.returncode == 0, result.stderr.decode()
+    (rec,) = records(result.stdout)
+    assert rec["source"] == "-" and rec["synth"]["inputs"]["input"] == "-"
+    assert b"cxrkit-stdin" not in result.stdout

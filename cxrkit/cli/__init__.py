@@ -91,7 +91,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-state: dict[str, Any] = {"verbose": 0, "command": ""}
+state: dict[str, Any] = {"verbose": 0, "command": "", "signal": None}
 
 
 def _version(value: bool) -> None:
@@ -195,15 +195,34 @@ def _usage_error(exc: Any) -> int:
     return ExitCode.USAGE
 
 
+def _interrupt(number: int, frame: Any) -> None:
+    """SIGINT and SIGTERM (what batch schedulers send) both stop a command the same way: as
+    Ctrl-C does, so the item being written is removed and the exit code is 130. (The training
+    loop sets its own handlers while it runs, to stop cleanly with exit 3.)"""
+    state["signal"] = signal.Signals(number).name
+    raise KeyboardInterrupt
+
+
+def _handle_signals() -> None:
+    for name in ("SIGINT", "SIGTERM"):
+        number = getattr(signal, name)
+        if signal.getsignal(number) is not signal.SIG_IGN:  # keep nohup's and `cmd &`'s choice
+            signal.signal(number, _interrupt)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, mapping errors to :class:`ExitCode` values."""
     if hasattr(signal, "SIGPIPE"):
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `cxrkit … | head` exits quietly
+    _handle_signals()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # libgomp spin-waits slow shared CPUs
+    state["signal"] = None
     try:
         code = app(args=argv, prog_name="cxrkit", standalone_mode=False)
+        if code == ExitCode.INTERRUPTED and state["signal"]:  # typer turns Ctrl-C into Exit(130)
+            code = _fail(f"interrupted ({state['signal']})", ExitCode.INTERRUPTED)
     except KeyboardInterrupt:
-        code = _fail("interrupted", ExitCode.INTERRUPTED)
+        code = _fail(f"interrupted ({state['signal'] or 'SIGINT'})", ExitCode.INTERRUPTED)
     except CheckFailedError as exc:
         code = _fail(str(exc), ExitCode.CHECK_FAILED)
     except CxrkitError as exc:

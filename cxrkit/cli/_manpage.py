@@ -23,7 +23,9 @@ _EXIT_STATUS = """.SH EXIT STATUS
 success
 .TP
 .B 1
-runtime error (bad input file, model or geometry); one line on stderr, the traceback with \\-v
+runtime error (bad input file, model or geometry; an output that exists without
+\\-\\-overwrite, that would replace an input of the run, or that \\-\\-resume finds made
+with other options); one line on stderr, the traceback with \\-v
 .TP
 .B 2
 usage error (bad option or value, or no input while stdin is a terminal)
@@ -35,7 +37,8 @@ partial: some items failed under \\-\\-keep\\-going
 a check failed (e.g. eval \\-\\-fail\\-under)
 .TP
 .B 130
-interrupted (Ctrl\\-C)
+interrupted (Ctrl\\-C or SIGTERM; the item being written is removed, finished items stay);
+training commands stop cleanly on SIGTERM with 3
 """
 
 

@@ -8,6 +8,7 @@ stream on stdout. A command supplies one function that turns a record into a new
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import math
 import os
@@ -27,12 +28,17 @@ from cxrkit.pipe import (
     Record,
     RecordWriter,
     UniqueIds,
+    clean_stale_temporaries,
     expand_paths,
+    item_outputs,
     new_record,
     read_record_file,
     read_stdin_records,
+    record_inputs,
+    safe_name,
     shard,
     take_shard,
+    to_json,
 )
 
 if TYPE_CHECKING:
@@ -48,13 +54,20 @@ Inputs = Annotated[
 ]
 Out = Annotated[
     Path | None,
-    typer.Option("--out", "-o", help="Output folder, or one file when there is one item "
-                                     "(its suffix picks the format). Default: ./cxrkit-out/",
-                 show_default=False),
+    # path_type=str: the text as given (a trailing / says "folder"); Outputs makes the Path
+    typer.Option("--out", "-o", path_type=str,
+                 help="Output folder, or one file when there is one item (a .tiff, .tif, .png "
+                      "or .dcm name; its suffix picks the format). A name ending in / or without "
+                      "a suffix is a folder; any other suffix is a usage error. Default: "
+                      "./cxrkit-out/", show_default=False),
 ]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
+Overwrite = Annotated[bool, typer.Option(
+    "--overwrite", help="Replace existing outputs (never an input of the run: that is an "
+                        "error).")]
 Resume = Annotated[bool, typer.Option(
-    "--resume", help="Skip items whose output already exists, re-emitting their stored record.")]
+    "--resume", help="Skip items whose output already exists and was made with the same "
+                     "options and seed, re-emitting their stored record; an output made with "
+                     "other options is an error (exit 1), or is redone with --overwrite.")]
 KeepGoing = Annotated[bool, typer.Option(
     "--keep-going", "-k", help="Go on after an item fails; exit 3 at the end if any failed.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed (recorded); per item it is "
@@ -69,42 +82,139 @@ IMAGE_SUFFIXES = WRITE_SUFFIXES
 
 @dataclass
 class Outputs:
-    """Where one run writes: a folder, or a single file named by ``-o``."""
+    """Where one run writes: a folder, or a single file named by ``-o``, and how ``--resume``
+    tells a finished item.
 
-    out: Path | None
+    ``-o`` is one file when its name ends in a suffix cxrkit writes (:func:`file_suffixes`:
+    ``.tiff``, ``.tif``, ``.png``, ``.dcm``); a folder when it ends
+    in ``/``, names an existing folder or has no suffix; any other suffix (``out.xyz``,
+    ``out.jpg``) is a usage error, raised on construction (before any input is read).
+
+    Args:
+        out: the ``-o`` value (None: :data:`DEFAULT_OUT`).
+        suffix: the suffix of ``--format``.
+        overwrite: ``--overwrite``.
+        tool: the command's key in records (``"degrade"``): ``--resume`` compares the stored
+            ``record[tool]["request"]`` with ``request``.
+        request: the options as given that decide an item's pixels, and the seed; each command
+            stores it in its key (see :meth:`stamp`).
+    """
+
+    out: Path | str | None
     suffix: str = ".tiff"
     overwrite: bool = False
+    tool: str | None = None
+    request: dict[str, Any] = field(default_factory=dict)
     _used: set[str] = field(default_factory=set)
+    _single: bool = field(default=False, init=False)
+    _cleaned: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        text = None if self.out is None else str(self.out)
+        self.out = None if text is None else Path(text)
+        if text is None or text.endswith(("/", os.sep)) or self.out.is_dir():  # type: ignore[union-attr]
+            return
+        suffix = self.out.suffix.lower()  # type: ignore[union-attr]
+        if suffix in file_suffixes():
+            self._single = True
+        elif suffix:
+            raise typer.BadParameter(
+                f"'{text}' ends in '{suffix}', which is no image format cxrkit writes "
+                f"({', '.join(file_suffixes())}); to name a folder, end it with /",
+                param_hint="'--out' / '-o'")
 
     @property
     def single_file(self) -> bool:
         """True when ``-o`` names a file rather than a folder."""
-        return self.out is not None and self.out.suffix.lower() in IMAGE_SUFFIXES
+        return self._single
+
+    @property
+    def folder(self) -> Path:
+        """The folder the outputs go to."""
+        if self._single:
+            assert isinstance(self.out, Path)
+            return self.out.parent
+        return self.out if isinstance(self.out, Path) else DEFAULT_OUT
 
     def path(self, item_id: str, tag: str = "") -> Path:
-        """The primary output of an item: ``<out>/<id>[_tag]<suffix>`` or the ``-o`` file."""
-        if self.single_file:
-            assert self.out is not None
+        """The primary output of an item: ``<out>/<name>[_tag]<suffix>`` or the ``-o`` file.
+
+        ``<name>`` is the id made safe as a file name (:func:`cxrkit.pipe.safe_name`: an id with
+        a path separator, or hidden, gets a sanitised name with a hash), so an output never
+        lands outside the output folder.
+        """
+        self._clean()
+        if self._single:
+            assert isinstance(self.out, Path)
             if self._used and item_id not in self._used:
                 raise InputError("-o names one file but there are several inputs",
                                  path=str(self.out), hint="give a folder to -o")
             self._used.add(item_id)
             return self.out
-        folder = self.out or DEFAULT_OUT
-        return folder / f"{item_id}{'_' + tag if tag else ''}{self.suffix}"
+        return self.folder / f"{safe_name(item_id)}{'_' + tag if tag else ''}{self.suffix}"
+
+    def stamp(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """A tool's key with :attr:`request` added (what ``--resume`` compares)."""
+        return {**entry, "request": self.request}
 
     def finished(self, item_id: str, tag: str = "") -> Record | None:
-        """The record stored in an item's primary output if it was written (for --resume)."""
+        """For ``--resume``: the record stored in an item's primary output if it was written with
+        the same request, else None (not there, or to be redone under ``--overwrite``).
+
+        Raises:
+            OutputError: the output was made with other options (and no ``--overwrite``).
+        """
         from cxrkit.io import read_meta
 
         primary = self.path(item_id, tag)
         meta = read_meta(primary) if primary.exists() else {}
-        return meta if meta.get("path") == str(primary) else None
+        if meta.get("path") != str(primary):
+            return None
+        if self.tool is None:
+            return meta
+        stored = meta.get(self.tool)
+        stored = stored.get("request") if isinstance(stored, dict) else None
+        wanted = json.loads(to_json(self.request))
+        if stored == wanted:
+            return meta
+        if self.overwrite:
+            return None  # redone, replacing it
+        raise OutputError(f"--resume: the output was made with other options "
+                          f"({_differences(stored, wanted)})", path=str(primary),
+                          hint="pass --overwrite to redo it, or write to another -o")
 
     def companion(self, primary: Path, name: str) -> Path:
         """A file that belongs to a primary output: ``<primary stem>.<name>``."""
         stem = primary.name[: -len(primary.suffix)] if primary.suffix else primary.name
         return primary.with_name(f"{stem}.{name}")
+
+    def _clean(self) -> None:
+        if not self._cleaned:
+            self._cleaned = True
+            clean_stale_temporaries(self.folder)
+
+
+def file_suffixes() -> tuple[str, ...]:
+    """The suffixes ``-o FILE`` may have: :data:`cxrkit.io.WRITE_SUFFIXES`."""
+    return IMAGE_SUFFIXES
+
+
+def _differences(stored: Any, wanted: dict[str, Any]) -> str:
+    """``"kev: 60 → 70, geometry.size: [32,32] → [40,40]"`` for the keys whose values differ
+    (nested options by their dotted path, at most three shown)."""
+    if not isinstance(stored, dict):
+        return "no options stored"
+    found: list[str] = []
+
+    def walk(old: Any, new: Any, prefix: str) -> None:
+        if isinstance(old, dict) and isinstance(new, dict):
+            for key in sorted(set(old) | set(new)):
+                walk(old.get(key), new.get(key), f"{prefix}{key}.")
+        elif old != new:
+            found.append(f"{prefix[:-1]}: {to_json(old)[:40]} → {to_json(new)[:40]}")
+
+    walk(stored, json.loads(to_json(wanted)), "")
+    return ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
 
 
 def format_suffix(fmt: str) -> str:
@@ -139,7 +249,41 @@ def iter_inputs(inputs: list[str] | None, *, is_item_dir: Callable[[Path], bool]
     # when this generator does: a command may read its records' files after collecting them)
     spool = Path(tempfile.mkdtemp(prefix="cxrkit-stdin-"))
     atexit.register(shutil.rmtree, spool, ignore_errors=True)
-    yield from read_stdin_records(sys.stdin.buffer, spool_dir=spool)
+    for record in read_stdin_records(sys.stdin.buffer, spool_dir=spool):
+        if record.get("source") == "-":
+            _SPOOLED.add(str(record["path"]))
+        yield record
+
+
+_SPOOLED: set[str] = set()
+
+
+def from_stdin(record: Record) -> bool:
+    """True for the record of a raw image read from stdin: its ``path`` is a spool file that is
+    deleted when the process ends (its ``source`` is ``"-"``), so no output record may name it."""
+    return record.get("source") == "-" and str(record.get("path")) in _SPOOLED
+
+
+def input_name(record: Record) -> str:
+    """A record's input as an output record may name it: ``"-"`` for a raw image from stdin."""
+    return "-" if from_stdin(record) else str(record["path"])
+
+
+def keep_input(outputs: Outputs, record: Record, primary: Path) -> str:
+    """The path an output record gives as its ``reference`` (the image it was made from): the
+    input's path, or, for a raw image from stdin, a copy of it kept beside the output as
+    ``<primary stem>.input<suffix>`` (written like every output, so it goes if the item fails).
+    """
+    if not from_stdin(record):
+        return str(record["path"])
+    from cxrkit.pipe import atomic_path
+
+    spooled = Path(record["path"])
+    suffix = ".nii.gz" if spooled.name.endswith(".nii.gz") else spooled.suffix
+    target = outputs.companion(primary, "input" + suffix)
+    with atomic_path(target, overwrite=outputs.overwrite) as tmp:
+        shutil.copyfile(spooled, tmp)
+    return str(target)
 
 
 def run_items(
@@ -173,7 +317,8 @@ def run_items(
             try:
                 result = done(record) if done else None
                 if result is None:
-                    result = process(record)
+                    with item_outputs(record_inputs(record)):  # all of an item's files or none
+                        result = process(record)
             except (CxrkitError, OSError) as exc:
                 if not keep_going or isinstance(exc, OutputError):
                     raise

@@ -22,6 +22,7 @@ from cxrkit.cli._options import (
     exit_with,
     format_suffix,
     iter_inputs,
+    keep_input,
     read_display,
     run_items,
 )
@@ -89,10 +90,12 @@ def degrade(
     on stdin), runs the --preset at the input resolution (quantum and electronic noise at a
     relative dose, detector MTF blur, slice blur, scatter, contrast, gamma, JPEG, ...), then
     reduces the size by --scale. Writes <id>_lq.tiff and one record per image: path = the
-    low-quality image, reference = the image it was made from (always the input's path, so
-    (path, reference) is a training pair), spacing_mm scaled by the size change, and a degrade key
-    with the method, preset, scale, seed, per-item seed and every drawn parameter. Other keys
-    pass through unchanged (companions such as mask or boxes stay aligned with reference).
+    low-quality image, reference = the image it was made from (the input's path, so (path,
+    reference) is a training pair; for a raw image on stdin, a copy kept as
+    <id>_lq.input.<suffix> beside the output), spacing_mm scaled by the size change, and a
+    degrade key with the method, preset, scale, seed, per-item seed and every drawn parameter.
+    Other keys pass through unchanged (companions such as mask or boxes stay aligned with
+    reference).
 
     Each item draws from its own generator seeded by sha256(seed, item id): the same --seed
     gives the same bytes, whatever the batch order or sharding. The physics uses the pixel pitch
@@ -118,8 +121,9 @@ def degrade(
                "scale": scale, "overrides": overrides, "model": str(model) if model else None,
                **{k: str(v) if isinstance(v, Path) else v for k, v in learned.items()
                   if v is not None}}
-    job = DegradeJob(degrader, options, Outputs(out, format_suffix(fmt), overwrite), seed=seed,
-                     pixel_mm=pixel_mm)
+    outputs = Outputs(out, format_suffix(fmt), overwrite, tool="degrade",
+                      request={**options, "pixel_mm": pixel_mm, "seed": seed})
+    job = DegradeJob(degrader, options, outputs, seed=seed, pixel_mm=pixel_mm)
     code = run_items(iter_inputs(inputs), job, done=job.done if resume else None,
                      keep_going=keep_going, label="images")
     exit_with(code)
@@ -155,11 +159,11 @@ class DegradeJob:
                  image.pixels.shape[1] / result.image.shape[1])
         out_spacing = [spacing[0] * ratio[0], spacing[1] * ratio[1]] if spacing else None
         primary = self.outputs.path(record["id"], "lq")
-        new = {**record, "path": str(primary), "reference": record["path"], "kind": "display",
-               "spacing_mm": out_spacing}
+        new = {**record, "path": str(primary), "kind": "display", "spacing_mm": out_spacing,
+               "reference": keep_input(self.outputs, record, primary)}
         entry = provenance("degrade", {**self.options, "pixel_mm": pixel_mm,
                                        "pixel_mm_from": pitch_from}, seed=self.seed)
-        new["degrade"] = {**entry, "item_seed": seed, "steps": result.params}
+        new["degrade"] = self.outputs.stamp({**entry, "item_seed": seed, "steps": result.params})
         write_radiograph(primary, Radiograph(result.image, _pair(out_spacing), "display"),
                          record=new, overwrite=self.outputs.overwrite)
         return new

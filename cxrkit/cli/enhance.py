@@ -108,7 +108,9 @@ def enhance(
     options = {"method": method, "scale": scale, "steps": steps, "sampler": sampler,
                "tile": tile or None, "overlap": overlap, "keep_black": keep_black,
                "device": device}
-    job = EnhanceJob(options, Outputs(out, format_suffix(fmt), overwrite), model=model, seed=seed)
+    outputs = Outputs(out, format_suffix(fmt), overwrite, tool="enhance",
+                      request={**options, "model": str(model) if model else None, "seed": seed})
+    job = EnhanceJob(options, outputs, model=model, seed=seed)
     code = run_items(iter_inputs(inputs), job, done=job.done if resume else None,
                      keep_going=keep_going, label="images")
     exit_with(code)
@@ -142,8 +144,9 @@ class EnhanceJob:
         spacing = [float(spacing[0]) / scale, float(spacing[1]) / scale] if spacing else None
         primary = self.outputs.path(record["id"], "enh")
         new = {**record, "path": str(primary), "kind": "display", "spacing_mm": spacing}
-        new["enhance"] = {**provenance("enhance", resolved, seed=self.seed,
-                                       model=self._model_sha256), "item_seed": seed}
+        new["enhance"] = self.outputs.stamp({**provenance("enhance", resolved, seed=self.seed,
+                                                          model=self._model_sha256),
+                                             "item_seed": seed})
         write_radiograph(primary, Radiograph(pixels, tuple(spacing) if spacing else None,
                                              "display"), record=new,
                          overwrite=self.outputs.overwrite)

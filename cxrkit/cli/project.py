@@ -92,6 +92,8 @@ def project(
 
     (--multi_gpu starts the processes on a CPU-only machine too; accelerate's --cpu starts one.)
     """
+    import dataclasses
+
     from cxrkit import drr
 
     if kind not in KINDS:
@@ -109,7 +111,10 @@ def project(
                "kind": kind, "remove_table": not keep_table, "series": series,
                "labels": str(labels) if labels else None, "label_ids": ids,
                "labels_as": labels_as, "device": device}
-    outputs = Outputs(out, format_suffix(fmt), overwrite)
+    # --resume compares what decides the pixels (the device only runs the same render)
+    request = {"geometry": dataclasses.asdict(geometry),
+               **{k: v for k, v in options.items() if k != "device"}}
+    outputs = Outputs(out, format_suffix(fmt), overwrite, tool="project", request=request)
     job = ProjectJob(geometry, options, outputs, device=device)
     code = run_items(iter_inputs(inputs, is_item_dir=_is_dicom_dir,
                                  patterns=VOLUME_PATTERNS),
@@ -161,10 +166,10 @@ class ProjectJob:
         primary = self.outputs.path(record["id"], "drr")
         new = {k: v for k, v in record.items() if k not in ("mask", "labels")}
         new.update(path=str(primary), kind=opts["kind"], spacing_mm=list(result.spacing_mm))
-        new["project"] = provenance(
+        new["project"] = self.outputs.stamp(provenance(
             "project", {**opts, "geometry": result.geometry.to_dict(),
                         "physics": result.physics, "display": display},
-            inputs={"ct_sha256": file_sha256(record["path"])})
+            inputs={"ct_sha256": file_sha256(record["path"])}))
         if opts["labels"]:
             new.update(self._write_labels(result, primary))
         write_radiograph(primary, Radiograph(pixels, result.spacing_mm, opts["kind"]),

@@ -21,6 +21,7 @@ from cxrkit.cli._options import (
     Seed,
     exit_with,
     format_suffix,
+    input_name,
     iter_inputs,
     parse_pair,
     parse_triple,
@@ -183,6 +184,8 @@ def synth(
 
         cxrkit synth -e blend cxr/*.png --source luna16 --where 'calcified==1' -n 4 -o blend/
     """
+    import dataclasses
+
     from cxrkit.synth import SynthConfig
 
     if engine not in ENGINES:
@@ -210,8 +213,13 @@ def synth(
     if known_nodules != "auto" and ENGINES[engine].reads != "ct":
         raise typer.BadParameter("only the ct engine reads a CT's own nodules",
                                  param_hint="--known-nodules")
-    job = SynthJob(ENGINES[engine], config, nodules, options, Outputs(out, format_suffix(fmt),
-                                                                      overwrite), seed=seed)
+    # --resume compares what decides one sample's pixels: -n and --negatives only add samples,
+    # and the device only runs the same render
+    request = {**{k: v for k, v in options.items() if k not in ("count", "negatives")},
+               "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "device"},
+               "seed": seed}
+    outputs = Outputs(out, format_suffix(fmt), overwrite, tool="synth", request=request)
+    job = SynthJob(ENGINES[engine], config, nodules, options, outputs, seed=seed)
     patterns = CT_PATTERNS if ENGINES[engine].reads == "ct" else RADIOGRAPH_PATTERNS
     records = iter_inputs(inputs, is_item_dir=_is_dicom_dir if patterns is CT_PATTERNS else None,
                           patterns=patterns)
@@ -416,8 +424,9 @@ class SynthJob:
                    nodule=sample.nodules[0].to_dict() if sample.nodules else None)
         if sample.thickness_mm is not None:
             new["thickness"] = str(self.outputs.companion(primary, "thickness.tiff"))
-        new["synth"] = provenance("synth", {**self.options, **sample.info}, seed=self.seed,
-                                  inputs={"input": str(record["path"]), "sha256": sha256})
+        new["synth"] = self.outputs.stamp(provenance(
+            "synth", {**self.options, **sample.info}, seed=self.seed,
+            inputs={"input": input_name(record), "sha256": sha256}))
         new["synth"].update(engine=self.info.name, sample=record["_synth"]["index"],
                             sample_seed=seed,
                             negative=not (sample.nodules or sample.known))
