@@ -45,3 +45,19 @@ def test_detector_size_limit_is_a_geometry_error() -> None:
     Geometry(detector_px=(MAX_DETECTOR_PX, 1))
     with pytest.raises(GeometryError, match="over the limit"):
         Geometry(detector_px=(MAX_DETECTOR_PX + 1, 1))
+
+
+def test_device_name_on_a_cpu_machine_needs_no_torch() -> None:
+    """``auto`` on a machine without an NVIDIA driver is the CPU, answered without importing
+    torch (so a CPU render starts fast); ``cpu`` never imports it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from cxrkit.device import cuda_possible, device_name; "
+            "print(device_name('cpu'), cuda_possible() or device_name('auto'), "
+            "'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    first, second, imported = out.stdout.split()
+    assert first == "cpu"
+    assert second in ("True", "cpu")  # True where a driver is present
+    assert imported == "False"

@@ -203,20 +203,33 @@ def _interrupt(number: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _handle_signals() -> None:
+def _handle_signals() -> dict[int, Any]:
+    """Install :func:`_interrupt` for SIGINT and SIGTERM; returns the handlers it replaced."""
+    previous: dict[int, Any] = {}
     for name in ("SIGINT", "SIGTERM"):
         number = getattr(signal, name)
         if signal.getsignal(number) is not signal.SIG_IGN:  # keep nohup's and `cmd &`'s choice
-            signal.signal(number, _interrupt)
+            previous[number] = signal.signal(number, _interrupt)
+    return previous
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, mapping errors to :class:`ExitCode` values."""
     if hasattr(signal, "SIGPIPE"):
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `cxrkit … | head` exits quietly
-    _handle_signals()
+    previous = _handle_signals()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # libgomp spin-waits slow shared CPUs
     state["signal"] = None
+    try:
+        code = _run(argv)
+    finally:  # in-process callers (tests, notebooks) get their own handlers back
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    sys.exit(int(code or 0))
+
+
+def _run(argv: list[str] | None) -> int:
+    """Run the app; the exit code of every way it can end."""
     try:
         code = app(args=argv, prog_name="cxrkit", standalone_mode=False)
         if code == ExitCode.INTERRUPTED and state["signal"]:  # typer turns Ctrl-C into Exit(130)
@@ -247,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
             raise
         code = _fail(f"{type(exc).__name__}: {exc} (run with -v for the traceback)",
                      ExitCode.ERROR)
-    sys.exit(int(code or 0))
+    return int(code or 0)
 
 
 def _usage_exception() -> Any:

@@ -138,9 +138,9 @@ class ProjectJob:
     def _torch_device(self) -> str:
         """The resolved ``--device`` (a DeviceError when it is not there), once per run."""
         if self._device is None:
-            from cxrkit.device import resolve_device
+            from cxrkit.device import device_name
 
-            self._device = str(resolve_device(self.device))
+            self._device = device_name(self.device)
         return self._device
 
     def done(self, record: Record) -> Record | None:

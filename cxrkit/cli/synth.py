@@ -231,9 +231,9 @@ def synth(
 
 def _resolved(device: str) -> str:
     """The torch device the ct engine renders on (a DeviceError when it is not there)."""
-    from cxrkit.device import resolve_device
+    from cxrkit.device import device_name
 
-    return str(resolve_device(device))
+    return device_name(device)
 
 
 def _nodule_source(source: str, luna16_dir: Path | None, where: str | None, *,
