@@ -1171,3 +1171,34 @@ def test_sigkill_leaves_no_output_that_resume_or_a_reader_takes(tmp_path: Path) 
     listed = cxrkit(["degrade", str(env.out), "--preset", "bicubic", "-o",
                      str(tmp_path / "lq")], cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr.decode()
+
+
+# --------------------------------------------------------------------------- two runs, one -o
+
+@pytest.mark.slow
+def test_two_runs_into_one_out_folder(tmp_path: Path) -> None:
+    """Two runs racing for one output: exactly one writes it, the other exits 1 with 'output
+    exists', and the file holds the winner's record (each output is created exclusively).
+    Without exclusive creation both exit 0 in most trials (the 1024² render takes equally long
+    in both, so their writes meet)."""
+    from cxrkit.io import read_meta
+
+    env = Env(tmp_path)
+    env.inp.mkdir()
+    (tmp_path / "tmp").mkdir()
+    ct = write_nifti(env.inp / "ct.nii.gz", ct_array(32))
+    for trial in range(3):
+        out = tmp_path / f"out{trial}"
+        procs = [subprocess.Popen(
+            [sys.executable, "-m", "cxrkit", "project", str(ct), "--size", "1024", "--kev",
+             str(60 + 10 * k), "-o", str(out)], cwd=tmp_path, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, preexec_fn=_limit_memory,
+            env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+            for k in range(2)]
+        results = [p.communicate(timeout=TIMEOUT_S) for p in procs]
+        codes = sorted(p.returncode for p in procs)
+        assert codes == [0, 1], f"trial {trial}: exits {codes}"
+        (winner,) = [json.loads(o) for o, _ in results if o.strip()]
+        (loser_err,) = [e.decode() for o, e in results if not o.strip()]
+        assert "output exists" in loser_err, loser_err
+        assert read_meta(winner["path"]) == winner, "the file holds the other run's image"
