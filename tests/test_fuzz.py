@@ -5,8 +5,9 @@ point (``python -m cxrkit``) in a subprocess and checks the contract of DESIGN.m
 
 - the exit code is the expected one: 1 for bad input, 2 for a usage error (some cases accept
   either, or accept 0 when refusing is not the only safe answer);
-- stderr is exactly one line, names the command, and is not a leaked crash: no traceback, no
-  ``MemoryError``, no "run with -v for the traceback" (the catch-all for unexpected exceptions);
+- stderr is exactly one line, starts with ``cxrkit``, and is not a leak (:data:`LEAKS`): no
+  traceback, no "run with -v for the traceback" (the CLI's catch-all for unexpected exceptions),
+  no ``MemoryError`` or ITK allocation failure, no SimpleITK exception text;
 - nothing is left in ``-o`` (no image, no hidden ``.NAME.XXXXXXXX`` temporary), nothing is written
   anywhere else under ``tmp_path`` (outside ``-o``), and no input is changed;
 - no record on stdout.
@@ -73,9 +74,11 @@ def _limit_memory() -> None:
 def cxrkit(argv: list[str], *, cwd: Path, stdin: bytes | None = None,
            timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess[bytes]:
     """``python -m cxrkit ARGV`` with the worktree's code, one OpenMP thread, a private TMPDIR
-    under ``cwd`` and the memory limit."""
+    under ``cwd`` (checked like any folder outside ``-o``), no GPU (CUDA reserves more address
+    space than the limit) and the memory limit."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
-           "OMP_WAIT_POLICY": "PASSIVE", "TMPDIR": str(cwd / "tmp"), "NO_COLOR": "1"}
+           "OMP_WAIT_POLICY": "PASSIVE", "TMPDIR": str(cwd / "tmp"), "NO_COLOR": "1",
+           "CUDA_VISIBLE_DEVICES": ""}
     (cwd / "tmp").mkdir(exist_ok=True)
     return subprocess.run([sys.executable, "-m", "cxrkit", *argv], cwd=cwd, env=env,
                           input=stdin if stdin is not None else b"", capture_output=True,
@@ -115,7 +118,8 @@ def check_contract(result: subprocess.CompletedProcess[bytes], exits: tuple[int,
     assert result.returncode in exits, f"expected exit {'/'.join(map(str, exits))}" + shown
     if result.returncode == 0:
         hidden = [k for k in inside if Path(k).name.startswith(".")]
-        assert not hidden, f"hidden temporaries left in -o: {hidden}" + shown
+        assert not hidden, (f"hidden files in -o (a temporary left, or an output the next "
+                            f"stage skips as one): {hidden}" + shown)
         return
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1, f"stderr has {len(lines)} lines, not one" + shown
@@ -1122,7 +1126,7 @@ def test_signal_during_a_project_batch(sig: signal.Signals, tmp_path: Path) -> N
         [sys.executable, "-m", "cxrkit", "project", *map(str, paths), "--size", "256",
          "-o", str(env.out)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
-             "TMPDIR": str(tmp_path / "tmp")},
+             "TMPDIR": str(tmp_path / "tmp"), "CUDA_VISIBLE_DEVICES": ""},
         start_new_session=True, preexec_fn=_limit_memory)
     try:
         assert proc.stdout is not None
@@ -1157,7 +1161,7 @@ def test_sigkill_leaves_no_output_that_resume_or_a_reader_takes(tmp_path: Path) 
     argv = [sys.executable, "-m", "cxrkit", "project", *map(str, paths), "--size", "512",
             "-o", str(env.out)]
     penv = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
-            "TMPDIR": str(tmp_path / "tmp")}
+            "TMPDIR": str(tmp_path / "tmp"), "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             env=penv, start_new_session=True, preexec_fn=_limit_memory)
     assert proc.stdout is not None
@@ -1193,8 +1197,8 @@ def test_two_runs_into_one_out_folder(tmp_path: Path) -> None:
             [sys.executable, "-m", "cxrkit", "project", str(ct), "--size", "1024", "--kev",
              str(60 + 10 * k), "-o", str(out)], cwd=tmp_path, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, preexec_fn=_limit_memory,
-            env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
-            for k in range(2)]
+            env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+                 "CUDA_VISIBLE_DEVICES": ""}) for k in range(2)]
         results = [p.communicate(timeout=TIMEOUT_S) for p in procs]
         codes = sorted(p.returncode for p in procs)
         assert codes == [0, 1], f"trial {trial}: exits {codes}"
