@@ -45,6 +45,13 @@ TEMP_PREFIX = ".cxrkit-tmp."
 """Every temporary cxrkit writes starts with this: ``.cxrkit-tmp.<host>.<pid>.<token>.<name>``
 (hidden, so never an input; the writer's host and process id tell a stale one)."""
 _TEMP_NAME = re.compile(r"\.cxrkit-tmp\.(?P<host>[A-Za-z0-9-]*)\.(?P<pid>\d+)\.[0-9a-f]+\..+")
+_LEGACY_TEMP = re.compile(
+    r"\.(?P<name>.+?(?P<suffix>\.nii\.gz|\.[A-Za-z0-9]+))\.[a-z0-9_]{8}(?P=suffix)")
+"""What earlier cxrkit versions left when killed mid-write: ``.NAME.XXXXXXXX.SUFFIX`` (a
+``mkstemp`` name that repeats the target's suffix). No cxrkit writes such names any more, so one
+is stale."""
+_LEGACY_SUFFIXES = (".tiff", ".tif", ".png", ".dcm", ".nii.gz", ".nii", ".mha", ".nrrd", ".jsonl",
+                    ".json", ".safetensors")
 _cleaned: set[str] = set()
 
 
@@ -73,8 +80,10 @@ def _alive(pid: int) -> bool:
 
 def clean_stale_temporaries(folder: str | Path) -> list[Path]:
     """Remove cxrkit's temporaries in ``folder`` whose writer is gone (killed with -9, or a power
-    cut): only names of :data:`TEMP_PREFIX`'s pattern, written on this host by a process that no
-    longer runs. Temporaries of live writers and of other hosts (a shared file system) stay.
+    cut): names of :data:`TEMP_PREFIX`'s pattern written on this host by a process that no
+    longer runs, and the ``.NAME.XXXXXXXX.SUFFIX`` temporaries earlier cxrkit versions left
+    (:data:`_LEGACY_TEMP`). Temporaries of live writers and of other hosts (a shared file system)
+    stay.
     Each folder is looked at once per process. Returns the removed paths."""
     key = os.path.abspath(folder)
     if key in _cleaned:
@@ -87,9 +96,14 @@ def clean_stale_temporaries(folder: str | Path) -> list[Path]:
     except OSError:
         return removed
     for entry in entries:
+        if not entry.is_file(follow_symlinks=False):
+            continue
         match = _TEMP_NAME.fullmatch(entry.name)
-        if (match is None or match["host"] != host or _alive(int(match["pid"]))
-                or not entry.is_file(follow_symlinks=False)):
+        if match is None:
+            legacy = _LEGACY_TEMP.fullmatch(entry.name)
+            if legacy is None or legacy["suffix"].lower() not in _LEGACY_SUFFIXES:
+                continue
+        elif match["host"] != host or _alive(int(match["pid"])):
             continue
         try:
             os.unlink(entry.path)
@@ -247,3 +261,32 @@ def file_sha256(path: str | Path, *, limit_bytes: int | None = None) -> str:
                 if limit_bytes is not None and fh.tell() >= limit_bytes:
                     break
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def native_stderr_to_log(logger_name: str = "cxrkit") -> Iterator[None]:
+    """Send what C/C++ code (ITK, GDCM, OpenJPEG) writes straight to file descriptor 2 inside
+    the block to the log at DEBUG level instead of the terminal, so a failing read is reported
+    by cxrkit's one-line error alone (``-vv`` shows the library's own lines)."""
+    import logging
+    import sys
+    import tempfile
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (an embedding host): nothing to redirect
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read(1 << 16).decode("utf-8", "replace").strip()
+            if text:
+                logging.getLogger(logger_name).debug("native library output: %s",
+                                                     " | ".join(text.splitlines()[:20]))

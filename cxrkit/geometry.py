@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from cxrkit.errors import GeometryError
+from cxrkit.io import MAX_PIXEL_MM, MIN_PIXEL_MM
 
 DETECTOR_SIZE_MM = 430.0
 """Side of the default square detector (17 inch, a standard chest cassette)."""
@@ -148,6 +149,9 @@ class Geometry:
             pitch = _pair("pixel_mm", self.pixel_mm)
             for v in pitch:
                 _positive("pixel_mm", v, "the detector pitch (row, col) in mm, e.g. (0.42, 0.42)")
+                if not MIN_PIXEL_MM <= v <= MAX_PIXEL_MM:
+                    raise GeometryError(f"pixel_mm {v:g} is outside {MIN_PIXEL_MM:g}.."
+                                        f"{MAX_PIXEL_MM:g} mm (cxrkit.io's pixel spacing limits)")
             object.__setattr__(self, "pixel_mm", pitch)
         object.__setattr__(self, "rotation_deg", _triple("rotation_deg", self.rotation_deg))
         object.__setattr__(self, "translation_mm", _triple("translation_mm", self.translation_mm))

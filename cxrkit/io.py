@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cxrkit.errors import FormatError, InputError
-from cxrkit.files import atomic_path, to_json
+from cxrkit.files import atomic_path, native_stderr_to_log, to_json
 
 if TYPE_CHECKING:
     import numpy as np
@@ -557,8 +557,11 @@ def _read_sitk(path: Path) -> Radiograph:
     problem = sitk_pixel_problem(reader)
     if problem:
         raise FormatError(f"image has {problem}", path=str(path))
+    # the header's spacing: ITK's read turns a negative one positive, hiding a broken header
+    check_spacing(tuple(float(v) for v in reader.GetSpacing()[1::-1]), path=str(path))
     try:
-        image = reader.Execute()
+        with native_stderr_to_log(__name__):
+            image = reader.Execute()
     except RuntimeError as exc:
         raise FormatError(f"cannot read image: {sitk_message(exc, 160)}", path=str(path)) from exc
     arr = sitk.GetArrayFromImage(image)

@@ -95,10 +95,28 @@ def parse_line(line: str, *, where: str = "stdin") -> Record | None:
         if not isinstance(rec, dict) or "path" not in rec:
             raise InputError("record has no 'path'", path=where,
                              hint="records are JSON objects with at least 'path'")
+        if not isinstance(rec["path"], str) or not rec["path"].strip():
+            raise InputError(f"record 'path' must be a file name, not {_kind(rec['path'])}",
+                             path=where)
+        if "id" in rec and isinstance(rec["id"], int) and not isinstance(rec["id"], bool):
+            rec["id"] = str(rec["id"])
+        if "id" in rec and (not isinstance(rec["id"], str) or not rec["id"].strip()):
+            raise InputError(f"record 'id' must be a non-empty string, not {_kind(rec['id'])}",
+                             path=where)
         rec.setdefault("id", stem_of(rec["path"]))
         rec.setdefault("source", rec["path"])
         return rec
     return new_record(text)
+
+
+def _kind(value: object) -> str:
+    """How a bad record value is named in an error: ``a number``, ``null``, ``''``."""
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return repr(value)
+    return {"bool": "a boolean", "int": "a number", "float": "a number", "list": "a list",
+            "dict": "an object"}.get(type(value).__name__, type(value).__name__)
 
 
 def read_record_file(path: str | Path) -> Iterator[Record]:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from cxrkit.errors import FormatError, InputError
+from cxrkit.files import native_stderr_to_log
 from cxrkit.io import (
     MAX_VOXELS,
     NIFTI_SUFFIXES,
@@ -153,7 +154,8 @@ def read_volume(path: str | Path, *, series: str | None = None) -> Volume:
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # cxrkit checks what ITK only warns about
     try:
         if p.is_dir():
-            image = _read_dicom_series(p, series)
+            with native_stderr_to_log(__name__):  # GDCM/OpenJPEG print per-slice complaints
+                image = _read_dicom_series(p, series)
             fmt = "dicom"
         else:
             image = _read_volume_file(p)
@@ -194,7 +196,8 @@ def _read_volume_file(p: Path) -> object:
         check = pool.submit(_check_stream, p, nifti)
         failure: RuntimeError | None = None
         try:
-            image = reader.Execute()
+            with native_stderr_to_log(__name__):
+                image = reader.Execute()
         except RuntimeError as exc:  # SimpleITK reports every read problem this way
             failure = exc
         check.result()

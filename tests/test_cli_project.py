@@ -236,7 +236,7 @@ def test_stale_temporary_of_a_killed_run_is_cleaned_by_resume(phantom_path: Path
     old_style.write_bytes(half)
     resumed = run_cli("project", str(phantom_path), *SMALL, "-o", str(out), "--resume")
     assert resumed.returncode == 0 and records(resumed.stdout) == records(first.stdout)
-    assert not stale.exists()
+    assert not stale.exists() and not old_style.exists()
     nxt = run_cli("degrade", str(out), "--preset", "bicubic", "-o", str(tmp_path / "lq"))
     assert nxt.returncode == 0, nxt.stderr.decode()
     assert [r["id"] for r in records(nxt.stdout)] == ["phantom_drr"]

@@ -1049,7 +1049,8 @@ def test_overwrite_still_replaces_an_output_that_is_not_an_input(tmp_path: Path)
 # --------------------------------------------------------------------------- stale temporaries
 
 def _stale_copy(target: Path, source: Path) -> Path:
-    """A half-written temporary of ``target`` as atomic writes name them: .NAME.XXXXXXXX.ext."""
+    """A half-written temporary of ``target`` as earlier versions named them (.NAME.XXXXXXXX.ext;
+    today's .cxrkit-tmp.HOST.PID.TOKEN.NAME are tested in test_cli_project.py)."""
     suffix = ".nii.gz" if target.name.endswith(".nii.gz") else target.suffix
     stale = target.with_name(f".{target.name}.k3j9x2ab{suffix}")
     stale.parent.mkdir(parents=True, exist_ok=True)

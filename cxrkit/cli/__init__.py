@@ -118,6 +118,14 @@ def _root(
                                          logging.INFO if verbose else logging.WARNING)
     logging.basicConfig(level=level, format="cxrkit: %(levelname)s: %(message)s",
                         stream=sys.stderr, force=True)
+    if verbose <= 0:  # other libraries' log lines (tifffile, pydicom: with tracebacks) only at -v
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_own_records)
+
+
+def _own_records(record: logging.LogRecord) -> bool:
+    """Whether a log record comes from cxrkit's own loggers."""
+    return record.name == "cxrkit" or record.name.startswith("cxrkit.")
 
 
 def _register() -> None:

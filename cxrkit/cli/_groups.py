@@ -26,6 +26,7 @@ from cxrkit.cli._options import (
     parse_pair,
     parse_triple,
 )
+from cxrkit.io import MAX_PIXEL_MM, MIN_PIXEL_MM
 
 if TYPE_CHECKING:
     from cxrkit.geometry import Geometry
@@ -104,6 +105,9 @@ def geometry_options(
     pitch = parse_pair(pixel_mm, "--pixel-mm") if pixel_mm else None
     if pitch is not None and not all(_finite(v) and v > 0 for v in pitch):
         raise typer.BadParameter(f"'{pixel_mm}' must be positive mm", param_hint="--pixel-mm")
+    if pitch is not None and not all(MIN_PIXEL_MM <= v <= MAX_PIXEL_MM for v in pitch):
+        raise typer.BadParameter(f"'{pixel_mm}' is outside {MIN_PIXEL_MM:g}..{MAX_PIXEL_MM:g} mm",
+                                 param_hint="--pixel-mm")
     values = {name: parse_triple(text, f"--{name.replace('_', '-')}") if text else None
               for name, text in (("rotation_deg", rotation_deg),
                                  ("translation_mm", translation_mm),

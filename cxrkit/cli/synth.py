@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -43,6 +44,9 @@ LUNA16_ENV = "CXRKIT_LUNA16_DIR"
 """Environment variable naming the LUNA16 patch folder when --luna16-dir is not given."""
 
 CT_PATTERNS = VOLUME_PATTERNS
+MAX_DIAMETER_MM = 100.0
+"""Largest parametric nodule (and spicule length) ``synth`` makes: beyond lung masses, a size
+only a typo asks for (and one whose voxel grid would not fit in memory)."""
 OWNED = ("path", "kind", "spacing_mm", "mask", "thickness", "labels", "boxes", "nodule", "synth")
 
 
@@ -263,26 +267,32 @@ def _nodule_source(source: str, luna16_dir: Path | None, where: str | None, *,
                                  param_hint="--where")
     p = parametric
     chosen = nodules.ParametricSource(
-        diameter_mm=_range(p["diameter_mm"], "--diameter-mm", float),
+        diameter_mm=_range(p["diameter_mm"], "--diameter-mm", float, (0.5, MAX_DIAMETER_MM)),
         shapes=_choices(p["shape"], nodules.SHAPES, "--shape"),
         textures=_choices(p["texture"], nodules.TEXTURES, "--texture"),
         calcifications=_choices(p["calcification"], nodules.CALCIFICATIONS, "--calcification"),
         internals=_choices(p["internal"], nodules.INTERNALS, "--internal"),
-        spicules=_range(p["spicules"], "--spicules", int),
-        spicule_length_mm=_range(p["spicule_length_mm"], "--spicule-length-mm", float),
+        spicules=_range(p["spicules"], "--spicules", int, (0, 64)),
+        spicule_length_mm=_range(p["spicule_length_mm"], "--spicule-length-mm", float,
+                                  (0, MAX_DIAMETER_MM)),
         density_hu=density_hu)
     return chosen, {"source": "parametric", "parametric": asdict(chosen)}
 
 
-def _range(text: str, name: str, kind: type) -> Any:
-    """``"8"`` → (8, 8); ``"6:25"`` → (6, 25)."""
+def _range(text: str, name: str, kind: type, bounds: tuple[float, float] = (0, math.inf)
+           ) -> Any:
+    """``"8"`` → (8, 8); ``"6:25"`` → (6, 25); both ends finite and within ``bounds``."""
     parts = text.split(":")
     try:
         low, high = (kind(parts[0]), kind(parts[-1])) if len(parts) <= 2 else (None, None)
     except ValueError:
         low = high = None
-    if low is None or high is None or low > high:
+    if low is None or high is None or not math.isfinite(low) or not math.isfinite(high) \
+            or low > high:
         raise typer.BadParameter(f"'{text}' is not VALUE or LOW:HIGH", param_hint=name)
+    if low < bounds[0] or high > bounds[1]:
+        raise typer.BadParameter(f"'{text}' is outside {bounds[0]:g}..{bounds[1]:g}",
+                                 param_hint=name)
     return (low, high)
 
 
