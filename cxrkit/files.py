@@ -50,8 +50,6 @@ _LEGACY_TEMP = re.compile(
 """What earlier cxrkit versions left when killed mid-write: ``.NAME.XXXXXXXX.SUFFIX`` (a
 ``mkstemp`` name that repeats the target's suffix). No cxrkit writes such names any more, so one
 is stale."""
-_LEGACY_SUFFIXES = (".tiff", ".tif", ".png", ".dcm", ".nii.gz", ".nii", ".mha", ".nrrd", ".jsonl",
-                    ".json", ".safetensors")
 _cleaned: set[str] = set()
 
 
@@ -100,8 +98,7 @@ def clean_stale_temporaries(folder: str | Path) -> list[Path]:
             continue
         match = _TEMP_NAME.fullmatch(entry.name)
         if match is None:
-            legacy = _LEGACY_TEMP.fullmatch(entry.name)
-            if legacy is None or legacy["suffix"].lower() not in _LEGACY_SUFFIXES:
+            if _LEGACY_TEMP.fullmatch(entry.name) is None:
                 continue
         elif match["host"] != host or _alive(int(match["pid"])):
             continue

@@ -358,7 +358,8 @@ def volume_from_sitk(image: Any, *, meta: dict[str, Any] | None = None) -> Volum
         direction = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)
         spacing = np.array(image.GetSpacing(), dtype=np.float64)
     # Reorient in numpy (views of one copy): index axis i runs along world axis axes[i].
-    array = sitk.GetArrayFromImage(image)  # (z, y, x) index order
+    # A view of ITK's buffer, (z, y, x) index order: the one copy is the float32 one below
+    array = sitk.GetArrayViewFromImage(image)
     axes = np.abs(direction).argmax(0) if signed_permutation else np.arange(3)
     signs = np.sign(direction[axes, np.arange(3)]) if signed_permutation else np.ones(3)
     size = np.array(image.GetSize())
@@ -372,7 +373,7 @@ def volume_from_sitk(image: Any, *, meta: dict[str, Any] | None = None) -> Volum
     new_spacing = spacing[order]
     new_direction = direction[:, order] * signs[order][None, :]
     return Volume(
-        array=np.ascontiguousarray(array, dtype=np.float32),
+        array=np.array(array, dtype=np.float32, order="C", copy=True),  # never ITK's memory
         spacing_mm=(float(new_spacing[2]), float(new_spacing[1]), float(new_spacing[0])),
         origin_mm=(float(origin[0]), float(origin[1]), float(origin[2])),
         direction=new_direction,
