@@ -414,6 +414,10 @@ def test_lidc_xml_found_beside_the_ct_and_refused_when_bad(medium: Volume, tmp_p
     assert lx.xml_beside(ct) == tmp_path / "lidc-reader-annotations.xml"
     (tmp_path / "scan.xml").write_text(good)
     assert lx.xml_beside(ct) == tmp_path / "scan.xml"
+    series = tmp_path / "series"  # a DICOM folder with its XML inside (LIDC-IDRI's layout)
+    series.mkdir()
+    (series / "158.xml").write_text(good)
+    assert lx.xml_beside(series) == series / "158.xml"
     (only,) = read_beside(ct, medium)
     assert only.source["xml"].endswith("scan.xml") and only.occupancy is not None
     # a table beside the CT wins (LIDC's nodules.csv is made from the XML: never both)

@@ -168,9 +168,9 @@ def synth(
     <stem>.nodules.csv or nodules.csv beside the CT (a centre x_mm,y_mm,z_mm in LPS, coordX..
     as LUNA16, or ras_x_mm.. as LIDC, and diameter_mm or xy_extent_mm; rows within each
     other's radius are one nodule), else the LIDC readers' XML beside it (<stem>.xml,
-    lidc-reader-annotations.xml as in cxrkit sample-data, or the one *.xml whose root is
-    LidcReadMessage; outlines in the CT's pixels, grouped and rated as the rows, masked by the
-    readers' 50% consensus), and the nodule structures of --labels. Every image from that
+    lidc-reader-annotations.xml as cxrkit sample-data --dicom fetches, or the one *.xml whose
+    root is LidcReadMessage; outlines in the CT's pixels, grouped and rated as the rows, masked
+    by the readers' 50% consensus), and the nodule structures of --labels. Every image from that
     CT boxes them (origin "ct"; inserted ones have origin "synth") and masks them, nodules are
     inserted at least 5 mm from them, and the CT gives no negative: its _neg item fails with an
     error (exit 1; 3 with --keep-going). Marks under 3 mm (LIDC's small nodules) are listed in

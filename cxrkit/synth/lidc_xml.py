@@ -93,9 +93,9 @@ def is_lidc_xml(path: str | Path) -> bool:
 
 
 def xml_beside(ct_path: str | Path) -> Path | None:
-    """The LIDC reader XML of a CT: ``<stem>.xml``, then ``lidc-reader-annotations.xml``, then
-    the one other ``*.xml`` whose root is ``LidcReadMessage``, beside the CT file (or DICOM
-    folder) or inside its DICOM folder.
+    """The LIDC reader XML of a CT: inside its DICOM folder (LIDC-IDRI's layout), else beside
+    the CT file or folder; in each place ``<stem>.xml``, then ``lidc-reader-annotations.xml``,
+    then the one other ``*.xml`` whose root is ``LidcReadMessage``.
 
     Raises:
         InputError: several LIDC XML files could belong to the CT.
@@ -103,13 +103,11 @@ def xml_beside(ct_path: str | Path) -> Path | None:
     from cxrkit.pipe import stem_of
 
     p = Path(ct_path)
-    folders = [p, p.parent] if p.is_dir() else [p.parent]
-    for folder in folders:
+    for folder in [p, p.parent] if p.is_dir() else [p.parent]:
         for name in (f"{stem_of(p)}.xml", DEFAULT_NAME):
             candidate = folder / name
             if candidate.is_file() and is_lidc_xml(candidate):
                 return candidate
-    for folder in folders:
         try:
             names = sorted(folder.glob("*.xml"))[:MAX_SNIFFED]
         except OSError:
