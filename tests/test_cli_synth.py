@@ -347,6 +347,89 @@ def test_lidc_own_nodule_is_labelled_not_negative(shared_data: Path, tmp_path: P
     assert 8 <= ct_box["x2"] - ct_box["x1"] <= 16 and ct_box["x1"] > 64
 
 
+def test_known_nodules_from_the_lidc_reader_xml(chest_ct: tuple[Path, Path], tmp_path: Path
+                                               ) -> None:
+    """The LIDC readers' XML beside the CT (any name, an LidcReadMessage root) labels its
+    nodule as nodules.csv would, masked by the readers' outlines; no negative from that CT."""
+    from tests.test_synth import LIDC_RATINGS, ball_reads, lidc_xml
+
+    ct, _ = chest_ct
+    _add_known_nodule(ct)
+    reads = [[("n1", ball_reads(KNOWN_LPS, 4.0)), ("small", [(-5.5, [(45, 31)])])]
+             for _ in range(3)]
+    (tmp_path / "0001.xml").write_text(lidc_xml(reads, ratings=LIDC_RATINGS))
+    code, recs, err = invoke(str(ct), "-n", "1", "--negatives", "--keep-going",
+                             "--diameter-mm", "5:6", *GRID, "-o", str(tmp_path / "o"))
+    assert code == 3 and "known nodule" in err and "0001.xml" in err
+    (rec,) = recs
+    synth_box, ct_box = rec["boxes"]
+    assert synth_box["origin"] == "synth" and ct_box["origin"] == "ct"
+    attributes = ct_box["attributes"]
+    assert attributes["marks"] == 3 and 8.0 <= attributes["diameter_mm"] <= 9.0
+    assert attributes["texture"] == "solid" and attributes["lidc"]["malignancy"] == 3
+    assert 7 <= ct_box["x2"] - ct_box["x1"] <= 12 and 7 <= ct_box["y2"] - ct_box["y1"] <= 12
+    mask = read_radiograph(rec["mask"]).pixels > 0.5
+    assert mask[ct_box["y1"]:ct_box["y2"], ct_box["x1"]:ct_box["x2"]].mean() > 0.6
+    image = read_radiograph(rec["path"]).pixels
+    region = image[ct_box["y1"]:ct_box["y2"], ct_box["x1"]:ct_box["x2"]]
+    mirror = image[ct_box["y1"]:ct_box["y2"], 64 - ct_box["x2"]:64 - ct_box["x1"]]
+    assert region.mean() > mirror.mean() + 0.02
+    known = rec["synth"]["options"]["known_nodules"]
+    xml = str(tmp_path / "0001.xml")
+    assert [(k["marks"], k["source"]["xml"]) for k in known] == [(3, xml), (3, xml)]
+    assert np.allclose(known[0]["center_mm"], KNOWN_LPS, atol=0.6)
+    assert known[1]["diameter_mm"] == 1.0  # a small-nodule point mark: listed, not boxed
+    # the same file given explicitly (moved away, so auto would not find it)
+    given = tmp_path / "given" / "reads.xml"
+    given.parent.mkdir()
+    (tmp_path / "0001.xml").rename(given)
+    code, recs, _ = invoke(str(ct), "-n", "1", "--known-nodules", str(given),
+                           "--diameter-mm", "5:6", *GRID, "-o", str(tmp_path / "g"))
+    assert code == 0 and [b["x1"] for b in recs[0]["boxes"][1:]] == [ct_box["x1"]]
+    # no XML, no table: a negative
+    code, recs, _ = invoke(str(ct), "-n", "0", "--negatives", *GRID, "-o", str(tmp_path / "n"))
+    assert code == 0 and recs[0]["synth"]["negative"] is True
+
+
+@pytest.mark.realdata
+def test_lidc_reader_xml_agrees_with_nodules_csv(shared_data: Path, tmp_path: Path) -> None:
+    """The sample CT's folder as cxrkit sample-data gives it (no nodules.csv): its readers' XML
+    gives the nodules that LIDC-IDRI-0001's nodules.csv (made from that XML) lists, on dense CT,
+    and the 30 mm nodule is boxed, so the CT gives no negative."""
+    from cxrkit.synth.known import read_beside, read_nodule_table
+    from cxrkit.volume import read_volume
+
+    lidc = shared_data / "lidc-idri-0001"
+    sample = tmp_path / "sample"
+    sample.mkdir()
+    for name in ("ct.nii.gz", "lidc-reader-annotations.xml"):
+        (sample / name).symlink_to(lidc / name)
+    volume = read_volume(sample / "ct.nii.gz")
+    from_xml = read_beside(sample / "ct.nii.gz", volume)
+    from_csv = read_nodule_table(lidc / "nodules.csv")
+    assert [n.marks for n in from_xml] == [n.marks for n in from_csv] == [4, 3, 3, 3]
+    to_index = np.linalg.inv(volume.index_to_world())
+    for x, c in zip(from_xml, from_csv, strict=True):
+        assert x.source["xml"] == str(sample / "lidc-reader-annotations.xml")
+        assert np.linalg.norm(np.subtract(x.center_mm, c.center_mm)) < 2.0
+        assert abs(x.diameter_mm - c.diameter_mm) < 1.0 and x.attributes == c.attributes
+    big = from_xml[0]
+    assert big.counted and 30 <= big.diameter_mm <= 36 and big.attributes["calcified"] == 0
+    w, h, d = np.rint(to_index @ np.array([*big.center_mm, 1.0]))[:3].astype(int)
+    assert volume.array[d - 1:d + 2, h - 2:h + 3, w - 2:w + 3].mean() > -200  # soft tissue
+    occupancy = big.occupancy
+    inside = np.argwhere(occupancy.array >= 0.5)  # the readers' consensus, in CT voxels
+    world = np.c_[inside[:, ::-1], np.ones(len(inside))] @ occupancy.index_to_world().T
+    voxels = np.rint(world @ to_index.T).astype(int)
+    assert np.median(volume.array[voxels[:, 2], voxels[:, 1], voxels[:, 0]]) > -200
+    code, recs, err = invoke(str(sample / "ct.nii.gz"), "-n", "1", "--negatives",
+                             "--keep-going", "--size", "128", "-o", str(tmp_path / "o"))
+    assert code == 3 and "known nodule" in err and "lidc-reader-annotations.xml" in err
+    (ct_box,) = [b for b in recs[0]["boxes"] if b["origin"] == "ct"]
+    assert ct_box["attributes"]["marks"] == 4 and ct_box["x1"] > 64
+    assert 7 <= ct_box["x2"] - ct_box["x1"] <= 16 and 5 <= ct_box["y2"] - ct_box["y1"] <= 16
+
+
 def test_raw_radiograph_on_stdin_names_no_spool_file(cxr: Path, tmp_path: Path) -> None:
     """The spooled stdin image is deleted with the process: records say "-" instead."""
     result = run_cli("synth", "-e", "blend", "--pixel-mm", "0.5", "-o", str(tmp_path / "out"),

@@ -299,3 +299,159 @@ def test_nodule_table_columns_groups_and_errors(tmp_path: Path) -> None:
     table.write_text("x_mm,y_mm,z_mm,diameter_mm\n1,2,nan,8\n")
     with pytest.raises(InputError, match="line 2"):
         read_nodule_table(table)
+
+
+def outline(col: float, row: float, radius: float) -> list[tuple[int, int]]:
+    """Boundary pixels of a disc, in order around it (as an LIDC ``edgeMap`` chain)."""
+    out: list[tuple[int, int]] = []
+    for angle in np.linspace(0.0, 2 * np.pi, 400, endpoint=False):
+        pixel = (round(col + radius * np.cos(angle)), round(row + radius * np.sin(angle)))
+        if pixel not in out:
+            out.append(pixel)
+    return out
+
+
+def lidc_xml(readers: list[list[tuple[str, list[tuple[float, list[tuple[int, int]]]]]]], *,
+             ratings: dict[str, int] | None = None, namespace: bool = True) -> str:
+    """An LIDC reader XML: per reader, marks ``(nodule id, [(z_mm, [(col, row), ...]), ...])``
+    (one pixel: a small-nodule mark); every mark with outlines gets ``ratings``; each reader
+    also marks one non-nodule."""
+    ns = ' xmlns="http://www.nih.gov"' if namespace else ""
+    parts = [f'<?xml version="1.0" encoding="UTF-8"?>\n<!-- readers -->\n<LidcReadMessage{ns}>',
+             "<ResponseHeader><Version>1.8.1</Version></ResponseHeader>"]
+    for number, marks in enumerate(readers):
+        parts.append(f"<readingSession><servicingRadiologistID>{100 + number}"
+                     "</servicingRadiologistID>")
+        for nodule_id, rois in marks:
+            parts.append(f"<unblindedReadNodule><noduleID>{nodule_id}</noduleID>")
+            if ratings and any(len(pixels) > 1 for _, pixels in rois):
+                parts.append("<characteristics>" + "".join(
+                    f"<{k}>{v}</{k}>" for k, v in ratings.items()) + "</characteristics>")
+            for z, pixels in rois:
+                parts.append(f"<roi><imageZposition>{z:f} </imageZposition>"
+                             "<inclusion>TRUE</inclusion>" + "".join(
+                                 f"<edgeMap><xCoord>{c}</xCoord><yCoord>{r}</yCoord></edgeMap>"
+                                 for c, r in pixels) + "</roi>")
+            parts.append("</unblindedReadNodule>")
+        parts.append("<nonNodule><nonNoduleID>n1</nonNoduleID><imageZposition>0.0"
+                     "</imageZposition><locus><xCoord>5</xCoord><yCoord>5</yCoord></locus>"
+                     "</nonNodule></readingSession>")
+    return "\n".join([*parts, "</LidcReadMessage>"])
+
+
+def ball_reads(centre: tuple[float, float, float], radius: float, origin: float = -31.5,
+               shift: float = 0.0) -> list[tuple[float, list[tuple[int, int]]]]:
+    """A reader's outlines of a ball at an LPS centre on a 1 mm grid starting at ``origin``:
+    one per slice it crosses, ``shift`` pixels off to the left."""
+    col, row = centre[0] - origin + shift, centre[1] - origin
+    rois = []
+    for k in range(64):
+        z = origin + k
+        r2 = radius**2 - (z - centre[2]) ** 2
+        if r2 >= 1.0:
+            rois.append((z, outline(col, row, float(np.sqrt(r2)))))
+    return rois
+
+
+LIDC_RATINGS = {"subtlety": 4, "internalStructure": 1, "calcification": 6, "sphericity": 4,
+                "margin": 5, "lobulation": 1, "spiculation": 1, "texture": 5, "malignancy": 3}
+
+
+def test_lidc_xml_nodules_on_the_ct_grid(medium: Volume, tmp_path: Path) -> None:
+    """Outlines in pixels → LPS mm on the CT's grid; readers' marks grouped, rated, and their
+    consensus as the occupancy; small marks listed, not counted; non-nodules not read."""
+    from cxrkit.synth.known import MIN_DIAMETER_MM
+    from cxrkit.synth.lidc_xml import read_lidc_xml
+
+    centre = (-14.0, 3.0, 10.0)
+    marks = [[("big", ball_reads(centre, 5.0, shift=shift)), ("tiny", [(-20.5, [(40, 20)])])]
+             for shift in (0.0, 0.0, 1.0)]
+    path = tmp_path / "reads.xml"
+    path.write_text(lidc_xml(marks, ratings=LIDC_RATINGS))
+    ct = replace(medium, origin_mm=(-31.5, -31.5, -31.5))
+    big, tiny = read_lidc_xml(path, ct)
+    assert big.marks == 3 and big.source["ids"] == ["100:big", "101:big", "102:big"]
+    assert big.source["xml"] == str(path)
+    # mean outline pixel; the third reader's outline sits 1 pixel to the left (+x)
+    assert np.allclose(big.center_mm, (centre[0] + 1 / 3, centre[1], centre[2]), atol=0.3)
+    assert 10.0 <= big.diameter_mm <= 11.0 and big.counted
+    assert big.attributes["texture"] == "solid" and big.attributes["calcified"] == 0
+    assert big.attributes["border_irregular"] == 0 and big.attributes["subtlety"] == 4
+    occupancy = big.occupancy
+    assert occupancy is not None and occupancy.spacing_mm == (1.0, 1.0, 1.0)
+    inside = np.argwhere(occupancy.array >= 0.5)
+    world = (np.c_[inside[:, ::-1], np.ones(len(inside))] @ occupancy.index_to_world().T)[:, :3]
+    assert np.allclose(world.mean(axis=0), centre, atol=0.5)
+    assert np.linalg.norm(world - centre, axis=1).max() <= 6.0  # outline pixels included
+    assert abs(len(inside) - 4 / 3 * np.pi * 5.0**3) < 0.35 * 4 / 3 * np.pi * 5.0**3
+    assert set(np.unique(occupancy.array * 3).round().tolist()) == {0, 1, 2, 3}
+    assert tiny.center_mm == (40 - 31.5, 20 - 31.5, -20.5) and tiny.marks == 3
+    assert tiny.diameter_mm == 1.0 < MIN_DIAMETER_MM and not tiny.counted
+    assert tiny.occupancy is None and tiny.attributes == {}
+    # no namespace, an oblique-free CT with another origin: the same pixels, other mm
+    path.write_text(lidc_xml(marks[:1], namespace=False))
+    (moved, _) = read_lidc_xml(path, replace(ct, origin_mm=(-21.5, -31.5, -31.5)))
+    assert np.allclose(moved.center_mm, (centre[0] + 10, centre[1], centre[2]), atol=0.3)
+
+
+def test_lidc_xml_found_beside_the_ct_and_refused_when_bad(medium: Volume, tmp_path: Path
+                                                          ) -> None:
+    from cxrkit.errors import FormatError
+    from cxrkit.synth import lidc_xml as lx
+    from cxrkit.synth.known import read_beside, read_known
+
+    ct = tmp_path / "scan.nii.gz"
+    ct.write_bytes(b"")
+    good = lidc_xml([[("a", ball_reads((0.0, 0.0, 0.0), 4.0))]])
+    (tmp_path / "other.xml").write_text('<?xml version="1.0"?><config><a/></config>')
+    assert lx.xml_beside(ct) is None and read_beside(ct, medium) == []
+    (tmp_path / "069.xml").write_text(good)  # any name, an LIDC root
+    assert lx.xml_beside(ct) == tmp_path / "069.xml" and lx.is_lidc_xml(tmp_path / "069.xml")
+    (tmp_path / "070.xml").write_text(good)
+    with pytest.raises(InputError, match="2 LIDC reader XML files"):
+        lx.xml_beside(ct)
+    (tmp_path / "lidc-reader-annotations.xml").write_text(good)
+    assert lx.xml_beside(ct) == tmp_path / "lidc-reader-annotations.xml"
+    (tmp_path / "scan.xml").write_text(good)
+    assert lx.xml_beside(ct) == tmp_path / "scan.xml"
+    series = tmp_path / "series"  # a DICOM folder with its XML inside (LIDC-IDRI's layout)
+    series.mkdir()
+    (series / "158.xml").write_text(good)
+    assert lx.xml_beside(series) == series / "158.xml"
+    (only,) = read_beside(ct, medium)
+    assert only.source["xml"].endswith("scan.xml") and only.occupancy is not None
+    # a table beside the CT wins (LIDC's nodules.csv is made from the XML: never both)
+    (tmp_path / "nodules.csv").write_text("x_mm,y_mm,z_mm,diameter_mm\n1,2,3,8\n")
+    (table,) = read_beside(ct, medium)
+    assert table.source["table"].endswith("nodules.csv")
+    # an explicit XML needs its CT; bad files are refused with one clear message
+    bad = tmp_path / "bad.xml"
+    with pytest.raises(InputError, match="needs its CT"):
+        read_known(tmp_path / "scan.xml")
+    cases = {
+        '<!DOCTYPE x [<!ENTITY a "aaaa">]><LidcReadMessage>&a;</LidcReadMessage>': "DOCTYPE",
+        "<LidcReadMessage><readingSession>": "not well-formed",
+        "<IdriReadMessage/>": "not an LIDC",
+        good.replace("<xCoord>", "<xCoord>nan", 1): "xCoord",
+        good.replace("<roi>", "<nope>").replace("</roi>", "</nope>"): "without an outline",
+    }
+    for text, message in cases.items():
+        bad.write_text(text)
+        with pytest.raises(FormatError, match=message):
+            read_known(bad, medium)
+    bad.write_text(good.replace("<xCoord>", "<xCoord>9", 1))  # column 9xx: off a 64-pixel CT
+    with pytest.raises(InputError, match="not this CT's"):
+        read_known(bad, medium)
+    bad.write_text(good.replace("<imageZposition>-", "<imageZposition>-9", 1))  # z -93.5
+    with pytest.raises(InputError, match="not this CT's"):
+        read_known(bad, medium)
+    oblique = replace(medium, direction=np.array([[1.0, 0, 0], [0, 0.8, -0.6], [0, 0.6, 0.8]]))
+    with pytest.raises(InputError, match="axial"):
+        read_known(tmp_path / "scan.xml", oblique)
+    lx_limit = lx.MAX_XML_BYTES
+    try:
+        lx.MAX_XML_BYTES = 100
+        with pytest.raises(InputError, match="limit"):
+            read_known(tmp_path / "scan.xml", medium)
+    finally:
+        lx.MAX_XML_BYTES = lx_limit

@@ -118,9 +118,10 @@ def synth(
     known_nodules: Annotated[str, typer.Option(
         "--known-nodules", help="ct: the nodules the CT already has, boxed (origin ct) and "
                                 "in the mask of every image from it, so it gives no negative: "
-                                "auto (<stem>.nodules.csv or nodules.csv beside the CT, and "
-                                "nodule structures of --labels), a CSV or a nodule mask volume "
-                                "({id} is replaced), or none (the CT has none).")] = "auto",
+                                "auto (<stem>.nodules.csv or nodules.csv beside the CT, else "
+                                "its LIDC reader XML, and nodule structures of --labels), a "
+                                "CSV, an LIDC XML or a nodule mask volume ({id} is replaced), "
+                                "or none (the CT has none).")] = "auto",
     mask: Annotated[str | None, typer.Option(
         "--mask", help="blend: lung-field mask image (nonzero = lung); {id} is replaced by the "
                        "input's id. Default: a threshold lung field.", show_default=False)
@@ -166,7 +167,10 @@ def synth(
     A CT's own nodules are ground truth too (--known-nodules): by default those listed in
     <stem>.nodules.csv or nodules.csv beside the CT (a centre x_mm,y_mm,z_mm in LPS, coordX..
     as LUNA16, or ras_x_mm.. as LIDC, and diameter_mm or xy_extent_mm; rows within each
-    other's radius are one nodule) and the nodule structures of --labels. Every image from that
+    other's radius are one nodule), else the LIDC readers' XML beside it (<stem>.xml,
+    lidc-reader-annotations.xml as cxrkit sample-data --dicom fetches, or the one *.xml whose
+    root is LidcReadMessage; outlines in the CT's pixels, grouped and rated as the rows, masked
+    by the readers' 50% consensus), and the nodule structures of --labels. Every image from that
     CT boxes them (origin "ct"; inserted ones have origin "synth") and masks them, nodules are
     inserted at least 5 mm from them, and the CT gives no negative: its _neg item fails with an
     error (exit 1; 3 with --keep-going). Marks under 3 mm (LIDC's small nodules) are listed in
@@ -176,7 +180,8 @@ def synth(
 
         cxrkit synth "$(cxrkit sample-data)/ct.nii.gz" -n 8 -o synth/ | jq -c .boxes
 
-    Negatives too, from CTs without nodules of their own (or with nodules.csv beside them):
+    Negatives too, from CTs without nodules of their own (or with their nodules.csv or LIDC XML
+    beside them):
 
         cxrkit synth cts/*.nii.gz -n 8 --negatives -o synth/
 
@@ -390,7 +395,7 @@ class SynthJob:
                 data = read_volume(path)
                 lung = read_lung_mask(lung_path, data) if lung_path else None
                 scene = self.engine.prepare(data, lung,  # type: ignore[call-arg]
-                                            self._known(path, input_id, lung_path))
+                                            self._known(path, input_id, lung_path, data))
             else:
                 from cxrkit.io import read_radiograph
 
@@ -405,7 +410,8 @@ class SynthJob:
             self._scene = (path, scene, file_sha256(path))
         return self._scene[1], self._scene[2]
 
-    def _known(self, path: str, input_id: str, lung_path: str | None) -> list[Any]:
+    def _known(self, path: str, input_id: str, lung_path: str | None, volume: Any
+               ) -> list[Any]:
         """The CT's own nodules by --known-nodules (see :mod:`cxrkit.synth.known`)."""
         from cxrkit.synth import known
 
@@ -413,9 +419,8 @@ class SynthJob:
         if policy == "none":
             return []
         if policy != "auto":
-            return known.read_known(policy.replace("{id}", input_id))
-        table = known.table_beside(path)
-        found = known.read_nodule_table(table) if table else []
+            return known.read_known(policy.replace("{id}", input_id), volume)
+        found = known.read_beside(path, volume)
         return found + (known.nodules_from_label_map(lung_path) if lung_path else [])
 
     def _write(self, record: Record, sample: Sample, sha256: str, seed: int | None) -> Record:

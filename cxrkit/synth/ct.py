@@ -338,7 +338,8 @@ class CTEngine:
         """
         if scene.known:
             sizes = ", ".join(f"{n.labels['diameter_mm']:g} mm" for n in scene.known)
-            where = scene.known[0].source.get("table") or scene.known[0].source.get("mask")
+            source = scene.known[0].source
+            where = source.get("table") or source.get("xml") or source.get("mask")
             raise InputError(
                 f"no negative from this CT: it has {len(scene.known)} known nodule(s) of "
                 f"{sizes} ({where})",

@@ -11,6 +11,10 @@ from:
   ``x_mm,y_mm,z_mm`` (LPS, as ``--center-mm``), ``coordX,coordY,coordZ`` (LUNA16's
   ``annotations.csv``, world LPS) or ``ras_x_mm,ras_y_mm,ras_z_mm`` (RAS); and a size,
   ``diameter_mm`` (or LUNA16's ``diameter_mm``, LIDC's ``xy_extent_mm``);
+- the **LIDC readers' XML** (:mod:`cxrkit.synth.lidc_xml`): when no table is beside the CT,
+  ``<stem>.xml``, ``lidc-reader-annotations.xml`` or the one ``*.xml`` whose root is
+  ``LidcReadMessage`` beside it (or inside its DICOM folder), or a given ``.xml``; marks
+  grouped and labelled as a table's rows, each nodule's mask from the readers' outlines;
 - a **mask** (:func:`nodules_from_mask`): a nodule label volume (each 26-connected component is
   one nodule), or the structures of a label map whose names contain ``nodule``.
 
@@ -62,12 +66,14 @@ class KnownNodule:
         center_mm: LPS centre, mm.
         diameter_mm: its size (the mean over readers' marks), mm.
         marks: how many rows (reader marks) or mask components make it up.
-        source: where it was read (``{"table": path, "ids": [...]}`` or ``{"mask": path}``).
+        source: where it was read (``{"table": path, "ids": [...]}``, ``{"xml": path, "ids":
+            [...]}`` or ``{"mask": path}``).
         attributes: labels in the vocabulary of inserted nodules (``calcified``, ``texture``,
             ... by the LUNA16 table's rules on the readers' median ratings, where the table has
             them) and the medians under ``lidc``.
-        occupancy: for a mask nodule, its voxels as a 0/1 volume placed in the world; None for
-            a table nodule (drawn as a ball of ``diameter_mm``).
+        occupancy: for a mask nodule, its voxels as a 0/1 volume placed in the world; for an
+            XML nodule, the fraction of its readers' outlines holding each voxel; None for a
+            table nodule (drawn as a ball of ``diameter_mm``).
     """
 
     center_mm: tuple[float, float, float]
@@ -131,7 +137,7 @@ def read_nodule_table(path: str | Path) -> list[KnownNodule]:
                              path=str(p))
         label = row.get("nodule_id") or row.get("id") or str(line)
         marks.append((centre, diameter, label, row))
-    return [_merge(group, p) for group in _groups(marks)]
+    return [_merge(group, {"table": str(p)}) for group in _groups(marks)]
 
 
 def _groups(marks: list[tuple[np.ndarray, float, str, dict[str, str]]]) -> list[list[Any]]:
@@ -155,7 +161,9 @@ def _groups(marks: list[tuple[np.ndarray, float, str, dict[str, str]]]) -> list[
     return list(groups.values())
 
 
-def _merge(group: list[Any], table: Path) -> KnownNodule:
+def _merge(group: list[Any], source: dict[str, Any]) -> KnownNodule:
+    """One nodule from a group of marks ``(centre, diameter, id, row)``: mean centre and size,
+    median ratings (the row's :data:`CHARACTERISTICS`), ``source`` with the marks' ids."""
     centre = np.mean([m[0] for m in group], axis=0)
     ratings: dict[str, float] = {}
     for key in CHARACTERISTICS:
@@ -170,7 +178,7 @@ def _merge(group: list[Any], table: Path) -> KnownNodule:
             ratings[key] = float(np.median(values))
     return KnownNodule((float(centre[0]), float(centre[1]), float(centre[2])),
                        float(np.mean([m[1] for m in group])), len(group),
-                       {"table": str(table), "ids": [m[2] for m in group]}, _labels(ratings))
+                       {**source, "ids": [m[2] for m in group]}, _labels(ratings))
 
 
 def _labels(ratings: dict[str, float]) -> dict[str, Any]:
@@ -290,11 +298,36 @@ def nodules_from_label_map(path: str | Path) -> list[KnownNodule]:
     return nodules_from_mask(labels.with_array(np.isin(labels.array, ids)), str(p))
 
 
-def read_known(path: str | Path) -> list[KnownNodule]:
-    """Known nodules from a CSV table (``.csv``) or a nodule mask volume (anything else)."""
+def read_known(path: str | Path, volume: Volume | None = None) -> list[KnownNodule]:
+    """Known nodules from a CSV table (``.csv``), an LIDC reader XML (``.xml``, outlines on
+    ``volume``'s grid: :func:`cxrkit.synth.lidc_xml.read_lidc_xml`) or a nodule mask volume
+    (anything else).
+
+    Raises:
+        InputError: an XML without the CT it belongs to, or as the readers raise.
+    """
     from cxrkit.volume import read_volume
 
     p = Path(path)
     if p.suffix.lower() == ".csv":
         return read_nodule_table(p)
+    if p.suffix.lower() == ".xml":
+        from cxrkit.synth.lidc_xml import read_lidc_xml
+
+        if volume is None:
+            raise InputError("an LIDC reader XML needs its CT to place the outlines", path=str(p))
+        return read_lidc_xml(p, volume)
     return nodules_from_mask(read_volume(p), str(p))
+
+
+def read_beside(ct_path: str | Path, volume: Volume) -> list[KnownNodule]:
+    """``--known-nodules auto`` for one CT: its table (:func:`table_beside`), else its LIDC
+    reader XML (:func:`cxrkit.synth.lidc_xml.xml_beside`; LIDC's nodules.csv is made from that
+    XML, so one is read, never both), else none."""
+    from cxrkit.synth.lidc_xml import read_lidc_xml, xml_beside
+
+    table = table_beside(ct_path)
+    if table is not None:
+        return read_nodule_table(table)
+    xml = xml_beside(ct_path)
+    return read_lidc_xml(xml, volume) if xml is not None else []
