@@ -360,8 +360,7 @@ LIDC_RATINGS = {"subtlety": 4, "internalStructure": 1, "calcification": 6, "sphe
 def test_lidc_xml_nodules_on_the_ct_grid(medium: Volume, tmp_path: Path) -> None:
     """Outlines in pixels → LPS mm on the CT's grid; readers' marks grouped, rated, and their
     consensus as the occupancy; small marks listed, not counted; non-nodules not read."""
-    from cxrkit.synth.known import MIN_DIAMETER_MM
-    from cxrkit.synth.lidc_xml import read_lidc_xml
+    from cxrkit.synth.known import MIN_DIAMETER_MM, read_lidc_xml
 
     centre = (-14.0, 3.0, 10.0)
     marks = [[("big", ball_reads(centre, 5.0, shift=shift)), ("tiny", [(-20.5, [(40, 20)])])]

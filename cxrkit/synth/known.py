@@ -26,7 +26,7 @@ of its reference; a radiograph cannot show them.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -300,7 +300,7 @@ def nodules_from_label_map(path: str | Path) -> list[KnownNodule]:
 
 def read_known(path: str | Path, volume: Volume | None = None) -> list[KnownNodule]:
     """Known nodules from a CSV table (``.csv``), an LIDC reader XML (``.xml``, outlines on
-    ``volume``'s grid: :func:`cxrkit.synth.lidc_xml.read_lidc_xml`) or a nodule mask volume
+    ``volume``'s grid: :func:`read_lidc_xml`) or a nodule mask volume
     (anything else).
 
     Raises:
@@ -312,7 +312,6 @@ def read_known(path: str | Path, volume: Volume | None = None) -> list[KnownNodu
     if p.suffix.lower() == ".csv":
         return read_nodule_table(p)
     if p.suffix.lower() == ".xml":
-        from cxrkit.synth.lidc_xml import read_lidc_xml
 
         if volume is None:
             raise InputError("an LIDC reader XML needs its CT to place the outlines", path=str(p))
@@ -324,10 +323,29 @@ def read_beside(ct_path: str | Path, volume: Volume) -> list[KnownNodule]:
     """``--known-nodules auto`` for one CT: its table (:func:`table_beside`), else its LIDC
     reader XML (:func:`cxrkit.synth.lidc_xml.xml_beside`; LIDC's nodules.csv is made from that
     XML, so one is read, never both), else none."""
-    from cxrkit.synth.lidc_xml import read_lidc_xml, xml_beside
+    from cxrkit.synth.lidc_xml import xml_beside
 
     table = table_beside(ct_path)
     if table is not None:
         return read_nodule_table(table)
     xml = xml_beside(ct_path)
     return read_lidc_xml(xml, volume) if xml is not None else []
+
+
+def read_lidc_xml(path: str | Path, volume: Volume) -> list[KnownNodule]:
+    """The nodules the LIDC readers marked on ``volume``: their marks
+    (:func:`cxrkit.synth.lidc_xml.read_lidc_marks`) grouped as table rows are, each counted one
+    with the readers' consensus as its occupancy.
+
+    Raises:
+        InputError, FormatError: as :func:`~cxrkit.synth.lidc_xml.read_lidc_marks`.
+    """
+    from cxrkit.synth.lidc_xml import occupancy, read_lidc_marks
+
+    out = []
+    for group in _groups(read_lidc_marks(path, volume)):
+        nodule = _merge(group, {"xml": str(path)})
+        if nodule.counted:
+            nodule = replace(nodule, occupancy=occupancy(group, volume))
+        out.append(nodule)
+    return out

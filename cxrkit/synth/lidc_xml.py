@@ -31,7 +31,6 @@ from __future__ import annotations
 import itertools
 import re
 import xml.etree.ElementTree as ET
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +39,6 @@ import numpy as np
 from cxrkit.errors import FormatError, InputError
 
 if TYPE_CHECKING:
-    from cxrkit.synth.known import KnownNodule
     from cxrkit.volume import Volume
 
 ROOT = "LidcReadMessage"
@@ -189,8 +187,10 @@ def _check_fits(rois: list[tuple[float, bool, np.ndarray]], volume: Volume, labe
                                      "--known-nodules none")
 
 
-def read_lidc_xml(path: str | Path, volume: Volume) -> list[KnownNodule]:
-    """The nodules the LIDC readers marked on ``volume`` (see the module docstring).
+def read_lidc_marks(path: str | Path, volume: Volume) -> list[tuple[Any, ...]]:
+    """Every reader's nodule mark on ``volume``: ``(centre LPS mm, diameter mm, label, ratings
+    with the outlines under "_rois")``, as :func:`cxrkit.synth.known.read_lidc_xml` groups them
+    into nodules (see the module docstring).
 
     Args:
         path: an LIDC reader XML file.
@@ -201,8 +201,6 @@ def read_lidc_xml(path: str | Path, volume: Volume) -> list[KnownNodule]:
         FormatError: not well-formed, not ``LidcReadMessage``, a non-numeric coordinate or a
             nodule mark without an outline.
     """
-    from cxrkit.synth.known import _groups, _merge
-
     p = Path(path)
     root = _parse(p)
     if not np.allclose(np.asarray(volume.direction, dtype=np.float64), np.eye(3), atol=1e-3):
@@ -230,13 +228,7 @@ def read_lidc_xml(path: str | Path, volume: Volume) -> list[KnownNodule]:
                                         for tag, name in RATINGS.items()}
             row_dict["_rois"] = rois
             marks.append((centre, diameter, label, row_dict))
-    out = []
-    for group in _groups(marks):
-        nodule = _merge(group, {"xml": str(p)})
-        if nodule.counted:
-            nodule = replace(nodule, occupancy=_occupancy(group, volume))
-        out.append(nodule)
-    return out
+    return marks
 
 
 def _fill(points: np.ndarray, shape: tuple[int, int], offset: tuple[int, int],
@@ -265,7 +257,7 @@ def _fill(points: np.ndarray, shape: tuple[int, int], offset: tuple[int, int],
     return inside
 
 
-def _occupancy(group: list[Any], volume: Volume) -> Volume:
+def occupancy(group: list[Any], volume: Volume) -> Volume:
     """The fraction of a nodule's readers whose outlines hold each voxel: a block on the CT's
     pixel grid and the outlines' slice spacing, with one empty voxel around it."""
     from cxrkit.volume import Volume
