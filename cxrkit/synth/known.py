@@ -329,7 +329,42 @@ def read_beside(ct_path: str | Path, volume: Volume) -> list[KnownNodule]:
     if table is not None:
         return read_nodule_table(table)
     xml = xml_beside(ct_path)
-    return read_lidc_xml(xml, volume) if xml is not None else []
+    if xml is not None:
+        return read_lidc_xml(xml, volume)
+    _refuse_unannotated_sample(ct_path)
+    return []
+
+
+def _refuse_unannotated_sample(ct_path: str | Path) -> None:
+    """A sample CT of :mod:`cxrkit.sample` (known by its sha256) that has nodules but none of
+    their annotations beside it is refused: it would give negatives showing a real nodule.
+
+    Raises:
+        InputError: ``ct_path`` is such a sample CT.
+    """
+    from cxrkit.files import file_sha256
+    from cxrkit.sample import SAMPLES
+
+    p = Path(ct_path)
+    if not p.is_file() or not p.name.endswith(".nii.gz"):
+        return
+    size = p.stat().st_size
+    if not 1 << 20 <= size <= 1 << 28:  # no sample CT is smaller or larger: skip the hash
+        return
+    digest = None
+    for sample in SAMPLES.values():
+        if sample.dicom is None or not sample.known_nodules:
+            continue
+        for member in sample.core.members:
+            if member.target != "ct.nii.gz":
+                continue
+            digest = digest or file_sha256(p)
+            if digest == member.sha256:
+                raise InputError(
+                    f"this is the sample CT {sample.name}, which has {sample.known_nodules}, "
+                    "but its readers' annotations are not beside it", path=str(p),
+                    hint=f"fetch them with `cxrkit sample-data {sample.name} --dicom` "
+                         "(lidc-reader-annotations.xml), or give --known-nodules none")
 
 
 def read_lidc_xml(path: str | Path, volume: Volume) -> list[KnownNodule]:
