@@ -12,8 +12,9 @@
 # Then a check: `synth -e diffusion` with the result on two radiographs, read by `cxrkit eval`.
 # Each stage writes run.json (command, data hashes, validation: held-out masked MSE of the model
 # against mean-fill and blur-fill baselines). A finished stage is skipped when rerun; a stage
-# stopped by --time-limit continues with --resume latest. Times on a 2-core CPU: about 1.4 s
-# per step at batch 16 for the default model (4.2 M parameters).
+# stopped by --time-limit continues with --resume latest. Times on this 2-core CPU: about 1 s
+# per step at batch 16 for the default model (4.2 M parameters; 2026-12-06, OMP_NUM_THREADS=2),
+# so stage 1 takes about 70 min and stage 2 about 25 min.
 #
 # Usage (repository root): repro/train_synth.sh [WORK_DIR] [NIH_IMAGES_DIR] [LUNA16_DIR]
 # No weights are committed; a default model to ship is future work (issue #20).

@@ -99,6 +99,19 @@ def test_finetune_from_synth_records(model_dir: Path, cxr: Path,  # noqa: F811
                     "-n", "3", "-o", str(tmp_path / "blend"))
     assert blend.returncode == 0, blend.stderr.decode()
     (tmp_path / "blend.jsonl").write_bytes(blend.stdout)
+    from cxrkit.synthdit import nodule_patches
+    from cxrkit.synthdit.data import ATTRIBUTE_KEYS, SOFT_FLOOR, NodulePatches
+
+    patches = nodule_patches(records(blend.stdout), 16, 1.5)
+    assert len(patches) == 3
+    for patch in patches:  # soft: thickness inside the silhouette, floored; 0 outside
+        inside = patch.mask[patch.mask > 0]
+        assert inside.min() >= SOFT_FLOOR and inside.max() == 1 and (inside < 1).any()
+        assert patch.attributes["texture"] in ("solid", "part-solid", "ground-glass")
+        assert patch.group == "cxr.png"  # the background radiograph's patient (no "_")
+    sample = NodulePatches(patches).sample(np.random.default_rng(0))
+    assert sample["attributes"].shape == (len(ATTRIBUTE_KEYS),)
+    assert not np.isnan(sample["attributes"][0].item())  # calcified is known
     out = tmp_path / "ft"
     result = run_cli("train-synth", "--stage", "finetune", "--records",
                      str(tmp_path / "blend.jsonl"), "--init", str(model_dir), *FAST,

@@ -13,8 +13,7 @@ Engines (:data:`ENGINES`; the registry imports no numpy, torch or scipy, so the 
   the DRR with :func:`cxrkit.drr.project` (the nodule, its mask and its label are consistent by
   construction);
 - ``blend`` (:mod:`cxrkit.synth.blend`): project the nodule alone with the same physics and add it
-  to a real radiograph in the attenuation (log) domain inside its lung field (NODE21-style).
-
+  to a real radiograph in the attenuation (log) domain inside its lung field (NODE21-style);
 - ``diffusion`` (:mod:`cxrkit.synth.diffusion`): project and place the nodule as ``blend`` does,
   then paint it inside its silhouette with the synthesis DiT (:mod:`cxrkit.synthdit`), its
   projected thickness map as the (soft) condition; pixels outside the mask stay exactly as they

@@ -31,10 +31,6 @@ if TYPE_CHECKING:
     from cxrkit.nodules import Nodule
     from cxrkit.synth import SynthConfig
 
-SOFT_FLOOR = 0.05
-"""Smallest soft-mask value inside the silhouette (the thin rim of a nodule stays painted)."""
-
-
 class DiffusionEngine:
     """The ``diffusion`` engine (see the module docstring).
 
@@ -115,8 +111,9 @@ class DiffusionEngine:
         if not mask.any():
             raise InputError("the nodule's mask falls outside the image")
         if self.config.soft_mask:
-            peak = max(float(full_thickness[mask].max()), 1e-6)
-            condition = np.where(mask, np.clip(full_thickness / peak, SOFT_FLOOR, 1.0), 0.0)
+            from cxrkit.synthdit.data import soft_condition
+
+            condition = soft_condition(full_thickness, mask)
         else:
             condition = mask.astype(np.float32)
         seed = int(generator.integers(0, 2**63 - 1))

@@ -34,6 +34,9 @@ ATTRIBUTE_KEYS = ("calcified", "border_irregular", "inhomogeneous", "subtlety", 
 MASK_FLOOR = 0.02
 """Mask values at or below this are outside the mask (soft masks after resampling)."""
 
+SOFT_FLOOR = 0.05
+"""Smallest soft-mask value inside a nodule's silhouette (its thin rim stays painted)."""
+
 DETECTOR_MM = 430.0
 """Width of the detector assumed when a radiograph does not state its pixel size (as the blend
 engine does)."""
@@ -43,6 +46,17 @@ def support(mask: np.ndarray | torch.Tensor) -> Any:
     """Where a mask (binary or soft) is: ``mask > MASK_FLOOR``. The pixels the model paints and
     the context blanks; everything else is kept exactly."""
     return mask > MASK_FLOOR
+
+
+def soft_condition(thickness: np.ndarray, silhouette: np.ndarray) -> np.ndarray:
+    """The soft mask of a projected nodule: its thickness over the maximum inside its
+    silhouette, at least :data:`SOFT_FLOOR` there, 0 outside (so the support is the silhouette,
+    the record's ``mask``). Used alike for training windows and by the diffusion engine."""
+    inside = np.asarray(silhouette, dtype=bool)
+    if not inside.any():
+        return np.zeros(inside.shape, np.float32)
+    peak = max(float(np.asarray(thickness)[inside].max()), 1e-6)
+    return np.where(inside, np.clip(thickness / peak, SOFT_FLOOR, 1.0), 0.0).astype(np.float32)
 
 
 def image_spacing(image: Any, record: dict[str, Any] | None = None) -> tuple[float, float]:
@@ -248,8 +262,9 @@ class NodulePatch:
 
     Attributes:
         patch: ``(h, w)`` float32 in [0, 1], the radiograph with the nodule.
-        mask: ``(h, w)`` float32 in [0, 1]: the projected thickness over its maximum (soft), or
-            the binary mask when the record has no thickness map.
+        mask: ``(h, w)`` float32 in [0, 1]: the projected thickness over its maximum inside the
+            silhouette (:func:`soft_condition`), or the binary silhouette when the record has no
+            thickness map.
         attributes: the nodule's characteristics (``nodule.characteristics`` of the record).
         group: the patient of the background radiograph (for the split).
         source: the record's ``id``.
@@ -307,13 +322,12 @@ def nodule_patches(records: Sequence[dict[str, Any]], patch_px: int, pixel_mm: f
         window = Window.around((row, col), spacing, pixel_mm, (patch_px, patch_px),
                                image.pixels.shape)
         patch = np.clip(window.read(np.clip(image.pixels, 0, 1)), 0, 1)
+        silhouette = window.read(read_radiograph(record["mask"]).pixels > 0.5, binary=True)
         if soft and record.get("thickness"):
             thick = window.read(read_radiograph(record["thickness"]).pixels.astype(np.float32))
-            thick = np.clip(thick, 0, None)
-            mask = thick / max(float(thick.max()), 1e-6)
-            mask[mask <= MASK_FLOOR] = 0.0
+            mask = soft_condition(np.clip(thick, 0, None), silhouette > 0)
         else:
-            mask = window.read(read_radiograph(record["mask"]).pixels > 0.5, binary=True)
+            mask = silhouette
         if not support(mask).any():
             continue
         source = str(record.get("source") or record["path"])
