@@ -28,7 +28,7 @@ FLOORS: dict[str, int] = {
     # 3 shared learning floors: the training loop, the diffusion floor
     "cxrkit.train": 3, "cxrkit.diffusion": 3,
     # 4 model families (siblings: see FAMILIES)
-    "cxrkit.enhancer": 4, "cxrkit.munit": 4, "cxrkit.ddpm_lq": 4,
+    "cxrkit.enhancer": 4, "cxrkit.munit": 4, "cxrkit.ddpm_lq": 4, "cxrkit.synthdit": 4,
     # 5 engines and reports
     "cxrkit.synth": 5, "cxrkit.report": 5,
     # 6 the command line

@@ -144,6 +144,7 @@ def _register() -> None:
         train_ddpm_lq,
         train_enhance,
         train_munit,
+        train_synth,
     )
     from cxrkit.cli._options import finite_floats
 
@@ -154,6 +155,7 @@ def _register() -> None:
         "train-enhance": train_enhance.train_enhance,
         "train-munit": train_munit.train_munit,
         "train-ddpm-lq": train_ddpm_lq.train_ddpm_lq,
+        "train-synth": train_synth.train_synth,
         "synth": synth.synth,
         "eval": evaluate.evaluate,
         "sample-data": sample_data.sample_data,

@@ -47,6 +47,8 @@ CT_PATTERNS = VOLUME_PATTERNS
 MAX_DIAMETER_MM = 100.0
 """Largest parametric nodule (and spicule length) ``synth`` makes: beyond lung masses, a size
 only a typo asks for (and one whose voxel grid would not fit in memory)."""
+SAMPLER_NAMES = ("ddim", "dpmpp", "ddpm")
+"""cxrkit.diffusion.SAMPLERS' names, kept torch-free here (a test keeps them equal)."""
 OWNED = ("path", "kind", "spacing_mm", "mask", "thickness", "labels", "boxes", "nodule", "synth")
 
 
@@ -123,14 +125,16 @@ def synth(
                                 "CSV, an LIDC XML or a nodule mask volume ({id} is replaced), "
                                 "or none (the CT has none).")] = "auto",
     mask: Annotated[str | None, typer.Option(
-        "--mask", help="blend: lung-field mask image (nonzero = lung); {id} is replaced by the "
-                       "input's id. Default: a threshold lung field.", show_default=False)
+        "--mask", help="blend, diffusion: lung-field mask image (nonzero = lung); {id} is "
+                       "replaced by the input's id. Default: a threshold lung field.",
+        show_default=False)
     ] = None,
     center_mm: Annotated[str | None, typer.Option(
         "--center-mm", help="ct: nodule centre X,Y,Z in LPS mm (must keep it in the lung).",
         show_default=False)] = None,
     center_px: Annotated[str | None, typer.Option(
-        "--center-px", help="blend: nodule centre COL,ROW in pixels.", show_default=False)
+        "--center-px", help="blend, diffusion: nodule centre COL,ROW in pixels.",
+        show_default=False)
     ] = None,
     geometry: Geometry = None,  # type: ignore[assignment]  # the GEOMETRY options
     kev: Kev = 60.0,
@@ -145,6 +149,21 @@ def synth(
     intensity_scale: Annotated[float | None, typer.Option(
         "--intensity-scale", help="blend: display units per unit line integral. Default: from "
                                   "the image's window.", show_default=False)] = None,
+    model: Annotated[Path | None, typer.Option(
+        "--model", help="diffusion: the synthesis model folder (written by cxrkit "
+                        "train-synth). No default model ships yet.", show_default=False)
+    ] = None,
+    steps: Annotated[int | None, typer.Option(
+        "--steps", min=1, max=1000, help="diffusion: sampler steps (default: the model's, 10).",
+        show_default=False)] = None,
+    sampler: Annotated[str | None, typer.Option(
+        "--sampler", help="diffusion: ddim (deterministic), dpmpp (DPM-Solver++ 2M) or ddpm "
+                          "(ancestral). Default: the model's (ddim).", show_default=False)
+    ] = None,
+    mask_condition: Annotated[str, typer.Option(
+        "--mask-condition", help="diffusion: condition the model on the nodule's projected "
+                                 "thickness map (soft) or on its binary silhouette (binary).")
+    ] = "soft",
     device: Device = "auto",
     seed: Seed = 0,
     fmt: Format = "tiff",
@@ -194,6 +213,13 @@ def synth(
     Real nodules into real radiographs, calcified ones only:
 
         cxrkit synth -e blend cxr/*.png --source luna16 --where 'calcified==1' -n 4 -o blend/
+
+    Engine diffusion places the nodule as blend does, then a trained synthesis DiT (--model,
+    from cxrkit train-synth; no default model ships yet) paints it inside its projected mask,
+    conditioned on the projected thickness map (--mask-condition soft) or the silhouette;
+    every pixel outside the mask is the input's, bit for bit:
+
+        cxrkit synth -e diffusion cxr.png --model synth-dit/ --source luna16 -n 4 -o out/
     """
     import dataclasses
 
@@ -202,6 +228,7 @@ def synth(
     if engine not in ENGINES:
         raise typer.BadParameter(f"'{engine}' is not one of {', '.join(ENGINES)}",
                                  param_hint="--engine")
+    _check_diffusion(engine, model, sampler, mask_condition, steps)
     if where is not None and not where.strip():
         raise typer.BadParameter("an empty selection; give a condition such as 'calcified==1' "
                                  "or leave --where out", param_hint="--where")
@@ -210,7 +237,9 @@ def synth(
         kev=kev, kind=kind, quality=quality, nodule_depth_mm=nodule_depth_mm,
         intensity_scale=intensity_scale,
         center_mm=parse_triple(center_mm, "--center-mm") if center_mm else None,
-        center_px=parse_pair(center_px, "--center-px", int) if center_px else None)
+        center_px=parse_pair(center_px, "--center-px", int) if center_px else None,
+        model=str(model) if model else None, steps=steps, sampler=sampler,
+        soft_mask=mask_condition == "soft")
     nodules, nodule_options = _nodule_source(
         source, luna16_dir, where, density_hu=density_hu,
         parametric={"diameter_mm": diameter_mm, "shape": shape, "texture": texture,
@@ -221,6 +250,9 @@ def synth(
                "lung": labels or mask, "known_nodules": known_nodules,
                "center_mm": config.center_mm,
                "center_px": config.center_px, **nodule_options}
+    if engine == "diffusion":
+        options.update(model=config.model, steps=steps, sampler=sampler,
+                       mask_condition=mask_condition)
     if known_nodules != "auto" and ENGINES[engine].reads != "ct":
         raise typer.BadParameter("only the ct engine reads a CT's own nodules",
                                  param_hint="--known-nodules")
@@ -238,6 +270,26 @@ def synth(
                      keep_going=keep_going, label="samples")
     exit_with(code)
 
+
+def _check_diffusion(engine: str, model: Path | None, sampler: str | None,
+                     mask_condition: str, steps: int | None) -> None:
+    """Usage errors of the diffusion engine's options."""
+    if engine != "diffusion":
+        given = [name for name, value in (("--model", model), ("--sampler", sampler),
+                                          ("--steps", steps)) if value is not None]
+        if given or mask_condition != "soft":
+            raise typer.BadParameter(f"{', '.join(given) or '--mask-condition'} is for -e "
+                                     "diffusion", param_hint="--engine")
+        return
+    if model is None:
+        raise typer.BadParameter("-e diffusion needs --model DIR: no default model ships yet; "
+                                 "train one with cxrkit train-synth", param_hint="--model")
+    if sampler is not None and sampler not in SAMPLER_NAMES:
+        raise typer.BadParameter(f"'{sampler}' is not one of {', '.join(SAMPLER_NAMES)}",
+                                 param_hint="--sampler")
+    if mask_condition not in ("soft", "binary"):
+        raise typer.BadParameter(f"'{mask_condition}' is not soft or binary",
+                                 param_hint="--mask-condition")
 
 
 def _resolved(device: str) -> str:

@@ -13,11 +13,13 @@ Engines (:data:`ENGINES`; the registry imports no numpy, torch or scipy, so the 
   the DRR with :func:`cxrkit.drr.project` (the nodule, its mask and its label are consistent by
   construction);
 - ``blend`` (:mod:`cxrkit.synth.blend`): project the nodule alone with the same physics and add it
-  to a real radiograph in the attenuation (log) domain inside its lung field (NODE21-style).
-
-A later diffusion engine (mask-conditioned DiT with characteristic LoRAs) takes the same
-:class:`~cxrkit.nodules.Nodule` (its projected mask is the condition, its labels pick the adapters)
-and returns the same :class:`~cxrkit.synth.sampling.Sample`, so the records do not change.
+  to a real radiograph in the attenuation (log) domain inside its lung field (NODE21-style);
+- ``diffusion`` (:mod:`cxrkit.synth.diffusion`): project and place the nodule as ``blend`` does,
+  then paint it inside its silhouette with the synthesis DiT (:mod:`cxrkit.synthdit`), its
+  projected thickness map as the (soft) condition; pixels outside the mask stay exactly as they
+  were. It takes the same :class:`~cxrkit.nodules.Nodule` and returns the same
+  :class:`~cxrkit.synth.sampling.Sample`, so the records do not change (the characteristic
+  adapters of the next issue will pick by its labels).
 
 **Subtlety** (LIDC convention: 1 = extremely subtle … 5 = obvious) maps to one physical knob, the
 nodule's density excess over lung parenchyma, ``HU' = −850 + c(s) · (HU + 850)`` with the monotone
@@ -61,8 +63,13 @@ class SynthConfig:
         intensity_scale: ``blend``: display units per unit of line integral; None estimates it
             (see :func:`cxrkit.synth.blend.intensity_scale`).
         max_tries: random placements tried before giving up.
-        device: ``ct``: the torch device the renderer runs on (resolved, e.g. ``cuda:0``; see
-            :func:`cxrkit.device.resolve_device`).
+        device: ``ct``, ``diffusion``: the torch device the renderer or model runs on
+            (resolved, e.g. ``cuda:0``; see :func:`cxrkit.device.resolve_device`).
+        model: ``diffusion``: the synthesis model folder (``cxrkit train-synth``).
+        steps: ``diffusion``: sampler steps (None: the model's default).
+        sampler: ``diffusion``: ``ddim``, ``dpmpp`` or ``ddpm`` (None: the model's default).
+        soft_mask: ``diffusion``: condition on the projected thickness map (True) or on the
+            binary silhouette.
     """
 
     geometry: Geometry | None = None
@@ -75,6 +82,10 @@ class SynthConfig:
     intensity_scale: float | None = None
     max_tries: int = 2000
     device: str = "cpu"
+    model: str | None = None
+    steps: int | None = None
+    sampler: str | None = None
+    soft_mask: bool = True
 
 
 class Engine(Protocol):
@@ -119,5 +130,8 @@ ENGINES: dict[str, EngineInfo] = {
     "blend": EngineInfo("blend", "radiograph",
                         "project the nodule alone and add it to each radiograph's lung field "
                         "in the log domain", "blend"),
+    "diffusion": EngineInfo("diffusion", "radiograph",
+                            "paint the nodule into each radiograph's lung field with a trained "
+                            "synthesis DiT (--model), inside its projected mask", "diffusion"),
 }
 """The synthesis engines by name (one source of truth for ``--engine``)."""

@@ -1,0 +1,144 @@
+"""The ``diffusion`` engine: paint a nodule into a real radiograph with the synthesis DiT.
+
+Per input radiograph (:meth:`DiffusionEngine.prepare`): as the ``blend`` engine (pixel size,
+lung field), display images only (the model was trained on them).
+
+Per sample (:meth:`DiffusionEngine.insert`):
+
+1. the nodule (parametric or a real LUNA16 patch) is projected on the radiograph's pixel grid
+   with the same physics as ``blend`` (:func:`cxrkit.synth.blend.project_nodule`): its
+   silhouette is the mask, its projected thickness the soft mask;
+2. it is placed in the lung field as ``blend`` places it (or at ``center_px``);
+3. the model paints inside the silhouette (:func:`cxrkit.synthdit.paint`): the condition is the
+   thickness map over its maximum (``soft_mask``, so the shape and depth profile of a real CT
+   nodule steer the painting) or the binary silhouette. Every pixel outside the silhouette is
+   the input's, bit for bit, so the record's ``mask``, the image and the label agree exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cxrkit.errors import InputError
+from cxrkit.synth.blend import BlendEngine, BlendScene, project_nodule
+from cxrkit.synth.sampling import PlacedNodule, Sample, box_from_mask
+
+if TYPE_CHECKING:
+    from cxrkit.io import Radiograph
+    from cxrkit.nodules import Nodule
+    from cxrkit.synth import SynthConfig
+
+class DiffusionEngine:
+    """The ``diffusion`` engine (see the module docstring).
+
+    Args:
+        config: the shared settings; reads ``model`` (required), ``steps``, ``sampler``,
+            ``soft_mask``, ``device``, and what ``blend`` reads for projection and placement.
+
+    Raises:
+        InputError: no model folder given.
+    """
+
+    def __init__(self, config: SynthConfig) -> None:
+        if not config.model:
+            raise InputError("the diffusion engine needs a model folder (--model DIR); no "
+                             "default model ships yet", hint="train one with cxrkit train-synth")
+        self.config = config
+        self.blend = BlendEngine(config)
+        self._model: Any = None
+        self._model_sha256 = ""
+
+    def model(self) -> Any:
+        """The synthesis model, loaded once (a ModelError if the folder is not one)."""
+        if self._model is None:
+            from cxrkit.files import file_sha256
+            from cxrkit.synthdit import SynthDiT
+            from cxrkit.synthdit.model import WEIGHTS_NAME
+
+            folder = Path(str(self.config.model))
+            self._model = SynthDiT.load(folder, device=self.config.device)
+            self._model_sha256 = file_sha256(folder / WEIGHTS_NAME)
+        return self._model
+
+    def prepare(self, data: Radiograph, lung: np.ndarray | None = None) -> BlendScene:
+        """As the blend engine; display radiographs only.
+
+        Raises:
+            InputError: another kind of image, or a bad lung mask.
+        """
+        if data.kind != "display":
+            raise InputError(f"the diffusion engine paints display radiographs, not "
+                             f"{data.kind!r}", hint="use -e blend for line integrals")
+        self.model()
+        return self.blend.prepare(data, lung)
+
+    def negative(self, scene: BlendScene) -> Sample:
+        """The radiograph unchanged."""
+        return Sample(scene.image.copy(), scene.kind, scene.spacing_mm,
+                      np.zeros(scene.image.shape, dtype=bool), None, (), self._info(scene))
+
+    def insert(self, scene: BlendScene, nodule: Nodule,
+               generator: np.random.Generator) -> Sample:
+        """Project ``nodule``, place it in the lung field, paint it with the model.
+
+        Raises:
+            InputError: no place for it, or a nodule too small or too large for the model.
+        """
+        import torch
+
+        from cxrkit.synthdit import paint
+
+        _, thickness, patch_mask = project_nodule(
+            nodule, spacing_mm=scene.spacing_mm, sid_mm=self.blend.geometry.sid_mm,
+            depth_mm=self.config.nodule_depth_mm, kev=self.config.kev)
+        if not patch_mask.any():
+            raise InputError("the nodule projects to nothing at this pixel size")
+        row, col = self.blend._place(scene, patch_mask, generator)
+        H, W = scene.image.shape
+        half = (patch_mask.shape[0] - 1) // 2
+        r0, c0 = row - half, col - half
+        dst = (slice(max(r0, 0), min(r0 + 2 * half + 1, H)),
+               slice(max(c0, 0), min(c0 + 2 * half + 1, W)))
+        src = (slice(dst[0].start - r0, dst[0].stop - r0),
+               slice(dst[1].start - c0, dst[1].stop - c0))
+        mask = np.zeros((H, W), dtype=bool)
+        mask[dst] = patch_mask[src]
+        full_thickness = np.zeros((H, W), np.float32)
+        full_thickness[dst] = thickness[src]
+        if not mask.any():
+            raise InputError("the nodule's mask falls outside the image")
+        if self.config.soft_mask:
+            from cxrkit.synthdit.data import soft_condition
+
+            condition = soft_condition(full_thickness, mask)
+        else:
+            condition = mask.astype(np.float32)
+        seed = int(generator.integers(0, 2**63 - 1))
+        image = paint(self.model(), scene.image, condition.astype(np.float32),
+                      (float(row), float(col)), scene.spacing_mm, steps=self.config.steps,
+                      sampler=self.config.sampler,
+                      generator=torch.Generator().manual_seed(seed))
+        placed = PlacedNodule(box_from_mask(mask), (float(col), float(row)), None,
+                              dict(nodule.labels), dict(nodule.source))
+        info = {**self._info(scene), "model_seed": seed}
+        return Sample(image, scene.kind, scene.spacing_mm, mask, full_thickness, (placed,), info)
+
+    def _info(self, scene: BlendScene) -> dict[str, Any]:
+        model = self.model()
+        s = model.settings
+        sid, depth = self.blend.geometry.sid_mm, self.config.nodule_depth_mm
+        return {"engine": "diffusion", "spacing_mm": list(scene.spacing_mm),
+                "spacing_source": scene.spacing_source, "lung_mask": scene.lung_method,
+                "kev": self.config.kev, "sid_mm": sid, "nodule_depth_mm": depth,
+                "magnification": round(sid / (sid - depth), 6),
+                "model": str(self.config.model), "model_sha256": self._model_sha256,
+                "model_pixel_mm": s.pixel_mm, "model_patch_px": s.patch_px,
+                "steps": self.config.steps or s.default_steps,
+                "sampler": self.config.sampler or s.default_sampler,
+                "mask_condition": "soft" if self.config.soft_mask else "binary"}
+
+
+ENGINE = DiffusionEngine
