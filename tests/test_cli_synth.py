@@ -145,7 +145,7 @@ def test_blend_real_patches_from_stdin(cxr: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("args", "message"), [
     (("--where", "calcified==1"), "--source luna16"),
-    (("--engine", "diffusion"), "ct, blend"),
+    (("--engine", "paint"), "ct, blend, diffusion"),
     (("--subtlety", "7"), "1..5"),
     (("--shape", "cube"), "cube"),
     (("--diameter-mm", "9:3"), "LOW:HIGH"),
