@@ -69,6 +69,7 @@ def e2e(repo: Path, ct: Path, size: int) -> tuple[float, float]:
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "cxrkit", "project", str(ct), "--size",
                         str(size), "-o", str(Path(tmp) / "drr.tiff")], env=env, check=True,
+                       cwd=repo,  # `-m` puts the working folder first on sys.path
                        stdout=subprocess.DEVNULL)
         wall = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -82,7 +83,7 @@ def breakdown(ct: Path, size: int) -> list[tuple[str, float]]:
         start = time.perf_counter()
         result = subprocess.run([sys.executable, "-c", BREAKDOWN, str(ct), str(size),
                                  str(Path(tmp) / "drr.tiff")], env=env, check=True,
-                                capture_output=True, text=True)
+                                capture_output=True, text=True, cwd=REPO)
         total = time.perf_counter() - start
     marks = [tuple(m) for m in json.loads(result.stdout)]
     steps = sum(t for name, t in marks if name != "torch imported")

@@ -20,6 +20,7 @@ from cxrkit.cli._options import (
     exit_with,
     format_suffix,
     iter_inputs,
+    prefetch_imports,
     run_items,
 )
 from cxrkit.io import VOLUME_PATTERNS
@@ -96,6 +97,7 @@ def project(
 
     from cxrkit import drr
 
+    prefetch_imports("scipy.ndimage", "scipy.fft")  # body mask, display: while the CT is read
     if kind not in KINDS:
         raise typer.BadParameter(f"'{kind}' is not one of {', '.join(KINDS)}", param_hint="--kind")
     if method not in drr.METHODS:
