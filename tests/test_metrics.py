@@ -168,11 +168,107 @@ def test_toy_froc_with_duplicates_ignored() -> None:
 
 def test_sensitivity_interpolation_linear_and_step() -> None:
     curve = froc(TRUTH, BOXES, SCORES)
-    # Linear between (0.25, 1/3) and (0.5, 2/3) at 0.375; step keeps 1/3 there.
-    assert curve.sensitivity_at([0.375])[0] == pytest.approx(0.5)
+    # The polyline runs (0.25, 1/3) → (0.5, 1/3), then steps up to (0.5, 2/3): 1/3 at 0.375
+    # (not 1/2, the line to the top of the step); the top of the step counts at 0.5 itself.
+    assert curve.sensitivity_at([0.375])[0] == pytest.approx(1 / 3)
+    np.testing.assert_allclose(curve.sensitivity_at([0.5, 0.625]), [2 / 3, 2 / 3])
+    assert curve.sensitivity_at([0.0])[0] == pytest.approx(1 / 3)  # a hit before any FP
     assert curve.sensitivity_at([0.375], "step")[0] == pytest.approx(1 / 3)
     assert curve.sensitivity_at([8.0])[0] == pytest.approx(2 / 3)  # held beyond the curve
     assert cpm(curve, "step") == pytest.approx((2 * (1 / 3) + 5 * (2 / 3)) / 7)
+
+
+def _step_case() -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Issue #22's case: 10 images, 4 with one lesion; the three highest boxes are false
+    positives (0.1 … 0.3 FP/image), then all four lesions are found at 0.3 FP/image, then one
+    more false positive; image AUC ½."""
+    lesion, elsewhere = [[0, 0, 10, 10]], [[50, 50, 60, 60]]
+    truth = [np.array(lesion)] * 4 + [np.zeros((0, 4))] * 6
+    boxes = [np.array(lesion)] * 4 + [np.array(elsewhere)] * 4 + [np.zeros((0, 4))] * 2
+    scores = [np.array([s]) for s in (0.6, 0.55, 0.5, 0.45, 0.9, 0.8, 0.7, 0.1)]
+    return truth, boxes, scores + [np.zeros(0)] * 2
+
+
+def test_sensitivity_follows_the_vertical_step_of_tied_fp_rates() -> None:
+    # MONAI compute_froc_score, LUNA16 computeFROC and a NODE21 scorer give 0, 0.375 and 5/7;
+    # keeping only the top of the step at 0.3 FP/image gave 0.5, 0.5 and 0.786.
+    truth, boxes, scores = _step_case()
+    curve = froc(truth, boxes, scores)
+    np.testing.assert_allclose(curve.fp_per_image, [0.1, 0.2, 0.3, 0.3, 0.3, 0.3, 0.3, 0.4])
+    np.testing.assert_allclose(curve.sensitivity, [0, 0, 0, 0.25, 0.5, 0.75, 1, 1])
+    summary = detection_metrics(truth, boxes, scores)
+    assert summary["auc"] == pytest.approx(0.5)
+    assert [summary[f"sens@{r}"] for r in (0.125, 0.25, 0.5)] == pytest.approx([0, 0, 1])
+    assert summary["node21_score"] == pytest.approx(0.375)
+    assert summary["cpm"] == pytest.approx(5 / 7)
+    np.testing.assert_allclose(curve.sensitivity_at([0.29, 0.3, 0.35]), [0, 1, 1])
+
+
+def _luna16_sensitivity(labels: np.ndarray, scores: np.ndarray, n_images: int, n_lesions: int,
+                        rates: np.ndarray) -> np.ndarray:
+    """Sensitivity at FP rates the LUNA16 computeFROC way, one candidate at a time (written from
+    its description, for scores without ties): sort by score, cumulative TP and FP, np.interp."""
+    order = np.argsort(-scores, kind="stable")
+    fps = np.r_[0.0, np.cumsum(labels[order] == 0) / n_images]
+    sens = np.r_[0.0, np.cumsum(labels[order] == 1) / n_lesions]
+    return np.interp(rates, fps, sens)
+
+
+def _monai_sensitivity(labels: np.ndarray, scores: np.ndarray, n_images: int, n_lesions: int,
+                       rates: np.ndarray) -> np.ndarray:
+    """Sensitivity at FP rates the MONAI compute_froc_curve_data/compute_froc_score way (ties
+    allowed): one point per distinct score t, counting candidates with score ≥ t, plus (0, 0),
+    then np.interp. (MONAI also drops the lowest threshold; every threshold is kept here.)"""
+    thresholds = np.unique(scores)  # ascending
+    fps = [np.sum(scores[labels == 0] >= t) / n_images for t in thresholds] + [0.0]
+    sens = [np.sum(scores[labels == 1] >= t) / n_lesions for t in thresholds] + [0.0]
+    return np.interp(rates, np.array(fps)[::-1], np.array(sens)[::-1])
+
+
+def _random_case(rng: np.random.Generator, decimals: int | None
+                 ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], np.ndarray,
+                            np.ndarray]:
+    """Random images whose every box is a known hit (a copy of a lesion) or a known false
+    positive (far from all lesions), so the reference needs no matching."""
+    truth, boxes, scores, labels = [], [], [], []
+    for i in range(int(rng.integers(6, 25))):
+        n = 1 if i == 0 else 0 if i == 1 else int(rng.integers(0, 4))
+        lesions = np.array([[30 * k, 0, 30 * k + 10, 10] for k in range(n)]).reshape(-1, 4)
+        found = lesions[rng.random(n) < 0.7]
+        n_fp = int(rng.integers(0, 4))
+        fps = np.array([[30 * k, 100, 30 * k + 10, 110] for k in range(n_fp)]).reshape(-1, 4)
+        values = rng.random(len(found) + n_fp) * 0.8 + 0.2 * (np.arange(len(found) + n_fp)
+                                                              < len(found))
+        if decimals is not None:
+            values = np.round(values, decimals)
+        truth.append(lesions.astype(float))
+        boxes.append(np.concatenate([found, fps]).astype(float))
+        scores.append(values)
+        labels.append(np.r_[np.ones(len(found), int), np.zeros(n_fp, int)])
+    return truth, boxes, scores, np.concatenate(labels), np.concatenate(scores)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_froc_sensitivity_equals_luna16_and_monai_references(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for decimals in (None, 1):  # continuous scores, then many ties (steps and diagonal jumps)
+        truth, boxes, scores, labels, pooled = _random_case(rng, decimals)
+        n_images, n_lesions = len(truth), sum(len(t) for t in truth)
+        curve = froc(truth, boxes, scores)
+        rates = np.r_[0.125, 0.25, 0.5, 1, 2, 4, 8, np.unique(curve.fp_per_image),
+                      np.linspace(0, 3, 61)]
+        got = curve.sensitivity_at(rates)
+        np.testing.assert_allclose(
+            got, _monai_sensitivity(labels, pooled, n_images, n_lesions, rates), atol=1e-9)
+        if decimals is None:
+            np.testing.assert_allclose(
+                got, _luna16_sensitivity(labels, pooled, n_images, n_lesions, rates), atol=1e-9)
+        cpm_rates = np.array([0.125, 0.25, 0.5, 1, 2, 4, 8])
+        expected = _monai_sensitivity(labels, pooled, n_images, n_lesions, cpm_rates)
+        summary = detection_metrics(truth, boxes, scores)
+        assert summary["cpm"] == pytest.approx(float(expected.mean()), abs=1e-9)
+        assert summary["node21_score"] == pytest.approx(
+            0.75 * summary["auc"] + 0.25 * float(expected[1]), abs=1e-9)
 
 
 def test_matching_takes_the_best_free_lesion_and_a_strict_threshold() -> None:

@@ -104,6 +104,33 @@ def test_bootstrap_node21_from_precomputed_matches_equals_recomputation() -> Non
     assert got == pytest.approx(0.75 * 0.5)
 
 
+STEP_CASE = [  # issue #22: the three highest boxes are false positives, then all four lesions
+    *({"id": f"P{i}", "boxes": [[0, 0, 10, 10]], "detections": [[0, 0, 10, 10, s]]}
+      for i, s in enumerate((0.6, 0.55, 0.5, 0.45))),
+    *({"id": f"N{i}", "boxes": [], "detections": [[50, 50, 60, 60, s]]}
+      for i, s in enumerate((0.9, 0.8, 0.7, 0.1))),
+    {"id": "N4", "boxes": [], "detections": []}, {"id": "N5", "boxes": [], "detections": []},
+]
+
+
+def test_detection_summary_and_its_bootstrap_follow_the_froc_polyline() -> None:
+    # Peers (MONAI, LUNA16, a NODE21 scorer): sens@0.25 = 0, NODE21 score 0.375, CPM 5/7.
+    metrics, curves = detection_summary(STEP_CASE, seed=0, n_boot=200, with_cpm=True)
+    assert (metrics["sens@0.25"], metrics["node21_score"]) == pytest.approx((0.0, 0.375))
+    assert metrics["cpm"] == pytest.approx(5 / 7)
+    from cxrkit.metrics import image_scores, match_detections
+    from cxrkit.metrics.records import _boxes
+
+    truth = [_boxes(r["boxes"], "boxes", r)[0] for r in STEP_CASE]
+    predicted = [_boxes(r["detections"], "detections", r, scored=True) for r in STEP_CASE]
+    scores = [p[1] for p in predicted]
+    matches = [match_detections(t, b, s) for t, (b, s) in zip(truth, predicted, strict=True)]
+    labels = np.array([len(t) > 0 for t in truth], dtype=int)
+    everything = np.arange(len(STEP_CASE))  # the resample that is the whole set
+    assert node21_of(everything, truth, scores, matches, image_scores(scores),
+                     labels) == pytest.approx(0.375)
+
+
 @pytest.mark.parametrize(("records", "message"), [
     ([*TOY[:3], {"id": "D", "detections": []}], "no 'boxes'"),
     ([*TOY, {"id": "E", "boxes": []}], "no 'detections'"),

@@ -76,3 +76,18 @@ def test_difference_gain_keeps_the_errors_visible(error: float, gain: float) -> 
     from cxrkit.report import _diff_gain
 
     assert _diff_gain(np.full((10, 10), error)) == gain
+
+
+def test_froc_markers_sit_on_the_polyline() -> None:
+    from cxrkit.metrics.records import detection_summary
+    from cxrkit.report import _curves
+
+    # Three false positives (0.1 … 0.3 FP/image) before both lesions are found at 0.3.
+    records = [{"id": f"P{i}", "boxes": [[0, 0, 10, 10]], "detections": [[0, 0, 10, 10, s]]}
+               for i, s in enumerate((0.6, 0.5))]
+    records += [{"id": f"N{i}", "boxes": [], "detections": [[50, 50, 60, 60, s]] if s else []}
+                for i, s in enumerate((0.9, 0.8, 0.7, 0, 0, 0, 0, 0))]
+    metrics, curves = detection_summary(records, n_boot=0)
+    markers = _curves(curves, metrics).axes[1].lines[1]
+    np.testing.assert_allclose(markers.get_xdata(), [0.125, 0.25, 0.5])
+    np.testing.assert_allclose(markers.get_ydata(), [0, 0, 1])  # not 0.5 at 0.25

@@ -104,11 +104,15 @@ class FrocCurve:
     n_lesions: int
 
     def sensitivity_at(self, rates: Sequence[float], interp: str = "linear") -> np.ndarray:
-        """Sensitivity at each FP-per-image rate, with the curve starting at (0, 0).
+        """Sensitivity at each FP-per-image rate, read off the FROC polyline from (0, 0).
 
-        ``linear`` (NODE21, LUNA16 practice) interpolates linearly in FP per image, keeping the
-        highest sensitivity where a rate repeats and holding the last one beyond the curve;
-        ``step`` takes the best sensitivity among points with FP per image ≤ the rate.
+        The polyline joins every operating point in threshold order (highest score first), so
+        where several points share one FP-per-image value it rises as a vertical step there,
+        and between two FP-per-image values it runs straight from the top of one step to the
+        bottom of the next. ``linear`` (NODE21, LUNA16 ``computeFROC``, MONAI
+        ``compute_froc_score``: ``np.interp`` over the points) reads this line, taking the top of
+        a step at its own rate and holding the last sensitivity beyond the curve; ``step`` takes
+        the best sensitivity among points with FP per image ≤ the rate.
 
         Returns:
             ``(len(rates),)`` sensitivities in [0, 1].
@@ -121,9 +125,18 @@ class FrocCurve:
         if interp != "linear":
             raise InputError(f"unknown interpolation {interp!r}",
                              hint=f"use one of {INTERPOLATIONS}")
-        unique, starts = np.unique(fpi, return_index=True)
-        best = np.maximum.reduceat(sens, starts)  # sens is non-decreasing; fpi sorted
-        return np.interp(queries, unique, best)
+        # Both arrays are non-decreasing in threshold order. Segment j runs from point j to
+        # point j + 1; a rate r lies on the last segment whose start has FP per image <= r
+        # (the top of a vertical step), as in np.interp, made explicit here.
+        last = np.searchsorted(fpi, queries, side="right") - 1  # top of the step at or below r
+        out = np.zeros_like(queries)  # a negative rate: nothing
+        beyond = last >= len(fpi) - 1
+        out[beyond] = sens[-1]
+        inside = (last >= 0) & ~beyond
+        j = last[inside]
+        x0, x1, y0, y1 = fpi[j], fpi[j + 1], sens[j], sens[j + 1]  # x1 > rate >= x0
+        out[inside] = y0 + (y1 - y0) * (queries[inside] - x0) / (x1 - x0)
+        return out
 
 
 def froc(truth: Sequence[np.ndarray], boxes: Sequence[np.ndarray], scores: Sequence[np.ndarray],
