@@ -94,7 +94,8 @@ def test_help_states_the_definitions() -> None:
     assert result.exit_code == 0 and "Example" in result.output
     text = " ".join(result.output.split())
     for phrase in ("data range 1", "window 11", "sigma 1.5", "ties count 1/2", "IoU > 0.2",
-                   "0.75·AUC + 0.25·sens@0.25", "mean over images with a lesion"):
+                   "0.75·AUC + 0.25·sens@0.25", "mean over images with a lesion",
+                   "FROC polyline", "vertical step", "LUNA16's own evaluation ignores"):
         assert phrase in text, phrase
 
 

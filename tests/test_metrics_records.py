@@ -118,6 +118,7 @@ def test_detection_summary_and_its_bootstrap_follow_the_froc_polyline() -> None:
     metrics, curves = detection_summary(STEP_CASE, seed=0, n_boot=200, with_cpm=True)
     assert (metrics["sens@0.25"], metrics["node21_score"]) == pytest.approx((0.0, 0.375))
     assert metrics["cpm"] == pytest.approx(5 / 7)
+    np.testing.assert_allclose(curves.froc.fp_per_image, [0.1, 0.2, 0.3, 0.3, 0.3, 0.3, 0.3, 0.4])
     from cxrkit.metrics import image_scores, match_detections
     from cxrkit.metrics.records import _boxes
 

@@ -52,7 +52,11 @@ def evaluate(
     resize_reference: Annotated[str | None, typer.Option(
         "--resize-reference", help="Resample the reference to path's size instead "
                                    "(antialiased with this kernel).", show_default=False)] = None,
-    cpm: Annotated[bool, typer.Option("--cpm", help="Also report the LUNA16 CPM.")] = False,
+    cpm: Annotated[bool, typer.Option(
+        "--cpm", help="Also report the LUNA16 CPM (mean sensitivity at 1/8 to 8 FP per image). "
+                      "A second hit on an already matched lesion counts as a false positive "
+                      "here, as in the NODE21 rule; LUNA16's own evaluation ignores such "
+                      "duplicates, so its CPM can be higher.")] = False,
     mask_threshold: Annotated[float, typer.Option(
         "--mask-threshold", help="Probability at or above which a pred_mask pixel is lesion.")
     ] = 0.5,
@@ -83,8 +87,13 @@ def evaluate(
     an image's score is its highest box score, 0 without boxes. FROC: a box hits a lesion when
     IoU > 0.2; each lesion is matched once, by descending score, and duplicate hits count as
     false positives; FP per image divides by all images, negatives included; sensitivity at
-    0.125, 0.25 and 0.5 FP per image is interpolated linearly. NODE21 score = 0.75·AUC +
-    0.25·sens@0.25. CPM (--cpm): mean sensitivity at 1/8 to 8 FP per image (LUNA16). CIs of AUC
+    0.125, 0.25 and 0.5 FP per image is read off the FROC polyline through every operating
+    point in score order, starting at (0, 0): linear between FP rates, a vertical step where
+    several points share one FP rate (the top of the step counts at that rate), the last
+    sensitivity held beyond the curve (as MONAI compute_froc_score and LUNA16 computeFROC).
+    NODE21 score = 0.75·AUC + 0.25·sens@0.25. CPM (--cpm): mean sensitivity at 1/8 to 8 FP per
+    image (LUNA16), with duplicate hits counted as false positives as above (LUNA16's own rule
+    ignores them). CIs of AUC
     and NODE21 score: bootstrap over images stratified by label. Segmentation: IoU and Dice per
     image, iou_mean_pos and dice_mean_pos = mean over images with a lesion (MONAI
     ignore_empty); iou_global (micro) and iou_mean_all_empty1 are given too. No-reference:

@@ -74,9 +74,10 @@ NO_REFERENCE_DEFINITION = (
 DETECTION_DEFINITION = (
     "image auc = Mann-Whitney, ties 1/2, image score = max box score (0 without boxes); FROC "
     "hits = IoU > 0.2, each lesion matched once, duplicates count as FP; FP/image over all "
-    "images, negatives included; sens@r linearly interpolated; node21_score = 0.75·auc + "
-    "0.25·sens@0.25; cpm = mean sens at 1/8..8 FP/image (LUNA16); ci95 = bootstrap over images "
-    "stratified by label."
+    "images, negatives included; sens@r read off the FROC polyline through every operating "
+    "point (linear between FP rates, a vertical step where they repeat, as MONAI and LUNA16); "
+    "node21_score = 0.75·auc + 0.25·sens@0.25; cpm = mean sens at 1/8..8 FP/image (LUNA16 "
+    "rates, duplicates still FP); ci95 = bootstrap over images stratified by label."
 )
 
 GATES: dict[str, tuple[str, ...]] = {
