@@ -228,6 +228,12 @@ def synth(
     every pixel outside the mask is the input's, bit for bit:
 
         cxrkit synth -e diffusion cxr.png --model synth-dit/ --source luna16 -n 4 -o out/
+
+    Or inside the nodule's own shape (--nodule-mask: binary 0/1 or 0/255, or soft in [0, 1],
+    e.g. a projected thickness map over its maximum; {id} is replaced by the input's id); its
+    support is the record's mask and box (nodule source "mask"):
+
+        cxrkit synth -e diffusion cxrs/*.png --model dit/ --nodule-mask '{id}.tiff' -o out/
     """
     import dataclasses
 
