@@ -147,3 +147,116 @@ def test_sampler_names_match_the_diffusion_floor() -> None:
     from cxrkit.diffusion import SAMPLERS
 
     assert tuple(SAMPLERS) == SAMPLER_NAMES
+
+
+def _distance(shape: tuple[int, int], center_rc: tuple[int, int]) -> np.ndarray:
+    """Each pixel's distance to ``center_rc``."""
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    return np.hypot(yy - center_rc[0], xx - center_rc[1])
+
+
+def test_synth_diffusion_nodule_mask_binary_and_soft(
+        model_dir: Path, cxr: Path, tmp_path: Path) -> None:  # noqa: F811
+    import tifffile
+    from PIL import Image
+
+    original = read_radiograph(cxr).pixels
+    r = _distance(original.shape, (60, 38))
+    binary = tmp_path / "binary.png"  # 0/1 uint8, as many tools write masks
+    Image.fromarray((r <= 4).astype(np.uint8)).save(binary)
+    Image.fromarray(((r <= 4) * 255).astype(np.uint8)).save(tmp_path / "b255.png")
+    soft = tmp_path / "soft.tiff"  # a dome: thickness over its maximum
+    tifffile.imwrite(soft, np.sqrt(np.clip(1 - (r / 5) ** 2, 0, 1)).astype(np.float32))
+    evaluated: list[dict] = []
+    for path, kind in ((binary, "binary"), (tmp_path / "b255.png", "binary"), (soft, "soft")):
+        out = tmp_path / path.stem
+        result = run_cli("synth", "-e", "diffusion", str(cxr), "--model", str(model_dir),
+                         "--pixel-mm", "1", "--nodule-mask", str(path), "-n", "2",
+                         "--negatives", "--steps", "2", "-o", str(out))
+        assert result.returncode == 0, result.stderr.decode()
+        recs = records(result.stdout)
+        expected = (r <= 4) if kind == "binary" else (r < 5)
+        for rec in recs[:2]:
+            image = read_radiograph(rec["path"]).pixels
+            mask = read_radiograph(rec["mask"]).pixels > 0.5
+            assert np.array_equal(mask, expected)
+            assert np.array_equal(image[~mask], original[~mask])  # bit for bit outside
+            assert not np.array_equal(image[mask], original[mask])
+            rows, cols = np.nonzero(expected)
+            box = rec["boxes"][0]
+            assert (box["x1"], box["y1"], box["x2"], box["y2"]) == (
+                cols.min(), rows.min(), cols.max() + 1, rows.max() + 1)
+            assert rec["nodule"]["source"]["kind"] == "mask"
+            assert rec["nodule"]["source"]["values"] == kind
+            assert rec["nodule"]["source"]["path"] == str(path)
+            assert rec["nodule"]["center_px"] == [38.0, 60.0]
+            assert 7 < rec["nodule"]["characteristics"]["diameter_mm"] < 11
+            assert rec["synth"]["options"]["mask_condition"] == kind
+            assert rec["synth"]["options"]["source"] == "mask"
+            assert "thickness" not in rec
+        assert not np.array_equal(read_radiograph(recs[0]["path"]).pixels,
+                                  read_radiograph(recs[1]["path"]).pixels)
+        assert np.array_equal(read_radiograph(recs[2]["path"]).pixels, original)
+        evaluated += recs
+    for rec in evaluated:
+        rec["detections"] = [{**b, "score": 0.9} for b in rec["boxes"]]
+    result = run_cli("eval", "--json", "--bootstrap", "0",
+                     stdin="".join(json.dumps(r) + "\n" for r in evaluated))
+    assert result.returncode == 0, result.stderr.decode()
+    assert '"auc":1.0' in result.stdout.decode().replace(" ", "")
+    # the soft profile conditions the model: as a silhouette, the same seed paints otherwise
+    flat = run_cli("synth", "-e", "diffusion", str(cxr), "--model", str(model_dir),
+                   "--pixel-mm", "1", "--nodule-mask", str(soft), "--mask-condition", "binary",
+                   "--steps", "2", "-o", str(tmp_path / "flat"))
+    assert flat.returncode == 0, flat.stderr.decode()
+    flat_rec = records(flat.stdout)[0]
+    assert flat_rec["synth"]["options"]["mask_condition"] == "binary"
+    soft_rec = next(r for r in evaluated if r["id"] == "cxr_s000" and "soft" in r["path"])
+    assert not np.array_equal(read_radiograph(flat_rec["path"]).pixels,
+                              read_radiograph(soft_rec["path"]).pixels)
+    # {id} template: the mask of each input
+    (tmp_path / "cxr.mask.png").write_bytes(binary.read_bytes())
+    templ = run_cli("synth", "-e", "diffusion", str(cxr), "--model", str(model_dir),
+                    "--pixel-mm", "1", "--nodule-mask", str(tmp_path / "{id}.mask.png"),
+                    "--steps", "2", "-o", str(tmp_path / "templ"))
+    assert templ.returncode == 0, templ.stderr.decode()
+    assert records(templ.stdout)[0]["nodule"]["source"]["path"] == str(
+        tmp_path / "cxr.mask.png")
+
+
+def test_synth_diffusion_bad_nodule_masks(model_dir: Path, cxr: Path,  # noqa: F811
+                                          tmp_path: Path) -> None:
+    import tifffile
+    from PIL import Image
+
+    Image.fromarray(np.zeros((128, 128), np.uint8)).save(tmp_path / "empty.png")
+    Image.fromarray(np.pad(np.ones((4, 4), np.uint8), 30)).save(tmp_path / "small.png")
+    nan = np.zeros((128, 128), np.float32)
+    nan[60:64, 40:44], nan[0, 0] = 0.5, np.nan
+    tifffile.imwrite(tmp_path / "nan.tiff", nan)
+    over = np.zeros((128, 128), np.float32)
+    over[60:64, 40:44] = [2.0, 1.0, 0.5, 0.2]
+    tifffile.imwrite(tmp_path / "over.tiff", over)
+    base = ("synth", "-e", "diffusion", str(cxr), "--model", str(model_dir), "--pixel-mm", "1",
+            "--steps", "2")
+    for name, code, word in (("empty.png", 2, b"empty"), ("nan.tiff", 2, b"NaN"),
+                             ("over.tiff", 2, b"[0, 1]"), ("missing.png", 2, b"no such file"),
+                             ("small.png", 1, b"64x64")):
+        out = tmp_path / f"out-{name}"
+        result = run_cli(*base, "--nodule-mask", str(tmp_path / name), "-o", str(out))
+        assert result.returncode == code, (name, result.stderr.decode())
+        assert len(result.stderr.splitlines()) == 1 and word in result.stderr, name
+        assert b"--nodule-mask" in result.stderr or code == 1
+        assert not result.stdout.strip() and not list(out.glob("*.*")), name
+    # per input ({id}): the same errors are exit 1 per item
+    templ = run_cli(*base, "--nodule-mask", str(tmp_path / "{id}-none.png"),
+                    "-o", str(tmp_path / "t"))
+    assert templ.returncode == 1 and b"no such file" in templ.stderr
+    assert len(templ.stderr.splitlines()) == 1 and not list((tmp_path / "t").glob("*.*"))
+    for extra in (("--center-px", "40,60"), ("--subtlety", "3"), ("--source", "luna16")):
+        clash = run_cli(*base, "--nodule-mask", str(tmp_path / "small.png"), *extra,
+                        "-o", str(tmp_path / "c"))
+        assert clash.returncode == 2 and extra[0].encode() in clash.stderr, extra
+    blend = run_cli("synth", "-e", "blend", str(cxr), "--nodule-mask",
+                    str(tmp_path / "small.png"), "-o", str(tmp_path / "b"))
+    assert blend.returncode == 2 and b"-e diffusion" in blend.stderr

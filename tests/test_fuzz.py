@@ -870,6 +870,7 @@ def _u_where(where: str) -> Case:
 PRJ = ["project"]
 SYN = ["synth"]
 BLEND = ["synth", "-e", "blend"]
+DIFF = ["synth", "-e", "diffusion", "--model", "missing/model"]
 DEG = ["degrade"]
 ENH = ["enhance"]
 EVAL = ["eval", "--json"]
@@ -906,6 +907,11 @@ USAGE_CASES: dict[str, Case] = {
     "synth-out-unknown-suffix": _u(SYN, "-o", "{out}/x.xyz", missing=MISSING_CT, out=False),
     "synth-blend-density-hu-nan": _u(BLEND, "--density-hu", "nan"),
     "synth-blend-pixel-mm-nan": _u(BLEND, "--pixel-mm", "nan"),
+    "synth-blend-nodule-mask": _u(BLEND, "--nodule-mask", "{out}/m.png"),
+    "synth-diffusion-nodule-mask-missing": _u(DIFF, "--nodule-mask", "{out}/none.png"),
+    "synth-diffusion-nodule-mask-empty-name": _u(DIFF, "--nodule-mask", " "),
+    "synth-diffusion-nodule-mask-and-center": _u(DIFF, "--nodule-mask", "{out}/{{id}}.png",
+                                                 "--center-px", "3,3"),
     "synth-blend-empty-where": _u_where(""),
     "synth-blend-blank-where": _u_where("   "),
     "degrade-pixel-mm-nan": _u(DEG, "--pixel-mm", "nan"),

@@ -129,6 +129,14 @@ def synth(
                        "replaced by the input's id. Default: a threshold lung field.",
         show_default=False)
     ] = None,
+    nodule_mask: Annotated[str | None, typer.Option(
+        "--nodule-mask", help="diffusion: the nodule's own mask, an image of the radiograph's "
+                              "size ({id} is replaced by the input's id): binary (0/1, 0/255) "
+                              "or soft (values in [0, 1], e.g. a projected thickness map over "
+                              "its maximum, which then conditions the model). The nodule is "
+                              "painted inside it; its support is the record's mask and box "
+                              "(nodule source: mask). Replaces --center-px and the nodule "
+                              "source.", show_default=False)] = None,
     center_mm: Annotated[str | None, typer.Option(
         "--center-mm", help="ct: nodule centre X,Y,Z in LPS mm (must keep it in the lung).",
         show_default=False)] = None,
@@ -220,6 +228,12 @@ def synth(
     every pixel outside the mask is the input's, bit for bit:
 
         cxrkit synth -e diffusion cxr.png --model synth-dit/ --source luna16 -n 4 -o out/
+
+    Or inside the nodule's own shape (--nodule-mask: binary 0/1 or 0/255, or soft in [0, 1],
+    e.g. a projected thickness map over its maximum; {id} is replaced by the input's id); its
+    support is the record's mask and box (nodule source "mask"):
+
+        cxrkit synth -e diffusion cxrs/*.png --model dit/ --nodule-mask '{id}.tiff' -o out/
     """
     import dataclasses
 
@@ -229,6 +243,8 @@ def synth(
         raise typer.BadParameter(f"'{engine}' is not one of {', '.join(ENGINES)}",
                                  param_hint="--engine")
     _check_diffusion(engine, model, sampler, mask_condition, steps)
+    _check_nodule_mask(nodule_mask, engine=engine, center_px=center_px, source=source,
+                       where=where, subtlety=subtlety)
     if where is not None and not where.strip():
         raise typer.BadParameter("an empty selection; give a condition such as 'calcified==1' "
                                  "or leave --where out", param_hint="--where")
@@ -240,11 +256,15 @@ def synth(
         center_px=parse_pair(center_px, "--center-px", int) if center_px else None,
         model=str(model) if model else None, steps=steps, sampler=sampler,
         soft_mask=mask_condition == "soft")
-    nodules, nodule_options = _nodule_source(
-        source, luna16_dir, where, density_hu=density_hu,
-        parametric={"diameter_mm": diameter_mm, "shape": shape, "texture": texture,
-                    "calcification": calcification, "internal": internal, "spicules": spicules,
-                    "spicule_length_mm": spicule_length_mm})
+    nodules: NoduleSource | None
+    if nodule_mask is not None:
+        nodules, nodule_options = None, {"source": "mask", "nodule_mask": nodule_mask}
+    else:
+        nodules, nodule_options = _nodule_source(
+            source, luna16_dir, where, density_hu=density_hu,
+            parametric={"diameter_mm": diameter_mm, "shape": shape, "texture": texture,
+                        "calcification": calcification, "internal": internal,
+                        "spicules": spicules, "spicule_length_mm": spicule_length_mm})
     options = {"engine": engine, "count": count, "negatives": negatives, "kev": kev,
                "kind": kind, "quality": quality, "subtlety": _subtlety(subtlety),
                "lung": labels or mask, "known_nodules": known_nodules,
@@ -290,6 +310,33 @@ def _check_diffusion(engine: str, model: Path | None, sampler: str | None,
     if mask_condition not in ("soft", "binary"):
         raise typer.BadParameter(f"'{mask_condition}' is not soft or binary",
                                  param_hint="--mask-condition")
+
+
+def _check_nodule_mask(nodule_mask: str | None, *, engine: str, center_px: str | None,
+                       source: str, where: str | None, subtlety: str | None) -> None:
+    """Usage errors of --nodule-mask; a file named without {id} is read and checked now (its
+    size only against each radiograph)."""
+    if nodule_mask is None:
+        return
+    if engine != "diffusion":
+        raise typer.BadParameter("--nodule-mask is for -e diffusion", param_hint="--nodule-mask")
+    if not nodule_mask.strip():
+        raise typer.BadParameter("an empty file name", param_hint="--nodule-mask")
+    clash = [name for name, given in (("--center-px", center_px is not None),
+                                      ("--source", source != "parametric"),
+                                      ("--where", where is not None),
+                                      ("--subtlety", subtlety is not None)) if given]
+    if clash:
+        raise typer.BadParameter(f"the mask places and shapes the nodule: leave out "
+                                 f"{', '.join(clash)}", param_hint="--nodule-mask")
+    if "{id}" not in nodule_mask:
+        from cxrkit.errors import CxrkitError
+        from cxrkit.synth.diffusion import read_nodule_mask
+
+        try:
+            read_nodule_mask(nodule_mask)
+        except CxrkitError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--nodule-mask") from exc
 
 
 def _resolved(device: str) -> str:
@@ -395,7 +442,7 @@ class SynthJob:
     mask, or radiograph and lung field) is kept while consecutive items share it.
     """
 
-    def __init__(self, info: EngineInfo, config: SynthConfig, nodules: NoduleSource,
+    def __init__(self, info: EngineInfo, config: SynthConfig, nodules: NoduleSource | None,
                  options: dict[str, Any], outputs: Outputs, *, seed: int) -> None:
         self.info = info
         self.engine = info.create(config)
@@ -429,6 +476,8 @@ class SynthJob:
         if index is None:
             return self._write(record, self.engine.negative(scene), sha256, None)
         seed = sample_seed(self.seed, input_id, index)
+        if self.nodules is None:  # --nodule-mask
+            return self._write(record, self._mask_sample(scene, input_id, seed), sha256, seed)
         sample = synthesize(self.engine, scene, self.nodules, seed=seed,
                             subtlety=self.options["subtlety"])
         return self._write(record, sample, sha256, seed)
@@ -463,6 +512,19 @@ class SynthJob:
                 scene = self.engine.prepare(data, lung)
             self._scene = (path, scene, file_sha256(path))
         return self._scene[1], self._scene[2]
+
+    def _mask_sample(self, scene: Any, input_id: str, seed: int) -> Sample:
+        """Paint inside the --nodule-mask of this input (the placement stream seeds the model,
+        as for drawn nodules)."""
+        from cxrkit.pipe import file_sha256
+        from cxrkit.synth.diffusion import read_nodule_mask
+        from cxrkit.synth.sampling import sample_streams
+
+        path = self.options["nodule_mask"].replace("{id}", input_id)
+        mask, soft = read_nodule_mask(path, scene.image.shape)
+        return self.engine.insert_mask(  # type: ignore[attr-defined]
+            scene, mask, soft, sample_streams(seed)[2],
+            source={"path": path, "sha256": file_sha256(path)})
 
     def _known(self, path: str, input_id: str, lung_path: str | None, volume: Any
                ) -> list[Any]:

@@ -13,6 +13,13 @@ Per sample (:meth:`DiffusionEngine.insert`):
    thickness map over its maximum (``soft_mask``, so the shape and depth profile of a real CT
    nodule steer the painting) or the binary silhouette. Every pixel outside the silhouette is
    the input's, bit for bit, so the record's ``mask``, the image and the label agree exactly.
+
+With a user's nodule mask (:func:`read_nodule_mask`, ``synth --nodule-mask``) steps 1 and 2 are
+replaced by the mask (:meth:`DiffusionEngine.insert_mask`): its support (values > 0) is the
+record's ``mask`` and box, the window is centred on that box, and a soft mask (more than one
+non-zero value, e.g. a projected thickness map normalised) conditions the model as a projected
+nodule's thickness does (:func:`cxrkit.synthdit.data.soft_condition`); a binary one (0/1, 0/255,
+or any one non-zero value) conditions it as a silhouette.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cxrkit.errors import InputError
+from cxrkit.nodules.nodule import LABEL_KEYS
 from cxrkit.synth.blend import BlendEngine, BlendScene, project_nodule
 from cxrkit.synth.sampling import PlacedNodule, Sample, box_from_mask
 
@@ -30,6 +38,49 @@ if TYPE_CHECKING:
     from cxrkit.io import Radiograph
     from cxrkit.nodules import Nodule
     from cxrkit.synth import SynthConfig
+
+def read_nodule_mask(path: str | Path, shape: tuple[int, int] | None = None
+                     ) -> tuple[np.ndarray, bool]:
+    """Read a nodule mask image (PNG, TIFF, ...: anything :func:`cxrkit.io.read_radiograph`
+    reads).
+
+    Binary when it has one non-zero value (0/1, 0/255, 0/65535 or float 0/1): returned as 0/1.
+    Soft otherwise: its values must lie in [0, 1] as read (8/16-bit PNG and integer TIFF are
+    scaled by their bit depth, a float TIFF is taken as is).
+
+    Args:
+        path: the image.
+        shape: ``(H, W)`` it must have (the radiograph's), or None not to check.
+
+    Returns:
+        ``(mask, soft)``: ``(H, W)`` float32 in [0, 1], and whether it is soft.
+
+    Raises:
+        InputError: missing file, wrong size, an empty mask, non-finite values, or values
+            outside [0, 1].
+        FormatError: not an image cxrkit reads.
+    """
+    from cxrkit.io import read_radiograph
+
+    pixels = read_radiograph(path).pixels  # NaN/inf are refused there
+    where = str(path)
+    if shape is not None and pixels.shape != tuple(shape):
+        raise InputError(f"the nodule mask is {pixels.shape[1]}x{pixels.shape[0]} px, the "
+                         f"radiograph {shape[1]}x{shape[0]}", path=where,
+                         hint="give a mask of the radiograph's size")
+    if pixels.min() < 0:
+        raise InputError("the nodule mask has negative values", path=where)
+    values = np.unique(pixels[pixels > 0])
+    if len(values) == 0:
+        raise InputError("the nodule mask is empty (no non-zero pixel)", path=where)
+    if len(values) == 1:
+        return (pixels > 0).astype(np.float32), False
+    if values[-1] > 1:
+        raise InputError(f"the soft nodule mask reaches {float(values[-1]):g}; values must be "
+                         "in [0, 1]", path=where, hint="normalise it (e.g. thickness over its "
+                                                       "maximum)")
+    return pixels.astype(np.float32), True
+
 
 class DiffusionEngine:
     """The ``diffusion`` engine (see the module docstring).
@@ -125,6 +176,57 @@ class DiffusionEngine:
                               dict(nodule.labels), dict(nodule.source))
         info = {**self._info(scene), "model_seed": seed}
         return Sample(image, scene.kind, scene.spacing_mm, mask, full_thickness, (placed,), info)
+
+    def insert_mask(self, scene: BlendScene, nodule_mask: np.ndarray, soft: bool,
+                    generator: np.random.Generator, *,
+                    source: dict[str, Any] | None = None) -> Sample:
+        """Paint a nodule inside a given mask (see :func:`read_nodule_mask`).
+
+        Args:
+            scene: the prepared radiograph.
+            nodule_mask: ``(H, W)`` in [0, 1]; its support (> 0) is painted.
+            soft: condition on the mask's profile (with ``soft_mask``) rather than its support.
+            generator: the model's seed is drawn from it.
+            source: the record's ``nodule.source`` (``kind: "mask"`` is set).
+
+        Returns:
+            The sample: ``mask`` = the support, one nodule boxed on it, centred on its box, its
+            ``diameter_mm`` the support's area-equivalent diameter, other labels unknown.
+
+        Raises:
+            InputError: a mask of another size, an empty one, or one that does not fit in the
+                model's window.
+        """
+        import torch
+
+        from cxrkit.synthdit import paint
+        from cxrkit.synthdit.data import soft_condition
+
+        nodule_mask = np.asarray(nodule_mask, dtype=np.float32)
+        if nodule_mask.shape != scene.image.shape:
+            raise InputError(f"the nodule mask is {nodule_mask.shape[1]}x{nodule_mask.shape[0]}"
+                             f" px, the radiograph {scene.image.shape[1]}x"
+                             f"{scene.image.shape[0]}")
+        inside = nodule_mask > 0
+        box = box_from_mask(inside)
+        x1, y1, x2, y2 = box
+        row, col = (y1 + y2 - 1) / 2, (x1 + x2 - 1) / 2
+        use_soft = soft and self.config.soft_mask
+        condition = (soft_condition(nodule_mask, inside) if use_soft
+                     else inside.astype(np.float32))
+        seed = int(generator.integers(0, 2**63 - 1))
+        image = paint(self.model(), scene.image, condition, (row, col), scene.spacing_mm,
+                      steps=self.config.steps, sampler=self.config.sampler,
+                      generator=torch.Generator().manual_seed(seed))
+        area_mm2 = float(inside.sum()) * scene.spacing_mm[0] * scene.spacing_mm[1]
+        labels: dict[str, Any] = dict.fromkeys(LABEL_KEYS)
+        labels["diameter_mm"] = round(2 * (area_mm2 / np.pi) ** 0.5, 3)
+        placed = PlacedNodule(box, (float(col), float(row)), None, labels,
+                              {**(source or {}), "kind": "mask",
+                               "values": "soft" if soft else "binary"})
+        info = {**self._info(scene), "model_seed": seed,
+                "mask_condition": "soft" if use_soft else "binary"}
+        return Sample(image, scene.kind, scene.spacing_mm, inside, None, (placed,), info)
 
     def _info(self, scene: BlendScene) -> dict[str, Any]:
         model = self.model()
