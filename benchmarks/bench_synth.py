@@ -6,7 +6,10 @@ step against a UNet of equal parameter count (issue 20).
    engine, then each engine inserts ``--nodules`` nodules per radiograph with the SAME sample
    seeds through :func:`cxrkit.synth.sampling.synthesize` (what ``cxrkit synth`` calls per
    sample, with the CLI's default parametric source), so both engines draw the same nodules and
-   place them at the same pixels; the script checks that the masks agree. Reading and writing
+   place them at the same pixels; the script checks that the masks agree. Drawn nodules that
+   do not fit the model's window (the default source reaches 25 mm plus 10 mm spicules, the
+   default window is 48 mm; ``cxrkit synth`` fails such a sample) are screened out untimed
+   with a 1-step model run and counted. Reading and writing
    files is excluded: only ``synthesize`` is timed, after one untimed warm-up sample per engine.
    The diffusion engine runs at its defaults (the model's default steps and sampler, soft mask
    condition) with a model of the default size (``SynthDiTSettings()``), randomly initialised and
@@ -49,6 +52,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its thread pool
 
 import argparse
+import dataclasses
 import gc
 import json
 import platform
@@ -121,10 +125,29 @@ def bench_engines(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
     images, where = radiographs(args.images, args.count)
     source = ParametricSource()  # the CLI's default parametric nodules (6-25 mm, all shapes)
     config = SynthConfig(model=str(model_dir), device=args.device)
-    seeds = [[sample_seed(0, f"img{i}", k) for k in range(args.nodules)]
-             for i in range(len(images))]
+    # the default parametric source draws some nodules (25 mm with 10 mm spicules) that do not
+    # fit the model's window; the CLI fails those samples. Screen candidate seeds untimed with
+    # a 1-step diffusion engine (placement does not depend on the steps) and keep the first
+    # ``--nodules`` that fit, so both engines time the same samples.
+    from cxrkit.errors import InputError
+
+    screen = ENGINES["diffusion"].create(dataclasses.replace(config, steps=1))
+    seeds, rejected = [], 0
+    for i, img in enumerate(images):
+        scene, row, k = screen.prepare(img), [], 0
+        while len(row) < args.nodules:
+            seed = sample_seed(0, f"img{i}", k)
+            k += 1
+            try:
+                synthesize(screen, scene, source, seed=seed)
+                row.append(seed)
+            except InputError:
+                rejected += 1
+        seeds.append(row)
+    del screen
     cuda = torch.device(args.device).type == "cuda"
-    out: dict[str, Any] = {"images": where, "nodules": args.nodules * len(images)}
+    out: dict[str, Any] = {"images": where, "nodules": args.nodules * len(images),
+                           "rejected": rejected}
     masks: dict[str, list[np.ndarray]] = {}
     for name in ("blend", "diffusion"):
         gc.collect()
@@ -317,7 +340,8 @@ def main() -> None:
     if "inference" in info:
         r = info["inference"]
         print(f"\ninference: {r['nodules']} nodules on {r['images']}; same nodules and masks "
-              f"in both engines: {r['same_masks']}")
+              f"in both engines: {r['same_masks']}; drawn nodules too large for the model's "
+              f"window, skipped: {r['rejected']} of {r['nodules'] + r['rejected']}")
         print(f"{'engine':<10} {'nodules/s':>10} {'median s':>9} {'cpu s':>7} "
               f"{'peak +MB':>9} {'peak MB':>8} {'GPU MB':>7} {'load':>5}")
         for name in ("blend", "diffusion"):
