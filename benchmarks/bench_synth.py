@@ -29,7 +29,8 @@ step against a UNet of equal parameter count (issue 20).
    the trainer's 8, of ``patch_px``² patches with random nodule masks), against cxrkit's UNet
    (:func:`cxrkit.diffusion.new_unet` in a :class:`cxrkit.diffusion.UNetDenoiser`, attention-free
    diffusers ``UNet2DModel``, the three input channels at full resolution) whose widths
-   ``(w, 2w, 4w)`` are chosen to match the DiT's parameter count (closest ``w``, a multiple of 8).
+   ``w · (1, 2, 2)`` (``--unet-levels``; ``w`` a multiple of 8) and ResNet blocks per level
+   (``--unet-layers``, 1-3) give the parameter count closest to the DiT's (both are printed).
    Both take the same batches and the same step: the noisy patch, context and mask at a random
    timestep, the mask-weighted x₀ loss of :func:`cxrkit.synthdit.training.synth_loss`, backward,
    AdamW (the trainer's lr 2e-4), ``zero_grad``; ``--warmup`` untimed steps, then ``--train-steps``
