@@ -8,9 +8,10 @@ step against a UNet of equal parameter count (issue 20).
    sample, with the CLI's default parametric source), so both engines draw the same nodules and
    place them at the same pixels; the script checks that the masks agree. Drawn nodules that
    do not fit the model's window (the default source reaches 25 mm plus 10 mm spicules, the
-   default window is 48 mm; ``cxrkit synth`` fails such a sample) are screened out untimed
-   with a 1-step model run and counted. Reading and writing
-   files is excluded: only ``synthesize`` is timed, after one untimed warm-up sample per engine.
+   default window is 48 mm; ``cxrkit synth -e diffusion`` draws such a nodule again, blend does
+   not) are screened out untimed and counted, so both engines time the same nodules. Reading
+   and writing files is excluded: only ``synthesize`` is timed, after one untimed warm-up
+   sample per engine.
    The diffusion engine runs at its defaults (the model's default steps and sampler, soft mask
    condition) with a model of the default size (``SynthDiTSettings()``), randomly initialised and
    written with ``save_pretrained`` to a temporary folder (``--model DIR`` takes a trained one
@@ -127,22 +128,21 @@ def bench_engines(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
     source = ParametricSource()  # the CLI's default parametric nodules (6-25 mm, all shapes)
     config = SynthConfig(model=str(model_dir), device=args.device)
     # the default parametric source draws some nodules (25 mm with 10 mm spicules) that do not
-    # fit the model's window; the CLI fails those samples. Screen candidate seeds untimed with
-    # a 1-step diffusion engine (placement does not depend on the steps) and keep the first
-    # ``--nodules`` that fit, so both engines time the same samples.
-    from cxrkit.errors import InputError
+    # fit the model's window; for those the diffusion engine draws again (synthesize), so its
+    # nodule would differ from blend's. Keep the first ``--nodules`` seeds whose first draw
+    # fits, so both engines time the same nodules at the same pixels.
+    from cxrkit.synth.sampling import sample_streams
 
     screen = ENGINES["diffusion"].create(dataclasses.replace(config, steps=1))
     seeds, rejected = [], 0
-    for i, img in enumerate(images):
-        scene, row, k = screen.prepare(img), [], 0
+    for i, _ in enumerate(images):
+        row, k = [], 0
         while len(row) < args.nodules:
             seed = sample_seed(0, f"img{i}", k)
             k += 1
-            try:
-                synthesize(screen, scene, source, seed=seed)
+            if screen.fits(source.draw(sample_streams(seed)[1])):
                 row.append(seed)
-            except InputError:
+            else:
                 rejected += 1
         seeds.append(row)
     del screen

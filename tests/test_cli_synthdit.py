@@ -93,6 +93,21 @@ def test_synth_diffusion_records_eval_reads_and_context_untouched(
                               read_radiograph(b["path"]).pixels)
 
 
+def test_sizes_beyond_the_window_are_drawn_again(model_dir: Path, cxr: Path,  # noqa: F811
+                                                 tmp_path: Path) -> None:
+    """A size range wider than the model's window (here 24 mm) never fails a sample: nodules
+    are drawn again until one fits, the same ones for the same seed."""
+    args = ("synth", "-e", "diffusion", str(cxr), "--model", str(model_dir), "--pixel-mm", "1",
+            "--diameter-mm", "4:60", "--shape", "ellipsoid", "-n", "8", "--steps", "1")
+    result = run_cli(*args, "-o", str(tmp_path / "a"))
+    assert result.returncode == 0, result.stderr.decode()
+    recs = records(result.stdout)
+    sizes = [r["nodule"]["characteristics"]["diameter_mm"] for r in recs]
+    assert len(recs) == 8 and max(sizes) < 24
+    again = records(run_cli(*args, "-o", str(tmp_path / "b")).stdout)
+    assert [r["nodule"]["characteristics"]["diameter_mm"] for r in again] == sizes
+
+
 def test_finetune_from_synth_records(model_dir: Path, cxr: Path,  # noqa: F811
                                      tmp_path: Path) -> None:
     blend = run_cli("synth", "-e", "blend", str(cxr), "--pixel-mm", "1", "--diameter-mm", "6:9",

@@ -454,3 +454,32 @@ def test_lidc_xml_found_beside_the_ct_and_refused_when_bad(medium: Volume, tmp_p
             read_known(tmp_path / "scan.xml", medium)
     finally:
         lx.MAX_XML_BYTES = lx_limit
+
+
+def test_engines_with_a_size_limit_get_nodules_drawn_again() -> None:
+    """synthesize() draws again (same stream, so deterministic) for an engine with ``fits``;
+    an engine without it gets the first draw, as before."""
+    from cxrkit.nodules import ParametricSource
+    from cxrkit.synth.sampling import sample_streams, synthesize
+
+    class Recorder:
+        def insert(self, scene: object, nodule: object, generator: object) -> object:
+            return nodule
+
+    class Limited(Recorder):
+        def fits(self, nodule: object) -> bool:
+            return nodule.labels["diameter_mm"] < 10  # type: ignore[attr-defined]
+
+    source = ParametricSource(diameter_mm=(4.0, 60.0), shapes=("sphere",))
+    first = [synthesize(Recorder(), None, source, seed=s).labels["diameter_mm"]  # type: ignore
+             for s in range(12)]
+    expected = [source.draw(sample_streams(s)[1]).labels["diameter_mm"] for s in range(12)]
+    assert first == expected and max(first) >= 10
+    limited = [synthesize(Limited(), None, source, seed=s).labels["diameter_mm"]  # type: ignore
+               for s in range(12)]
+    assert max(limited) < 10
+    assert [a for a, b in zip(first, limited, strict=True) if a < 10] == \
+        [b for a, b in zip(first, limited, strict=True) if a < 10]  # fitting first draws kept
+    again = [synthesize(Limited(), None, source, seed=s).labels["diameter_mm"]  # type: ignore
+             for s in range(12)]
+    assert again == limited

@@ -114,6 +114,17 @@ class DiffusionEngine:
             self._model_sha256 = file_sha256(folder / WEIGHTS_NAME)
         return self._model
 
+    def fits(self, nodule: Nodule) -> bool:
+        """Whether ``nodule``, projected (magnified as :func:`project_nodule` does), fits in the
+        model's window with a pixel to spare on each side: :func:`cxrkit.synth.sampling.synthesize`
+        draws again until one does, so a size range wider than the window (the CLI's default
+        6–25 mm with spicules reaches ~45 mm) never fails a sample."""
+        settings = self.model().settings
+        window_mm = (settings.patch_px - 2) * settings.pixel_mm
+        sid = self.blend.geometry.sid_mm
+        magnification = sid / (sid - self.config.nodule_depth_mm)
+        return 2.0 * nodule.radius_mm() * magnification <= window_mm
+
     def prepare(self, data: Radiograph, lung: np.ndarray | None = None) -> BlendScene:
         """As the blend engine; display radiographs only.
 

@@ -201,6 +201,11 @@ def sample_streams(seed_64: int) -> tuple[np.random.Generator, ...]:
     return tuple(np.random.Generator(np.random.PCG64(c)) for c in children)
 
 
+MAX_REDRAWS = 100
+"""Draws :func:`synthesize` makes for an engine with a size limit (``engine.fits``) before it
+gives up on a sample."""
+
+
 def synthesize(
     engine: Engine,
     scene: Any,
@@ -222,8 +227,12 @@ def synthesize(
     Returns:
         The :class:`Sample`; its nodule's ``subtlety`` label is the drawn value.
 
+    An engine with a size limit (a ``fits(nodule)`` method: the diffusion engine's window) gets
+    nodules drawn again from the same stream until one fits (deterministic under ``seed``); other
+    engines get the first draw.
+
     Raises:
-        InputError: a subtlety outside 1..5.
+        InputError: a subtlety outside 1..5, or no nodule in :data:`MAX_REDRAWS` draws fits.
     """
     pick, draw, place = sample_streams(seed)
     bad = [s for s in subtlety if s not in SUBTLETY_CONTRAST]
@@ -231,6 +240,15 @@ def synthesize(
         raise InputError(f"subtlety must be 1..5, got {bad}")
     choice = int(subtlety[int(pick.integers(len(subtlety)))]) if subtlety else None
     nodule = source.draw(draw)
+    fits = getattr(engine, "fits", None)  # an engine with a size limit (the diffusion model's)
+    for _ in range(MAX_REDRAWS if fits is not None else 0):
+        if fits(nodule):
+            break
+        nodule = source.draw(draw)
+    else:
+        if fits is not None and not fits(nodule):
+            raise InputError(f"no nodule of {MAX_REDRAWS} drawn fits the engine's window",
+                             hint="give a smaller --diameter-mm (or --spicule-length-mm)")
     if choice is None:
         return engine.insert(scene, nodule, place)
     contrast = SUBTLETY_CONTRAST[choice]
