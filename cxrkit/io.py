@@ -125,13 +125,7 @@ def check_pixels(shape: tuple[int, ...], *, path: str | None = None, what: str =
     Raises:
         FormatError: a non-positive size, or more than :data:`MAX_PIXELS` pixels.
     """
-    dims = [int(s) for s in shape]
-    if any(s <= 0 for s in dims):
-        raise FormatError(f"{what} declares an empty size {'×'.join(map(str, dims))}", path=path)
-    if math.prod(dims) > MAX_PIXELS:
-        raise FormatError(
-            f"{what} declares {'×'.join(map(str, dims))} pixels, over the limit of "
-            f"{MAX_PIXELS:,} (MAX_PIXELS)", path=path)
+    _check_size(shape, MAX_PIXELS, "pixels", "MAX_PIXELS", path=path, what=what)
 
 
 def check_voxels(shape: tuple[int, ...], *, path: str | None = None, what: str = "volume") -> None:
@@ -140,13 +134,18 @@ def check_voxels(shape: tuple[int, ...], *, path: str | None = None, what: str =
     Raises:
         FormatError: a non-positive size, or more than :data:`MAX_VOXELS` voxels.
     """
+    _check_size(shape, MAX_VOXELS, "voxels", "MAX_VOXELS", path=path, what=what)
+
+
+def _check_size(shape: tuple[int, ...], limit: int, unit: str, name: str, *, path: str | None,
+                what: str) -> None:
     dims = [int(s) for s in shape]
+    shown = "×".join(map(str, dims))
     if any(s <= 0 for s in dims):
-        raise FormatError(f"{what} declares an empty size {'×'.join(map(str, dims))}", path=path)
-    if math.prod(dims) > MAX_VOXELS:
-        raise FormatError(
-            f"{what} declares {'×'.join(map(str, dims))} voxels, over the limit of "
-            f"{MAX_VOXELS:,} (MAX_VOXELS)", path=path)
+        raise FormatError(f"{what} declares an empty size {shown}", path=path)
+    if math.prod(dims) > limit:
+        raise FormatError(f"{what} declares {shown} {unit}, over the limit of {limit:,} ({name})",
+                          path=path)
 
 
 def check_spacing(spacing: Any, *, path: str | None = None,

@@ -496,9 +496,10 @@ class SynthJob:
                 from cxrkit.volume import read_volume
 
                 data = read_volume(path)
+                sha256 = file_sha256(path)
                 lung = read_lung_mask(lung_path, data) if lung_path else None
                 scene = self.engine.prepare(data, lung,  # type: ignore[call-arg]
-                                            self._known(path, input_id, lung_path, data))
+                                            self._known(path, input_id, lung_path, data, sha256))
             else:
                 from cxrkit.io import read_radiograph
 
@@ -510,7 +511,8 @@ class SynthJob:
                                                     what="the record's spacing_mm")
                 lung = read_radiograph(lung_path).pixels > 0.5 if lung_path else None
                 scene = self.engine.prepare(data, lung)
-            self._scene = (path, scene, file_sha256(path))
+                sha256 = file_sha256(path)
+            self._scene = (path, scene, sha256)
         return self._scene[1], self._scene[2]
 
     def _mask_sample(self, scene: Any, input_id: str, seed: int) -> Sample:
@@ -526,8 +528,8 @@ class SynthJob:
             scene, mask, soft, sample_streams(seed)[2],
             source={"path": path, "sha256": file_sha256(path)})
 
-    def _known(self, path: str, input_id: str, lung_path: str | None, volume: Any
-               ) -> list[Any]:
+    def _known(self, path: str, input_id: str, lung_path: str | None, volume: Any,
+               sha256: str) -> list[Any]:
         """The CT's own nodules by --known-nodules (see :mod:`cxrkit.synth.known`)."""
         from cxrkit.synth import known
 
@@ -536,7 +538,7 @@ class SynthJob:
             return []
         if policy != "auto":
             return known.read_known(policy.replace("{id}", input_id), volume)
-        found = known.read_beside(path, volume)
+        found = known.read_beside(path, volume, sha256=sha256)
         return found + (known.nodules_from_label_map(lung_path) if lung_path else [])
 
     def _write(self, record: Record, sample: Sample, sha256: str, seed: int | None) -> Record:

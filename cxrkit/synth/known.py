@@ -319,10 +319,12 @@ def read_known(path: str | Path, volume: Volume | None = None) -> list[KnownNodu
     return nodules_from_mask(read_volume(p), str(p))
 
 
-def read_beside(ct_path: str | Path, volume: Volume) -> list[KnownNodule]:
+def read_beside(ct_path: str | Path, volume: Volume, *, sha256: str | None = None
+                ) -> list[KnownNodule]:
     """``--known-nodules auto`` for one CT: its table (:func:`table_beside`), else its LIDC
     reader XML (:func:`cxrkit.synth.lidc_xml.xml_beside`; LIDC's nodules.csv is made from that
-    XML, so one is read, never both), else none."""
+    XML, so one is read, never both), else none; ``sha256`` (the CT file's, if the caller has
+    it) tells a sample CT whose annotations are missing (:func:`_refuse_unannotated_sample`)."""
     from cxrkit.synth.lidc_xml import xml_beside
 
     table = table_beside(ct_path)
@@ -331,13 +333,14 @@ def read_beside(ct_path: str | Path, volume: Volume) -> list[KnownNodule]:
     xml = xml_beside(ct_path)
     if xml is not None:
         return read_lidc_xml(xml, volume)
-    _refuse_unannotated_sample(ct_path)
+    _refuse_unannotated_sample(ct_path, sha256)
     return []
 
 
-def _refuse_unannotated_sample(ct_path: str | Path) -> None:
-    """A sample CT of :mod:`cxrkit.sample` (known by its sha256) that has nodules but none of
-    their annotations beside it is refused: it would give negatives showing a real nodule.
+def _refuse_unannotated_sample(ct_path: str | Path, sha256: str | None = None) -> None:
+    """A sample CT of :mod:`cxrkit.sample` (known by its sha256, hashed here if not given) that
+    has nodules but none of their annotations beside it is refused: it would give negatives
+    showing a real nodule.
 
     Raises:
         InputError: ``ct_path`` is such a sample CT.
@@ -346,25 +349,18 @@ def _refuse_unannotated_sample(ct_path: str | Path) -> None:
     from cxrkit.sample import SAMPLES
 
     p = Path(ct_path)
-    if not p.is_file() or not p.name.endswith(".nii.gz"):
+    wanted = {member.sha256: sample for sample in SAMPLES.values()
+              if sample.dicom is not None and sample.known_nodules
+              for member in sample.core.members if member.target == "ct.nii.gz"}
+    if not wanted or not p.is_file() or not p.name.endswith(".nii.gz"):
         return
-    size = p.stat().st_size
-    if not 1 << 20 <= size <= 1 << 28:  # no sample CT is smaller or larger: skip the hash
-        return
-    digest = None
-    for sample in SAMPLES.values():
-        if sample.dicom is None or not sample.known_nodules:
-            continue
-        for member in sample.core.members:
-            if member.target != "ct.nii.gz":
-                continue
-            digest = digest or file_sha256(p)
-            if digest == member.sha256:
-                raise InputError(
-                    f"this is the sample CT {sample.name}, which has {sample.known_nodules}, "
-                    "but its readers' annotations are not beside it", path=str(p),
-                    hint=f"fetch them with `cxrkit sample-data {sample.name} --dicom` "
-                         "(lidc-reader-annotations.xml), or give --known-nodules none")
+    sample = wanted.get(sha256 or file_sha256(p))
+    if sample is not None:
+        raise InputError(
+            f"this is the sample CT {sample.name}, which has {sample.known_nodules}, "
+            "but its readers' annotations are not beside it", path=str(p),
+            hint=f"fetch them with `cxrkit sample-data {sample.name} --dicom` "
+                 "(lidc-reader-annotations.xml), or give --known-nodules none")
 
 
 def read_lidc_xml(path: str | Path, volume: Volume) -> list[KnownNodule]:

@@ -241,12 +241,12 @@ def synthesize(
     choice = int(subtlety[int(pick.integers(len(subtlety)))]) if subtlety else None
     nodule = source.draw(draw)
     fits = getattr(engine, "fits", None)  # an engine with a size limit (the diffusion model's)
-    for _ in range(MAX_REDRAWS if fits is not None else 0):
-        if fits(nodule):
-            break
-        nodule = source.draw(draw)
-    else:
-        if fits is not None and not fits(nodule):
+    if fits is not None:
+        for _ in range(MAX_REDRAWS - 1):
+            if fits(nodule):
+                break
+            nodule = source.draw(draw)
+        if not fits(nodule):
             raise InputError(f"no nodule of {MAX_REDRAWS} drawn fits the engine's window",
                              hint="give a smaller --diameter-mm (or --spicule-length-mm)")
     if choice is None:
