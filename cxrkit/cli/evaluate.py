@@ -58,8 +58,21 @@ def evaluate(
                       "here, as in the NODE21 rule; LUNA16's own evaluation ignores such "
                       "duplicates, so its CPM can be higher.")] = False,
     mask_threshold: Annotated[float, typer.Option(
-        "--mask-threshold", help="Probability at or above which a pred_mask pixel is lesion.")
+        "--mask-threshold", help="Probability at or above which a pred_mask (or "
+                                 "prediction_mask) pixel is lesion.")
     ] = 0.5,
+    operating_point: Annotated[float, typer.Option(
+        "--operating-point", min=0.0, help="FP per image of the breakdown's sens_op: "
+                                           "sensitivity at the lowest box score whose FROC "
+                                           "FP/image stays at or under it.")] = 0.25,
+    detection_threshold: Annotated[float, typer.Option(
+        "--detection-threshold", min=0.0, max=1.0,
+        help="Box score (and nodule_probability) at or above which the breakdown's sens_score, "
+             "the classification's sensitivity/specificity and the report's gallery call a "
+             "detection.")] = 0.5,
+    gallery: Annotated[int, typer.Option(
+        "--gallery", min=0, help="Detection images drawn in the --report (true positives, false "
+                                 "positives and misses, the clearest of each).")] = 12,
     bootstrap: Annotated[int, typer.Option(
         "--bootstrap", min=0, help="Bootstrap resamples for the 95% CIs (0: none).")] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap CIs.")] = 0,
@@ -73,7 +86,10 @@ def evaluate(
     against reference, which must have the same size (else use --upsample or
     --resize-reference). Detection: detections [{x1,y1,x2,y2,score}] against boxes
     [{x1,y1,x2,y2}] (boxes: [] for a negative image; every image must be listed). Segmentation:
-    pred_mask against mask. No-reference measures with --no-reference. Prints a table on a
+    pred_mask against mask. A detector's records (cxrkit detect): nodule_probability against
+    label (or non-empty boxes), characteristics_probability against the nodule's
+    characteristics, prediction_mask against mask, and a breakdown by nodule size, subtlety and
+    characteristic. No-reference measures with --no-reference. Prints a table on a
     terminal and JSON when piped or with --json; infinite values (the PSNR of identical images)
     are written as the string "inf".
 
@@ -100,6 +116,20 @@ def evaluate(
     noise sigma by Immerkaer's MAD estimator, mean gradient magnitude per px, CNR of the roi box
     against a 5 px ring.
 
+    Detector records. classification: AUC of nodule_probability against the image label (label
+    when the record has one, else whether boxes is non-empty; records with only a label need no
+    boxes and take no part in the FROC), bootstrap CI stratified by label, sensitivity and
+    specificity at --detection-threshold. characteristics: per class of
+    characteristics_probability (calcified, border_regular = border_irregular 0,
+    border_irregular, texture_homogeneous = inhomogeneous 0, texture_inhomogeneous), the AUC
+    over positive images whose reference characteristic is known, with n per class, skipped with
+    a note where one class is missing. breakdown: per nodule size bin (diameter_mm < 6, 6-10,
+    10-20, >= 20), subtlety 1-5, calcified yes/no, border regular/irregular and texture
+    homogeneous/inhomogeneous: sens_op = share of the cell's lesions hit at the operating point
+    (--operating-point FP per image), sens_score = hit by a box scoring >= --detection-threshold
+    (Wilson 95% intervals), auc = image AUC of the cell's positive images against all negative
+    images, iou_mean = mean IoU of the cell's masks; every cell gives its n.
+
     Example:
 
         cxrkit degrade hq/ --preset drr-like --scale 2 -o lq/ | cxrkit eval --upsample bicubic
@@ -109,6 +139,10 @@ def evaluate(
         cxrkit eval pairs.jsonl --report report.html --fail-under psnr=30 --fail-under ssim=0.9
 
         cxrkit eval detections.jsonl --json --fail-under node21=0.7
+
+    A detector's records, with a gallery of its hits and misses:
+
+        cxrkit detect cxr/*.png | cxrkit eval --report detect.html --fail-under image_auc=0.8
     """
     from cxrkit.metrics.records import check_thresholds, summarize_records
 
@@ -122,10 +156,12 @@ def evaluate(
     rows, failed = job.run(records, keep_going=keep_going)
     summary = summarize_records(records, rows, seed=seed, n_boot=bootstrap, with_cpm=cpm,
                                 mask_threshold=mask_threshold, failed=failed,
-                                resample=job.resample)
+                                resample=job.resample, fp_per_image=operating_point,
+                                score_threshold=detection_threshold)
     _emit(summary, as_json=json_output or not sys.stdout.isatty(), per_image=per_image)
     if report is not None:
-        _write_report(report, summary, job, records, overwrite=overwrite)
+        _write_report(report, summary, job, records, overwrite=overwrite,
+                      gallery=gallery, threshold=detection_threshold)
     failures = check_thresholds(summary.metrics, thresholds)
     if failures:
         raise CheckFailedError("; ".join(failures))
@@ -184,8 +220,9 @@ class EvalJob:
         if self.no_reference:
             row.update(no_reference_quality(read_radiograph(record["path"]).pixels,
                                             record.get("roi")))
-        if record.get("pred_mask") and record.get("mask"):
-            row.update(segmentation_counts(_read_mask(record["pred_mask"]),
+        predicted_mask = record.get("pred_mask") or record.get("prediction_mask")
+        if predicted_mask and record.get("mask"):
+            row.update(segmentation_counts(_read_mask(predicted_mask),
                                            _read_mask(record["mask"]), self.mask_threshold))
         return row
 
@@ -315,7 +352,23 @@ def _table(metrics: dict[str, Any]) -> Any:
             if isinstance(value, float) and name != "threshold":
                 table.add_row(block, name, _fmt(value), _fmt_ci(values.get(f"{name}_ci95")),
                               str(values.get("n_images", "")))
+    _detector_rows(table, metrics)
     return table
+
+
+def _detector_rows(table: Any, metrics: dict[str, Any]) -> None:
+    """The classification AUC and the per-characteristic AUCs as rows of the summary table."""
+    classification = metrics.get("classification")
+    if classification:
+        for name in ("auc", "sensitivity", "specificity"):
+            table.add_row("classification", name, _fmt(classification[name]),
+                          _fmt_ci(classification.get(f"{name}_ci95")),
+                          str(classification["n_images"]))
+    for name, entry in metrics.get("characteristics", {}).items():
+        if isinstance(entry, dict):
+            table.add_row("characteristics", f"{name} auc", _fmt(entry["auc"]),
+                          _fmt_ci(entry["auc_ci95"]),
+                          f"{entry['n_positive']}+{entry['n_negative']}")
 
 
 def _rows_table(rows: list[dict[str, Any]]) -> Any:
@@ -344,13 +397,39 @@ def _fmt_ci(ci: list[float] | None) -> str:
 
 
 def _write_report(path: Path, summary: Summary, job: EvalJob, records: list[Record], *,
-                  overwrite: bool) -> None:
+                  overwrite: bool, gallery: int = 0, threshold: float = 0.5) -> None:
     """Read the example images again and write the HTML report atomically."""
     from cxrkit.pipe import atomic_path
     from cxrkit.report import Example, build_report, pick_examples
+    from cxrkit.report_detection import detection_sections
 
     by_key = {(r.get("id"), r.get("path")): r for r in records}
     examples = [Example(label, row, *job.pair(by_key[(row["id"], row["path"])]))
                 for label, row in pick_examples(summary.rows)]
+    shown = _gallery(records, gallery, threshold)
+    sections = detection_sections(summary, shown, threshold=threshold,
+                                  mask_threshold=job.mask_threshold)
     with atomic_path(path, overwrite=overwrite) as tmp:
-        tmp.write_text(build_report(summary, examples), encoding="utf-8")
+        tmp.write_text(build_report(summary, examples, sections=sections), encoding="utf-8")
+
+
+def _gallery(records: list[Record], count: int, threshold: float) -> list[Any]:
+    """The gallery's images read from disk (an image that cannot be read is left out, with a
+    warning)."""
+    from cxrkit.io import read_radiograph
+    from cxrkit.report_detection import GalleryImage, pick_gallery
+
+    shown = []
+    for outcome, record in pick_gallery(records, count, threshold):
+        name = record.get("path") or record.get("source")
+        try:
+            image = read_radiograph(name).pixels
+            masks = [_read_mask(record[key]) if record.get(key) else None
+                     for key in ("mask", "prediction_mask")]
+            if masks[1] is None and record.get("pred_mask"):
+                masks[1] = _read_mask(record["pred_mask"])
+        except (CxrkitError, OSError) as exc:
+            log.warning("report gallery: %s: %s", record.get("id"), exc)
+            continue
+        shown.append(GalleryImage(outcome, record, image, *masks))
+    return shown
