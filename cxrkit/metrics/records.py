@@ -14,9 +14,9 @@
   ``nodule_probability`` against ``label`` or non-empty ``boxes``), ``characteristics`` (AUC per
   class of ``characteristics_probability``) and ``breakdown`` (sensitivity, AUC and IoU per
   nodule size, subtlety and characteristic), from :mod:`cxrkit.metrics.breakdown`;
-- **segmentation** of ``pred_mask`` (or ``prediction_mask``) against ``mask``: per-image pixel counts from
-  :func:`segmentation_counts`, summarised by :func:`segmentation_summary` in the conventions of
-  :func:`cxrkit.metrics.segmentation_metrics`.
+- **segmentation** of ``pred_mask`` (or ``prediction_mask``) against ``mask``: per-image pixel
+  counts from :func:`segmentation_counts`, summarised by :func:`segmentation_summary` in the
+  conventions of :func:`cxrkit.metrics.segmentation_metrics`.
 
 :func:`summarize_records` ties them together. Infinite values (the PSNR of identical images) stay
 ``math.inf`` in memory; :func:`jsonable` writes them as the string ``"inf"`` (JSON has no
