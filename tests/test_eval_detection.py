@@ -77,7 +77,8 @@ def test_report_renders_the_detection_sections() -> None:
     text = build_report(summary, [], sections=sections)
     for phrase in ("<h2>Detections</h2>", "TP: P1", "FP: N1", "border_regular", "&lt;6 mm",
                    "sens @ 0.25 FP/image", "image-level ROC of nodule_probability",
-                   "AUC per characteristic", "subtlety (subtlety; 1 lesions unknown)", "ROC and FROC"):
+                   "AUC per characteristic", "subtlety (subtlety; 1 lesions unknown)",
+                   "ROC and FROC"):
         assert phrase in text, phrase
     pictures = re.findall(r'src="data:image/png;base64,', text)
     # 3 images × (whole + crop), the image-level ROC, the detection ROC/FROC
