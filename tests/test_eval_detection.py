@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from typer.testing import CliRunner
 
 from cxrkit.cli import app
@@ -106,6 +106,7 @@ def detect_records(tmp_path: Path) -> list[dict]:
         if diameter is not None:
             truth[20:30, 20:30] = 1
             predicted[20:30, 22:32] = 230  # IoU 80 / 120
+            predicted[30:34, 22:32] = 100  # probability 0.39: not lesion
             attributes = {"calcified": 0, "border_irregular": border, "texture": "solid",
                           "inhomogeneous": 0, "subtlety": 3.0, "diameter_mm": float(diameter)}
             boxes = [{"x1": 20, "y1": 20, "x2": 30, "y2": 30, "label": "nodule",
@@ -116,7 +117,9 @@ def detect_records(tmp_path: Path) -> list[dict]:
         mask_path = tmp_path / f"{i}.mask.png"
         _write(mask_path, truth, "mask")
         prediction_path = tmp_path / f"{i}.pred.png"
-        Image.fromarray(predicted).save(prediction_path)
+        info = PngImagePlugin.PngInfo()  # as cxrkit detect writes it: kept 0-255 on reading
+        info.add_text("cxrkit", json.dumps({"cxrkit": {"kind": "mask"}}))
+        Image.fromarray(predicted).save(prediction_path, pnginfo=info if i % 2 else None)
         records.append({
             "id": f"im{i}", "path": _write(tmp_path / f"{i}.tiff", image), "boxes": boxes,
             "mask": str(mask_path), "nodule_probability": probability,

@@ -59,7 +59,8 @@ def evaluate(
                       "duplicates, so its CPM can be higher.")] = False,
     mask_threshold: Annotated[float, typer.Option(
         "--mask-threshold", help="Probability at or above which a pred_mask (or "
-                                 "prediction_mask) pixel is lesion.")
+                                 "prediction_mask) pixel is lesion (a uint8 map of "
+                                 "probability x 255 is read as such).")
     ] = 0.5,
     operating_point: Annotated[float, typer.Option(
         "--operating-point", min=0.0, help="FP per image of the breakdown's sens_op: "
@@ -222,7 +223,7 @@ class EvalJob:
                                             record.get("roi")))
         predicted_mask = record.get("pred_mask") or record.get("prediction_mask")
         if predicted_mask and record.get("mask"):
-            row.update(segmentation_counts(_read_mask(predicted_mask),
+            row.update(segmentation_counts(_read_prediction_mask(predicted_mask),
                                            _read_mask(record["mask"]), self.mask_threshold))
         return row
 
@@ -269,6 +270,14 @@ def _read_mask(path: str) -> np.ndarray:
     if has_suffix(path, TIFF_SUFFIXES):
         return read_stack(path)[0].max(axis=0)
     return read_radiograph(path).pixels
+
+
+def _read_prediction_mask(path: str) -> np.ndarray:
+    """A predicted mask as probabilities in [0, 1]: a uint8 map of probability × 255 that keeps
+    its 0-255 values (cxrkit reads a uint8 PNG marked ``kind: mask`` as is, the form
+    ``cxrkit detect`` writes) is divided by 255."""
+    pixels = _read_mask(path)
+    return pixels / 255.0 if pixels.max() > 1.0 else pixels
 
 
 def _read_records(inputs: list[str] | None) -> Iterator[Record]:
@@ -424,10 +433,9 @@ def _gallery(records: list[Record], count: int, threshold: float) -> list[Any]:
         name = record.get("path") or record.get("source")
         try:
             image = read_radiograph(name).pixels
-            masks = [_read_mask(record[key]) if record.get(key) else None
-                     for key in ("mask", "prediction_mask")]
-            if masks[1] is None and record.get("pred_mask"):
-                masks[1] = _read_mask(record["pred_mask"])
+            predicted = record.get("prediction_mask") or record.get("pred_mask")
+            masks = [_read_mask(record["mask"]) if record.get("mask") else None,
+                     _read_prediction_mask(predicted) if predicted else None]
         except (CxrkitError, OSError) as exc:
             log.warning("report gallery: %s: %s", record.get("id"), exc)
             continue
