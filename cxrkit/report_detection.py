@@ -307,6 +307,43 @@ def _classification(summary: Summary) -> str:
     return "\n".join(parts)
 
 
+def _breakdown_figure(block: Mapping[str, Any]) -> Any:
+    """One panel per dimension: sens_op and the image AUC of each cell with their 95% CIs."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    dimensions = list(block["by"])
+    columns = min(3, len(dimensions))
+    rows = math.ceil(len(dimensions) / columns)
+    figure = Figure(figsize=(3.6 * columns, 2.9 * rows), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    rate = block["operating_point"]["fp_per_image"]
+    for ax, dimension in zip(axes, dimensions, strict=False):
+        cells = block["by"][dimension]
+        x = np.arange(len(cells))
+        for key, offset, colour, label in (("sens_op", -0.12, "#cc3311",
+                                            f"sens @ {rate:g} FP/image"),
+                                           ("auc", 0.12, "#4477aa", "image AUC")):
+            shown = [(i, c[key], c[f"{key}_ci95"]) for i, c in enumerate(cells)
+                     if c[key] is not None]
+            if not shown:
+                continue
+            where = np.array([i for i, _, _ in shown]) + offset
+            values = np.array([v for _, v, _ in shown])
+            low = np.array([v - (ci[0] if ci else v) for _, v, ci in shown])
+            high = np.array([(ci[1] if ci else v) - v for _, v, ci in shown])
+            ax.errorbar(where, values, yerr=np.clip([low, high], 0, None), fmt="o",
+                        color=colour, capsize=3, markersize=4, label=label)
+        ax.set_xticks(x, [f"{c['cell']}\nn={c['n_lesions']}" for c in cells], fontsize=7)
+        ax.set(title=dimension, ylim=(-0.02, 1.05), xlim=(-0.5, len(cells) - 0.5))
+    figure.legend(*axes[0].get_legend_handles_labels(), loc="outside upper center", ncols=2,
+                  fontsize=8)
+    for ax in axes[len(dimensions):]:
+        ax.set_visible(False)
+    return figure
+
+
 def _characteristics(block: Mapping[str, Any]) -> str:
     rows = []
     for name in CHARACTERISTICS:
@@ -327,7 +364,9 @@ def _breakdown(block: Mapping[str, Any]) -> str:
               "images +", "images −", f"AUC ({block['auc_source'] or 'no score'})", "95% CI",
               "IoU", "n IoU"]
     out = [f"<p class=\"def\">Operating point: box score ≥ {_fmt(threshold)} "
-           f"(≤ {point['fp_per_image']:g} FP/image over all images).</p>"]
+           f"(≤ {point['fp_per_image']:g} FP/image over all images).</p>",
+           _img(_breakdown_figure(block), "sensitivity and AUC per cell").replace(
+               "<img ", "<img style=\"max-width: 100%\" ", 1)]
     for dimension, cells in block["by"].items():
         rows = [[c["cell"], str(c["n_lesions"]), _fmt(c["sens_op"]), _fmt_ci(c["sens_op_ci95"]),
                  _fmt(c["sens_score"]), _fmt_ci(c["sens_score_ci95"]), str(c["n_images_pos"]),

@@ -81,8 +81,8 @@ def test_report_renders_the_detection_sections() -> None:
                    "ROC and FROC"):
         assert phrase in text, phrase
     pictures = re.findall(r'src="data:image/png;base64,', text)
-    # 3 images × (whole + crop), the image-level ROC, the detection ROC/FROC
-    assert len(pictures) == 3 * 2 + 1 + 1
+    # 3 images × (whole + crop), the image-level ROC, the breakdown, the detection ROC/FROC
+    assert len(pictures) == 3 * 2 + 1 + 1 + 1
     assert detection_sections(summarize_records([{"id": "x", "noise_sigma": 1}],
                                                 [{"id": "x", "noise_sigma": 0.1}], n_boot=0),
                               []) == []
