@@ -196,6 +196,14 @@ def test_breakdown_counts_sensitivities_and_aucs_by_hand() -> None:
     assert again["by"]["size"][0]["auc"] == pytest.approx(1 / 3)  # 0.2 vs 0.1, 0.3, 0.4
     assert again["by"]["size"][0]["auc_ci95"] is None
     assert breakdown_summary([{"boxes": [BOX], "detections": []}], parse=_boxes) is None
+    # A classifier without boxes of its own: the cells count lesions and give AUCs only.
+    undetected = [{k: v for k, v in r.items() if k != "detections"} for r in with_p]
+    alone = breakdown_summary(undetected, parse=_boxes, n_boot=0)
+    assert alone["operating_point"]["threshold"] is None
+    cell = alone["by"]["subtlety"][1]
+    assert (cell["cell"], cell["n_lesions"], cell["sens_op"], cell["sens_score"]) == (
+        "2", 2, None, None)
+    assert cell["auc"] == pytest.approx(4 / 6)  # 0.2, 0.8 against 0.1, 0.3, 0.4: 1 + 3 pairs
 
 
 def test_wilson_interval_known_values() -> None:

@@ -395,8 +395,8 @@ def _cell_stats(cell: str, items: list[tuple[int, float]], threshold: float | No
                 negatives: list[int], iou: Mapping[int, float], labels: Mapping[int, int | None],
                 seed: int, n_boot: int) -> dict[str, Any]:
     """One table cell: its lesion sensitivities, image AUC and IoU, each with its n."""
-    found = np.array([s for _, s in items if not math.isnan(s)])
-    stats: dict[str, Any] = {"cell": cell, "n_lesions": len(found)}
+    found = np.array([s for _, s in items if not math.isnan(s)])  # lesions with detections
+    stats: dict[str, Any] = {"cell": cell, "n_lesions": len(items)}
     for key, cut in (("sens_op", threshold), ("sens_score", score_threshold)):
         hits = int((found >= cut).sum()) if cut is not None else 0
         valid = cut is not None and len(found) > 0

@@ -34,6 +34,7 @@ import numpy as np
 
 from cxrkit.errors import InputError
 from cxrkit.metrics.breakdown import (
+    CHARACTERISTICS,
     breakdown_summary,
     characteristics_summary,
     classification_summary,
@@ -107,6 +108,7 @@ GATES: dict[str, tuple[str, ...]] = {
     "iou": ("segmentation", "iou_mean_pos"),
     "dice": ("segmentation", "dice_mean_pos"),
     "image_auc": ("classification", "auc"),
+    **{f"{name}_auc": ("characteristics", name, "auc") for name in CHARACTERISTICS},
 }
 """Metric names ``eval --fail-under NAME=VALUE`` accepts, and where each sits in the summary.
 Image and no-reference measures gate on their mean over images."""
