@@ -158,6 +158,14 @@ def test_eval_round_trip_of_detector_records(detect_records: list[dict], tmp_pat
     assert re.search(r"<h3>FP: im3", text) and re.search(r"<h3>FN: im2", text)
     gated = runner.invoke(app, ["eval", "--json", "--bootstrap", "0", "--fail-under",
                                 "image_auc=0.9"], input=lines)
+    from rich.console import Console
+
+    from cxrkit.cli.evaluate import _detector_table
+
+    console = Console(width=120, record=True)
+    console.print(_detector_table(summary))
+    table = console.export_text()
+    assert "classification" in table and "border_irregular auc" in table and "2+1" in table
     assert isinstance(gated.exception, CheckFailedError)  # exit 8 through cxrkit.cli.main
     assert "image_auc = 0.8333 is under the threshold 0.9" in str(gated.exception)
 

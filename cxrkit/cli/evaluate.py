@@ -95,6 +95,20 @@ def evaluate(
     terminal and JSON when piped or with --json; infinite values (the PSNR of identical images)
     are written as the string "inf".
 
+    Detector records. classification: AUC of nodule_probability against the image label (label
+    when the record has one, else whether boxes is non-empty; records with only a label need no
+    boxes and take no part in the FROC), bootstrap CI stratified by label, sensitivity and
+    specificity at --detection-threshold. characteristics: per class of
+    characteristics_probability (calcified, border_regular = border_irregular 0,
+    border_irregular, texture_homogeneous = inhomogeneous 0, texture_inhomogeneous), the AUC
+    over positive images whose reference characteristic is known, with n per class, skipped with
+    a note where one class is missing. breakdown: per nodule size bin (diameter_mm < 6, 6-10,
+    10-20, >= 20), subtlety 1-5, calcified yes/no, border regular/irregular and texture
+    homogeneous/inhomogeneous: sens_op = share of the cell's lesions hit at the operating point
+    (--operating-point FP per image), sens_score = hit by a box scoring >= --detection-threshold
+    (Wilson 95% intervals), auc = image AUC of the cell's positive images against all negative
+    images, iou_mean = mean IoU of the cell's masks; every cell gives its n.
+
     Definitions. PSNR = 10·log10(1/MSE) in dB on [0, 1] images (data range 1). SSIM: Gaussian
     window 11 px, sigma 1.5, K1 0.01, K2 0.03, population statistics, mean over the valid
     region (equals scikit-image structural_similarity with gaussian_weights=True,
@@ -118,33 +132,19 @@ def evaluate(
     noise sigma by Immerkaer's MAD estimator, mean gradient magnitude per px, CNR of the roi box
     against a 5 px ring.
 
-    Detector records. classification: AUC of nodule_probability against the image label (label
-    when the record has one, else whether boxes is non-empty; records with only a label need no
-    boxes and take no part in the FROC), bootstrap CI stratified by label, sensitivity and
-    specificity at --detection-threshold. characteristics: per class of
-    characteristics_probability (calcified, border_regular = border_irregular 0,
-    border_irregular, texture_homogeneous = inhomogeneous 0, texture_inhomogeneous), the AUC
-    over positive images whose reference characteristic is known, with n per class, skipped with
-    a note where one class is missing. breakdown: per nodule size bin (diameter_mm < 6, 6-10,
-    10-20, >= 20), subtlety 1-5, calcified yes/no, border regular/irregular and texture
-    homogeneous/inhomogeneous: sens_op = share of the cell's lesions hit at the operating point
-    (--operating-point FP per image), sens_score = hit by a box scoring >= --detection-threshold
-    (Wilson 95% intervals), auc = image AUC of the cell's positive images against all negative
-    images, iou_mean = mean IoU of the cell's masks; every cell gives its n.
-
     Example:
 
         cxrkit degrade hq/ --preset drr-like --scale 2 -o lq/ | cxrkit eval --upsample bicubic
+
+    A detector's records, with a gallery of its hits and misses:
+
+        cxrkit detect cxr/*.png | cxrkit eval --report detect.html --fail-under image_auc=0.8
 
     Write a report, and gate CI on a metric (exit 8 when under):
 
         cxrkit eval pairs.jsonl --report report.html --fail-under psnr=30 --fail-under ssim=0.9
 
         cxrkit eval detections.jsonl --json --fail-under node21=0.7
-
-    A detector's records, with a gallery of its hits and misses:
-
-        cxrkit detect cxr/*.png | cxrkit eval --report detect.html --fail-under image_auc=0.8
     """
     from cxrkit.metrics.records import check_thresholds, summarize_records
 
@@ -222,9 +222,10 @@ class EvalJob:
         if self.no_reference:
             row.update(no_reference_quality(read_radiograph(record["path"]).pixels,
                                             record.get("roi")))
-        predicted_mask = record.get("pred_mask") or record.get("prediction_mask")
-        if predicted_mask and record.get("mask"):
-            row.update(segmentation_counts(_read_prediction_mask(predicted_mask),
+        if not record.get("pred_mask") and record.get("prediction_mask"):
+            record = {**record, "pred_mask": record["prediction_mask"]}  # cxrkit detect's name
+        if record.get("pred_mask") and record.get("mask"):
+            row.update(segmentation_counts(_read_mask(record["pred_mask"]),
                                            _read_mask(record["mask"]), self.mask_threshold))
         return row
 
@@ -265,19 +266,15 @@ def _size_error(shape: tuple[int, ...], ref_shape: tuple[int, ...], item: str) -
 
 
 def _read_mask(path: str) -> np.ndarray:
-    """A mask file as ``(H, W)``: a TIFF stack is reduced to the union (max) of its masks."""
+    """A mask file as ``(H, W)``: a TIFF stack is reduced to the union (max) of its masks; a
+    uint8 map of probability × 255 that kept its 0-255 values (cxrkit reads a uint8 PNG marked
+    ``kind: mask`` as is: the form ``cxrkit detect`` writes) is scaled to [0, 1] (a lesion
+    mask's nonzero pixels stay nonzero)."""
     from cxrkit.io import read_radiograph, read_stack
 
     if has_suffix(path, TIFF_SUFFIXES):
         return read_stack(path)[0].max(axis=0)
-    return read_radiograph(path).pixels
-
-
-def _read_prediction_mask(path: str) -> np.ndarray:
-    """A predicted mask as probabilities in [0, 1]: a uint8 map of probability × 255 that keeps
-    its 0-255 values (cxrkit reads a uint8 PNG marked ``kind: mask`` as is, the form
-    ``cxrkit detect`` writes) is divided by 255."""
-    pixels = _read_mask(path)
+    pixels = read_radiograph(path).pixels
     return pixels / 255.0 if pixels.max() > 1.0 else pixels
 
 
@@ -339,6 +336,8 @@ def _emit(summary: Summary, *, as_json: bool, per_image: bool) -> None:
 
     console = Console(highlight=False)
     console.print(_table(summary.metrics))
+    if "classification" in summary.metrics or "characteristics" in summary.metrics:
+        console.print(_detector_table(summary.metrics))
     if per_image:
         console.print(_rows_table(summary.rows))
 
@@ -362,23 +361,7 @@ def _table(metrics: dict[str, Any]) -> Any:
             if isinstance(value, float) and name != "threshold":
                 table.add_row(block, name, _fmt(value), _fmt_ci(values.get(f"{name}_ci95")),
                               str(values.get("n_images", "")))
-    _detector_rows(table, metrics)
     return table
-
-
-def _detector_rows(table: Any, metrics: dict[str, Any]) -> None:
-    """The classification AUC and the per-characteristic AUCs as rows of the summary table."""
-    classification = metrics.get("classification")
-    if classification:
-        for name in ("auc", "sensitivity", "specificity"):
-            table.add_row("classification", name, _fmt(classification[name]),
-                          _fmt_ci(classification.get(f"{name}_ci95")),
-                          str(classification["n_images"]))
-    for name, entry in metrics.get("characteristics", {}).items():
-        if isinstance(entry, dict):
-            table.add_row("characteristics", f"{name} auc", _fmt(entry["auc"]),
-                          _fmt_ci(entry["auc_ci95"]),
-                          f"{entry['n_positive']}+{entry['n_negative']}")
 
 
 def _rows_table(rows: list[dict[str, Any]]) -> Any:
@@ -391,6 +374,28 @@ def _rows_table(rows: list[dict[str, Any]]) -> Any:
         table.add_column(column, justify="left" if column == "id" else "right")
     for row in rows:
         table.add_row(str(row["id"]), *(_fmt(row.get(k)) for k in names))
+    return table
+
+
+def _detector_table(metrics: dict[str, Any]) -> Any:
+    """The classification and per-characteristic AUCs of a detector's records as a rich table
+    (the breakdown is in the JSON and the report)."""
+    from rich.table import Table
+
+    table = Table(title="detector")
+    for column in ("block", "measure", "value", "95% CI", "n"):
+        table.add_column(column, justify="left" if column in ("block", "measure") else "right")
+    classification = metrics.get("classification")
+    if classification:
+        for name in ("auc", "sensitivity", "specificity"):
+            table.add_row("classification", name, _fmt(classification[name]),
+                          _fmt_ci(classification.get(f"{name}_ci95")),
+                          str(classification["n_images"]))
+    for name, entry in metrics.get("characteristics", {}).items():
+        if isinstance(entry, dict):
+            table.add_row("characteristics", f"{name} auc", _fmt(entry["auc"]),
+                          _fmt_ci(entry["auc_ci95"]),
+                          f"{entry['n_positive']}+{entry['n_negative']}")
     return table
 
 
@@ -434,9 +439,8 @@ def _gallery(records: list[Record], count: int, threshold: float) -> list[Any]:
         name = record.get("path") or record.get("source")
         try:
             image = read_radiograph(name).pixels
-            predicted = record.get("prediction_mask") or record.get("pred_mask")
-            masks = [_read_mask(record["mask"]) if record.get("mask") else None,
-                     _read_prediction_mask(predicted) if predicted else None]
+            files = (record.get("mask"), record.get("prediction_mask") or record.get("pred_mask"))
+            masks = [_read_mask(name) if name else None for name in files]
         except (CxrkitError, OSError) as exc:
             log.warning("report gallery: %s: %s", record.get("id"), exc)
             continue

@@ -474,9 +474,6 @@ def summarize_records(records: Sequence[Record], rows: Sequence[dict[str, Any]],
     if counts:
         metrics["segmentation"] = segmentation_summary(counts, mask_threshold)
         metrics["segmentation"].update(segmentation_cis(counts, seed=seed, n_boot=n_boot))
-    detection = detection_summary(records, seed=seed, n_boot=n_boot, with_cpm=with_cpm)
-    if detection is not None:
-        metrics["detection"] = detection[0]
     image_roc = None
     classification = classification_summary(records, seed=seed, n_boot=n_boot,
                                             threshold=score_threshold)
@@ -491,6 +488,9 @@ def summarize_records(records: Sequence[Record], rows: Sequence[dict[str, Any]],
                                   score_threshold=score_threshold)
     if breakdown is not None:
         metrics["breakdown"] = breakdown
+    detection = detection_summary(records, seed=seed, n_boot=n_boot, with_cpm=with_cpm)
+    if detection is not None:
+        metrics["detection"] = detection[0]
     if len(metrics) == 2 and not failed:
         raise InputError("the records carry nothing to measure",
                          hint="records need 'reference' (image quality), 'detections' and "
