@@ -77,6 +77,28 @@ def test_records_with_only_a_label_give_the_image_auc_without_froc() -> None:
         detection_summary([*boxed, {"id": "x", "detections": []}])
 
 
+def test_a_detector_that_found_nothing_scores_zero_sensitivity() -> None:
+    records = [{"id": "p", "boxes": [BOX], "detections": [], "nodule_probability": 0.6},
+               {"id": "n", "boxes": [], "detections": [], "nodule_probability": 0.4}]
+    metrics, curves = detection_summary(records, n_boot=0)
+    assert (metrics["auc"], metrics["sens@0.25"], metrics["node21_score"]) == (0.5, 0.0, 0.375)
+    assert "no record has a detection" in metrics["note"]
+    assert curves.froc.sensitivity.tolist() == [0.0]  # one flat operating point
+    summary = summarize_records(records, [], n_boot=0)
+    assert summary.metrics["classification"]["auc"] == 1.0
+    assert "breakdown" not in summary.metrics  # the box has no attributes to break down by
+    attributed = [{**records[0], "boxes": [{**BOX, "attributes": {"diameter_mm": 7}}]},
+                  records[1]]
+    block = summarize_records(attributed, [], n_boot=0).metrics["breakdown"]
+    assert block["operating_point"]["threshold"] == float("inf")
+    cell = block["by"]["size"][1]
+    assert (cell["cell"], cell["n_lesions"], cell["sens_op"], cell["sens_score"]) == (
+        "6-10 mm", 1, 0.0, 0.0)
+    with pytest.raises(InputError, match="FROC is empty"):  # plain records: still an error
+        detection_summary([{k: v for k, v in r.items() if k != "nodule_probability"}
+                           for r in records])
+
+
 def _positive(characteristics: dict | None, probabilities: dict, boxes: list | None = None
               ) -> dict:
     return {"boxes": boxes or [BOX], "characteristics_probability": probabilities,

@@ -343,9 +343,8 @@ def breakdown_summary(records: Sequence[Record], *, parse: Callable[..., tuple[n
         lesions += [(index, a, float(s)) for a, s in zip(attributes, found, strict=True)]
     if not any(a for _, a, _ in lesions):
         return None
-    detected = any(len(t) for t in froc_truth) and any(len(s) for s in froc_scores)
     threshold = (operating_threshold(froc_truth, froc_boxes, froc_scores, fp_per_image)
-                 if detected else None)
+                 if any(len(t) for t in froc_truth) else None)  # inf: no box anywhere
     image_scores, auc_source = _image_scores(records)
     labels = {i: image_label(r) for i, r in enumerate(records)}
     negatives = [i for i, label in labels.items() if label == 0 and i in image_scores]

@@ -273,7 +273,9 @@ def detection_summary(records: Sequence[Record], *, seed: int = 0, n_boot: int =
 
     Raises:
         InputError: a record with predictions but no truth or the reverse, malformed boxes, or
-            data that admit no AUC or FROC (no lesion, or no negative image).
+            data that admit no AUC or FROC (no lesion, no negative image, or no detection at
+            all unless the records are a detector's, with ``nodule_probability``: then the
+            FROC is flat at 0 and ``note`` says so).
     """
     if not any("detections" in r for r in records):
         return None
@@ -302,10 +304,13 @@ def detection_summary(records: Sequence[Record], *, seed: int = 0, n_boot: int =
     if labels.min() == labels.max():
         raise InputError("detection needs images with and without lesions",
                          hint="list the negative images too, with 'boxes': []")
-    if not any(len(s) for s in scores):
+    found_nothing = not any(len(s) for s in scores)
+    if found_nothing and not any(r.get("nodule_probability") is not None for r in records):
         raise InputError("no record has a detection, so the FROC is empty",
                          hint="keep every box for evaluation (score threshold 0)")
     metrics = detection_metrics(truth, boxes, scores)
+    if found_nothing:  # a detector's records (cxrkit detect) where it found no box at all
+        metrics["note"] = "no record has a detection: sensitivity 0 at every rate"
     if not with_cpm:
         metrics.pop("cpm")
     per_image = image_scores(scores)
