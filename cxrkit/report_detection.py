@@ -78,12 +78,13 @@ def outcomes(record: Mapping[str, Any], threshold: float) -> dict[str, tuple[flo
     With ``boxes``: ``TP`` when a box scoring ≥ threshold hits a lesion (priority its score),
     ``FP`` when one hits none (its score), ``FN`` when a lesion is hit by none (priority 1 for
     a lesion no box hits at all, else 1 − the best score that hits it). The index names the
-    deciding box (a detection for TP and FP, a lesion for FN). Without boxes, from the image
-    ``label`` and ``nodule_probability`` (else the highest box score): TP, FP or FN, no box.
+    deciding box (a detection for TP and FP, a lesion for FN). Without boxes or detections,
+    from the image label and ``nodule_probability`` (else the highest box score): TP, FP or
+    FN, no box.
     """
     found: dict[str, tuple[float, int | None]] = {}
     boxes, scores = _xyxy(record.get("detections"))
-    if isinstance(record.get("boxes"), list):
+    if isinstance(record.get("boxes"), list) and isinstance(record.get("detections"), list):
         truth = _xyxy(record["boxes"])[0]
         keep = scores >= threshold
         if keep.any():

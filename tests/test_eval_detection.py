@@ -46,6 +46,8 @@ def test_pick_gallery_takes_turns_between_hits_false_alarms_and_misses() -> None
                   {"id": "b", "path": "b.png", "label": 0, "nodule_probability": 0.7}]
     assert [(label, r["id"]) for label, r in pick_gallery(label_only, 5)] == [("FP", "b"),
                                                                              ("FN", "a")]
+    classifier = {"boxes": [{"x1": 0, "y1": 0, "x2": 9, "y2": 9}], "nodule_probability": 0.8}
+    assert outcomes(classifier, 0.5) == {"TP": (0.8, None)}  # no detections: image level
 
 
 def test_draw_detection_marks_boxes_and_mask_outlines() -> None:
