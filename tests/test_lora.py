@@ -250,3 +250,236 @@ def test_penalty_is_zero_for_orthogonal_row_spaces_and_gradients_flow() -> None:
     assert value.item() == 0 and torch.isfinite(zb.grad).all()
     with pytest.raises(ModelError, match="no common layer"):
         algebra.adapters_orth_penalty({"a": x}, {"b": y})
+
+
+# ---- merges --------------------------------------------------------------------------------------
+
+def _adapter(seed: int, ranks: dict[str, int], *, rslora: bool = False, alpha: float = 6.0,
+             backbone: str | None = "f" * 64, characteristic: str = "x") -> Adapter:
+    """An adapter with random factors on layers of size 9×12 (d_out × d_in)."""
+    config = {"r": max(ranks.values()), "lora_alpha": alpha, "use_rslora": rslora,
+              "rank_pattern": {n: r for n, r in ranks.items() if r != max(ranks.values())}}
+    g = torch.Generator().manual_seed(seed)
+    layers = {}
+    for name, r in ranks.items():
+        a = torch.randn(r, 12, generator=g, dtype=torch.float64)
+        b = torch.randn(9, r, generator=g, dtype=torch.float64)
+        layers[name] = LoraLayer(a, b, adapter_scale(config, name, r))
+    return Adapter(layers, config, {"backbone_sha256": backbone,
+                                    "characteristic": characteristic}, sha256=f"{seed:064x}")
+
+
+def _sources():
+    return [_adapter(1, {"blocks.0.to_q": 3, "blocks.0.to_k": 2}),
+            _adapter(2, {"blocks.0.to_q": 4, "blocks.1.to_q": 4}, rslora=True, alpha=5.0),
+            _adapter(3, {"blocks.0.to_q": 2, "blocks.0.to_k": 2}, alpha=1.0)]
+
+
+@pytest.mark.parametrize("method", ["linear", "cat"])
+def test_exact_merges_equal_the_weighted_sum_of_deltas(method: str) -> None:
+    from cxrkit.lora.merge import merge_adapters, relative_error, weighted_sum
+
+    sources, weights = _sources(), [1.0, -0.7, 2.5]
+    merged = merge_adapters(sources, weights, method=method)
+    assert set(merged.layers) == {"blocks.0.to_q", "blocks.0.to_k", "blocks.1.to_q"}
+    for name, layer in merged.layers.items():
+        want = sum(w * s.layers[name].scale * s.layers[name].b @ s.layers[name].a
+                   for s, w in zip(sources, weights, strict=True) if name in s.layers)
+        got = algebra.delta(layer)
+        assert layer.scale == 1.0
+        assert float((got - want).norm() / want.norm()) <= 1e-6, name
+    assert relative_error(merged, weighted_sum(sources, weights)) <= 1e-6
+    q = merged.layers["blocks.0.to_q"]
+    assert q.rank == (3 + 4 + 2 if method == "cat" else 9)  # linear: capped by d_out = 9
+    assert merged.meta["method"] == method and merged.meta["weights"] == weights
+    assert [s["sha256"] for s in merged.meta["sources"]] == [s.sha256 for s in sources]
+    assert merged.meta["backbone_sha256"] == "f" * 64
+
+
+def test_svd_is_exact_at_full_rank_and_the_best_approximation_below() -> None:
+    from cxrkit.lora.merge import merge_adapters, relative_error, weighted_sum
+
+    sources = _sources()[:2]
+    ref = weighted_sum(sources)
+    assert relative_error(merge_adapters(sources, method="svd", rank=12), ref) <= 1e-6
+    low = merge_adapters(sources, method="svd", rank=2)
+    assert all(layer.rank <= 2 for layer in low.layers.values())
+    # equals the truncated SVD of the exact sum (Eckart-Young error)
+    d = ref["blocks.0.to_q"]
+    s = torch.linalg.svdvals(d)
+    got = algebra.delta(low.layers["blocks.0.to_q"])
+    assert float((got - d).norm()) == pytest.approx(float(s[2:].norm()), rel=1e-6)
+    assert merge_adapters(sources, method="svd").meta["options"]["rank"] == 4
+
+
+def test_pruning_merges_follow_their_definitions() -> None:
+    from cxrkit.lora.merge import merge_adapters, weighted_sum
+
+    x, y = _adapter(4, {"m": 3}), _adapter(5, {"m": 3})
+    dx, dy = (algebra.delta(a.layers["m"]) for a in (x, y))
+    full = 12  # rank ≥ min(9, 12): the SVD keeps the pruned sum exactly
+
+    def top(d, density):
+        k = int(density * d.numel())
+        keep = torch.zeros(d.numel(), dtype=d.dtype)
+        keep[d.abs().reshape(-1).topk(k).indices] = 1
+        return d * keep.reshape(d.shape)
+
+    mag = merge_adapters([x, y], [1.0, 0.5], method="magnitude", density=0.3, rank=full)
+    want = top(dx, 0.3) + 0.5 * top(dy, 0.3)
+    assert torch.allclose(algebra.delta(mag.layers["m"]), want, atol=1e-9)
+
+    ties = merge_adapters([x, y], [1.0, 0.5], method="ties", density=0.5, rank=full)
+    tx, ty = top(dx, 0.5), top(dy, 0.5)
+    sign = torch.where(tx + ty >= 0, 1.0, -1.0).to(tx.dtype)
+    agree = torch.stack([tx.sign() == sign, ty.sign() == sign]).to(tx.dtype)
+    want = (agree[0] * tx + agree[1] * 0.5 * ty) / agree.sum(0).clamp(min=1)
+    assert torch.allclose(algebra.delta(ties.layers["m"]), want, atol=1e-9)
+
+    a = merge_adapters([x, y], method="dare_linear", density=0.5, seed=3, rank=full)
+    b = merge_adapters([x, y], method="dare_linear", density=0.5, seed=3, rank=full)
+    c = merge_adapters([x, y], method="dare_linear", density=0.5, seed=4, rank=full)
+    da = algebra.delta(a.layers["m"])
+    assert torch.equal(da, algebra.delta(b.layers["m"]))  # seeded: repeats exactly
+    assert not torch.allclose(da, algebra.delta(c.layers["m"]))
+    # each source keeps each entry with probability density, divided by it, then they add up
+    from cxrkit.lora.merge import _dare, _layer_seed
+
+    kept = [_dare(d, 0.5, _layer_seed(3, "m", i)) for i, d in enumerate((dx, dy))]
+    for d, k in zip((dx, dy), kept, strict=True):
+        nonzero = k != 0
+        assert 0.3 < float(nonzero.double().mean()) < 0.7
+        assert torch.allclose(k[nonzero], d[nonzero] / 0.5)
+    assert torch.allclose(da, kept[0] + kept[1], atol=1e-9)
+    ref = weighted_sum([x, y])["m"]
+    assert float((da - ref).norm() / ref.norm()) > 0.1
+    dt = merge_adapters([x, y], method="dare_ties", density=0.9, seed=3, rank=2)
+    assert dt.layers["m"].rank == 2 and dt.meta["options"]["seed"] == 3
+
+
+def test_do_merge_keeps_one_source_and_lowers_the_interference() -> None:
+    from cxrkit.lora.merge import _orthogonalise, merge_adapters
+
+    x = _adapter(6, {"m": 3})
+    one = merge_adapters([x], [0.5], method="do", rank=3)
+    assert torch.allclose(algebra.delta(one.layers["m"]), 0.5 * algebra.delta(x.layers["m"]),
+                          atol=1e-9)
+    y = _adapter(7, {"m": 3})
+    before = float((x.layers["m"].a @ y.layers["m"].a.T).norm()
+                   / (x.layers["m"].a.norm() * y.layers["m"].a.norm()))
+    ax, ay = _orthogonalise([x.layers["m"].a, y.layers["m"].a], 50, 1.0, 0.1)
+    after = float((ax @ ay.T).norm() / (ax.norm() * ay.norm()))
+    assert after < 0.8 * before
+    merged = merge_adapters([x, y], method="do", rank=4)
+    assert merged.meta["options"]["do_steps"] == 50 and merged.layers["m"].rank == 4
+
+
+def test_merge_refuses_mixed_backbones_and_bad_options() -> None:
+    from cxrkit.errors import InputError
+    from cxrkit.lora.merge import merge_adapters
+
+    x, y = _adapter(1, {"m": 2}), _adapter(2, {"m": 2}, backbone="e" * 64)
+    with pytest.raises(ModelError, match="different backbones"):
+        merge_adapters([x, y])
+    with pytest.raises(InputError, match="unknown merge method"):
+        merge_adapters([x], method="average")
+    with pytest.raises(InputError, match="weights"):
+        merge_adapters([x], [1.0, 2.0])
+
+
+def test_a_merged_adapter_saves_and_peft_loads_it_at_scale_one(tmp_path: Path) -> None:
+    from cxrkit.lora.merge import merge_adapters
+
+    merged = merge_adapters(_sources(), [1.0, 0.5, 1.0], method="cat")
+    merged = Adapter({n: LoraLayer(la.a.float(), la.b.float(), la.scale)
+                      for n, la in merged.layers.items()}, merged.config, merged.meta)
+    path = tmp_path / "m.safetensors"
+    save_adapter(path, merged)
+    back = load_adapter(path, backbone_sha256="f" * 64)
+    for name, layer in merged.layers.items():
+        assert back.layers[name].scale == 1.0
+        assert torch.equal(back.layers[name].b, layer.b)
+    assert back.meta["method"] == "cat"
+
+
+# ---- the interference report ---------------------------------------------------------------------
+
+def test_the_report_equals_a_direct_computation() -> None:
+    from cxrkit.lora.report import format_table, interference_report
+
+    sources = _sources()
+    report = interference_report(sources, ["a", "b", "c"], threshold=0.5)
+    rows = {(p.first, p.second, p.layer): p for p in report.pairs}
+    assert set(rows) == {("a", "b", "blocks.0.to_q"), ("a", "c", "blocks.0.to_q"),
+                         ("a", "c", "blocks.0.to_k"), ("b", "c", "blocks.0.to_q")}
+    for (first, second, layer), row in rows.items():
+        x = sources["abc".index(first)].layers[layer]
+        y = sources["abc".index(second)].layers[layer]
+        d1, d2 = algebra.delta(x), algebra.delta(y)
+        cross = float((d1 @ d2.T).norm())
+        assert row.cross == pytest.approx(cross, rel=1e-6)
+        assert row.cross_normalised == pytest.approx(cross / float(d1.norm() * d2.norm()),
+                                                     rel=1e-6)
+        cos = float((d1 * d2).sum() / (d1.norm() * d2.norm()))
+        assert row.cosine == pytest.approx(cos, rel=1e-6, abs=1e-12)
+    for stats, source in zip(report.adapters, sources, strict=True):
+        deltas = [algebra.delta(la).abs() for la in source.layers.values()]
+        n = sum(d.numel() for d in deltas)
+        assert stats.sparsity == pytest.approx(sum(int((d < 0.5).sum()) for d in deltas) / n)
+        assert stats.sparsity_relative == pytest.approx(
+            sum(int((d < 0.5 * d.max()).sum()) for d in deltas) / n)
+    summary = report.pair_summary()
+    assert [(p["first"], p["second"], p["layers"]) for p in summary] == [
+        ("a", "b", 1), ("a", "c", 2), ("b", "c", 1)]
+    json.dumps(report.records())
+    assert "a × c" in format_table(report)
+
+
+def test_the_report_plot_and_page_render() -> None:
+    pytest.importorskip("matplotlib")
+    from cxrkit.lora.report import interference_html, interference_report, plot_interference
+
+    report = interference_report(_sources()[:2])
+    assert len(plot_interference(report).axes) == 3
+    page = interference_html(report)
+    assert page.startswith("<!DOCTYPE html>") and "data:image/png;base64," in page
+
+
+# ---- the command line ----------------------------------------------------------------------------
+
+def test_cli_merge_lora_writes_an_exact_merge_and_reports(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cxrkit.cli import app
+    from cxrkit.lora.merge import relative_error, weighted_sum
+
+    paths = []
+    for i, source in enumerate(_sources()[:2]):
+        paths.append(tmp_path / f"s{i}.safetensors")
+        save_adapter(paths[-1], source)
+    out = tmp_path / "merged.safetensors"
+    html_page = tmp_path / "r.html"
+    result = CliRunner().invoke(app, ["merge-lora", str(paths[0]), f"{paths[1]}:0.5", "-o",
+                                      str(out), "--report", "--report-html", str(html_page)])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    entry = record["merge_lora"]
+    assert record["path"] == str(out) and entry["options"]["weights"] == [1.0, 0.5]
+    assert entry["relative_error"] < 1e-6 and len(entry["inputs"]) == 2
+    assert {p["first"] for p in entry["interference"]["pairs"]} == {"s0", "s1"}
+    assert "s0 × s1" in result.stderr and html_page.stat().st_size > 1000
+    sources = [load_adapter(p) for p in paths]
+    merged = load_adapter(out)
+    assert relative_error(merged, weighted_sum(sources, [1.0, 0.5])) < 1e-6
+    assert merged.meta["sources"][1]["path"] == str(paths[1])
+    from tests.test_cli import run_cli
+
+    again = run_cli("merge-lora", str(paths[0]), "-o", str(out))  # the real entry point
+    assert again.returncode == 1 and again.stderr.decode().count("\n") == 1
+    assert "merge-lora: error: output exists" in again.stderr.decode()
+    bad = CliRunner().invoke(app, ["merge-lora", str(paths[0]), "-o", str(out), "-m", "mean"])
+    assert bad.exit_code == 2
+    evaluated = CliRunner().invoke(app, ["eval", str(paths[0]), str(paths[1]), "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    data = json.loads(evaluated.stdout)
+    assert [a["name"] for a in data["adapters"]] == ["s0", "s1"] and data["layers"]
