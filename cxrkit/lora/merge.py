@@ -122,16 +122,19 @@ def _factor_full(delta: Tensor, rank: int) -> tuple[Tensor, Tensor]:
 
 
 def _top_density(t: Tensor, density: float) -> Tensor:
-    """``t`` with all but its ``int(density·numel)`` largest-magnitude entries zeroed (peft)."""
+    """``t`` with all but its ``int(density·numel)`` largest-magnitude entries zeroed (peft's
+    magnitude pruning; found with ``kthvalue``, 4× faster than peft's ``topk``: entries equal to
+    the threshold are all kept, which differs only where non-zero magnitudes tie exactly)."""
     import torch
 
     if density >= 1:
         return t
     k = int(density * t.numel())
-    mask = torch.zeros(t.numel(), dtype=t.dtype, device=t.device)
-    if k > 0:
-        mask[torch.topk(t.abs().reshape(-1), k=k).indices] = 1
-    return t * mask.reshape(t.shape)
+    if k <= 0:
+        return torch.zeros_like(t)
+    magnitude = t.abs()
+    threshold = torch.kthvalue(magnitude.reshape(-1).cpu(), t.numel() - k + 1).values
+    return t * (magnitude >= threshold.to(t.device))
 
 
 def _dare(t: Tensor, density: float, seed: int) -> Tensor:
@@ -140,7 +143,7 @@ def _dare(t: Tensor, density: float, seed: int) -> Tensor:
     if density >= 1:
         return t
     g = torch.Generator().manual_seed(seed)
-    keep = torch.rand(t.shape, generator=g, dtype=torch.float64) < density
+    keep = torch.rand(t.shape, generator=g) < density
     return t * keep.to(t.device, t.dtype) / density
 
 
@@ -162,25 +165,25 @@ def _ties_merge(taus: Tensor, weights: Tensor, majority: str) -> Tensor:
 
 def _orthogonalise(mats: list[Tensor], steps: int, gamma: float, lr: float) -> list[Tensor]:
     """Factors ``Xᵢ`` (rows r×d, or ``Bᵢᵀ``) nudged towards ``XᵢXⱼᵀ = 0`` for ``i ≠ j``: gradient
-    descent on ``Σ_{i≠j}‖X̂ᵢX̂ⱼᵀ‖² + γΣ‖X̂ᵢ − Xᵢ‖²`` over unit-norm copies, norms restored."""
+    descent on ``Σ_{i≠j}‖X̂ᵢX̂ⱼᵀ‖²_F + γΣ‖X̂ᵢ − Xᵢ‖²_F`` over unit-norm copies (the gradient in
+    closed form, ``4Σ_{j≠i}(X̂ᵢX̂ⱼᵀ)X̂ⱼ + 2γ(X̂ᵢ − Xᵢ)``, r×r products only), norms restored."""
     import torch
 
     if len(mats) < 2 or steps <= 0:
         return mats
     norms = [m.norm().clamp_min(torch.finfo(m.dtype).tiny) for m in mats]
     start = [m / n for m, n in zip(mats, norms, strict=True)]
-    xs = [s.clone().requires_grad_(True) for s in start]
-    with torch.enable_grad():
-        for _ in range(steps):
-            loss = sum(((xs[i] @ xs[j].T) ** 2).sum() for i in range(len(xs))
-                       for j in range(len(xs)) if i != j)
-            loss = loss + gamma * sum(((x - s) ** 2).sum() for x, s in zip(xs, start,
-                                                                            strict=True))
-            grads = torch.autograd.grad(loss, xs)
-            with torch.no_grad():
-                for x, g in zip(xs, grads, strict=True):
-                    x -= lr * g
-    return [x.detach() * n for x, n in zip(xs, norms, strict=True)]
+    xs = [x.clone() for x in start]
+    for _ in range(steps):
+        grads = []
+        for i, x in enumerate(xs):
+            g = 2 * gamma * (x - start[i])
+            for j, y in enumerate(xs):
+                if j != i:
+                    g = g + 4 * ((x @ y.T) @ y)
+            grads.append(g)
+        xs = [x - lr * g for x, g in zip(xs, grads, strict=True)]
+    return [x * n for x, n in zip(xs, norms, strict=True)]
 
 
 def _do_merge(pairs: list[tuple[Tensor, Tensor]], weights: Tensor, steps: int, gamma: float,
@@ -253,12 +256,14 @@ def merge_adapters(adapters: Sequence[Adapter], weights: Sequence[float] | None 
                                  for wi, (_, layer) in zip(w, present, strict=True)],
                                 None if method == "linear" else k)
         else:
-            wt = torch.tensor(w, dtype=work, device=where)
+            full_dtype = torch.promote_types(dtype, torch.float32)  # lossy anyway: no float64
+            wt = torch.tensor(w, dtype=full_dtype, device=where)
             if method == "do":
-                full = _do_merge([(layer.scale * layer.b.to(work), layer.a.to(work))
+                full = _do_merge([(layer.scale * layer.b.to(full_dtype),
+                                   layer.a.to(full_dtype))
                                   for _, layer in present], wt, do_steps, do_gamma, do_lr)
             else:
-                deltas = [layer.scale * (layer.b.to(work) @ layer.a.to(work))
+                deltas = [layer.scale * (layer.b.to(full_dtype) @ layer.a.to(full_dtype))
                           for _, layer in present]
                 if method in ("dare_linear", "dare_ties"):
                     taus = torch.stack([_dare(d, density, _layer_seed(seed, name, i))
