@@ -483,3 +483,42 @@ def test_cli_merge_lora_writes_an_exact_merge_and_reports(tmp_path: Path) -> Non
     assert evaluated.exit_code == 0, evaluated.output
     data = json.loads(evaluated.stdout)
     assert [a["name"] for a in data["adapters"]] == ["s0", "s1"] and data["layers"]
+
+
+def test_peft_loads_a_mixed_rank_merge_and_applies_the_exact_sum(tmp_path: Path) -> None:
+    """A merge with different ranks per layer (rank_pattern) loads into peft as written, and
+    peft's merged weights are the base plus Σ wᵢΔWᵢ of the peft-trained sources."""
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from cxrkit.lora.merge import merge_adapters
+
+    sources = []
+    for seed, kw in ((1, {"r": 3, "lora_alpha": 5}), (2, {"r": 2, "lora_alpha": 7,
+                                                          "use_rslora": True})):
+        torch.manual_seed(seed)
+        model, cfg = _peft_model(**kw)
+        sources.append(from_state_dict(get_peft_model_state_dict(model), cfg))
+    # drop one layer from the second source: that layer's merged rank differs from the others'
+    del sources[1].layers["transformer_blocks.1.ff.net.2"]
+    merged = merge_adapters(sources, [0.6, -1.5], method="linear")
+    ranks = {n: layer.rank for n, layer in merged.layers.items()}
+    assert len(set(ranks.values())) > 1
+    path = tmp_path / "merged.safetensors"
+    save_adapter(path, Adapter({n: LoraLayer(la.a.float(), la.b.float(), la.scale)
+                                for n, la in merged.layers.items()}, merged.config, merged.meta))
+    config = json.loads(read_header(path)["__metadata__"]["lora_adapter_metadata"])
+    fields = set(LoraConfig.__dataclass_fields__)
+    fresh = inject_adapter_in_model(LoraConfig(**{k: v for k, v in config.items()
+                                                  if k in fields}), Tiny())
+    set_peft_model_state_dict(fresh, load_file(str(path)))
+    base = _base_weights()
+    for name in merged.layers:
+        module = fresh.get_submodule(name)
+        assert module.scaling["default"] == 1.0 and module.r["default"] == ranks[name]
+        got = module.get_delta_weight("default").detach()
+        want = sum(w * algebra.delta(s.layers[name]).detach()
+                   for s, w in zip(sources, [0.6, -1.5], strict=True) if name in s.layers)
+        assert float((got - want).norm() / want.norm()) < 1e-6, name
+        assert module.base_layer.weight.shape == base[name].shape

@@ -223,6 +223,17 @@ def merge_adapters(adapters: Sequence[Adapter], weights: Sequence[float] | None 
     """
     import torch
 
+    with torch.no_grad():  # sources may be live parameters: no graph through a merge
+        return _merge(adapters, weights, method=method, rank=rank, density=density, seed=seed,
+                      majority=majority, do_steps=do_steps, do_gamma=do_gamma, do_lr=do_lr,
+                      device=device)
+
+
+def _merge(adapters: Sequence[Adapter], weights: Sequence[float] | None, *, method: str,
+           rank: int | None, density: float, seed: int, majority: str, do_steps: int,
+           do_gamma: float, do_lr: float, device: Any) -> Adapter:
+    import torch
+
     weights = [1.0] * len(adapters) if weights is None else [float(w) for w in weights]
     backbone = _check_sources(adapters, weights)
     if method not in METHODS:
@@ -309,10 +320,11 @@ def weighted_sum(adapters: Sequence[Adapter], weights: Sequence[float] | None = 
 
     weights = [1.0] * len(adapters) if weights is None else list(weights)
     out: dict[str, Tensor] = {}
-    for adapter, w in zip(adapters, weights, strict=True):
-        for name, layer in adapter.layers.items():
-            d = w * layer.scale * (layer.b.to(torch.float64) @ layer.a.to(torch.float64))
-            out[name] = out[name] + d if name in out else d
+    with torch.no_grad():
+        for adapter, w in zip(adapters, weights, strict=True):
+            for name, layer in adapter.layers.items():
+                d = w * layer.scale * (layer.b.to(torch.float64) @ layer.a.to(torch.float64))
+                out[name] = out[name] + d if name in out else d
     return out
 
 
@@ -322,9 +334,10 @@ def relative_error(adapter: Adapter, reference: dict[str, Tensor]) -> float:
 
     num = den = 0.0
     for name, ref in reference.items():
+        ref = ref.detach()
         layer = adapter.layers.get(name)
         got = torch.zeros_like(ref) if layer is None else \
-            layer.scale * (layer.b.to(torch.float64) @ layer.a.to(torch.float64))
+            layer.scale * (layer.b.detach().double() @ layer.a.detach().double())
         num += float(((got - ref) ** 2).sum())
         den += float((ref ** 2).sum())
     return (num / den) ** 0.5 if den > 0 else float(num > 0)
