@@ -522,3 +522,37 @@ def test_peft_loads_a_mixed_rank_merge_and_applies_the_exact_sum(tmp_path: Path)
                    for s, w in zip(sources, [0.6, -1.5], strict=True) if name in s.layers)
         assert float((got - want).norm() / want.norm()) < 1e-6, name
         assert module.base_layer.weight.shape == base[name].shape
+
+
+def test_diffusers_round_trip_on_the_synthesis_dit(tmp_path: Path) -> None:
+    """What synth does: an adapter saved by diffusers' save_lora_adapter loads here with peft's
+    deltas, and a merged file loads back through diffusers' load_lora_adapter at scale 1."""
+    pytest.importorskip("diffusers")
+    from peft import LoraConfig
+
+    from cxrkit.lora.merge import merge_adapters
+    from cxrkit.synthdit.model import LORA_TARGETS, SynthDiT
+
+    def dit() -> SynthDiT:
+        torch.manual_seed(0)
+        return SynthDiT(patch_px=16, patch_size=4, hidden_size=24, depth=1, num_heads=2)
+
+    model = dit()
+    model.add_adapter(LoraConfig(r=2, lora_alpha=3, target_modules=list(LORA_TARGETS),
+                                 init_lora_weights=False), adapter_name="calc")
+    model.save_lora_adapter(str(tmp_path), adapter_name="calc", weight_name="calc.safetensors")
+    adapter = load_adapter(tmp_path / "calc.safetensors")
+    assert len(adapter.layers) == 6
+    with torch.no_grad():
+        for name, layer in adapter.layers.items():
+            assert torch.allclose(model.get_submodule(name).get_delta_weight("calc"),
+                                  algebra.delta(layer), atol=1e-6), name
+        merged = merge_adapters([adapter, adapter], [0.5, 0.25], method="cat")
+        save_adapter(tmp_path / "m.safetensors", merged)
+        fresh = dit()
+        fresh.load_lora_adapter(str(tmp_path / "m.safetensors"), prefix=None, adapter_name="m")
+        for name, layer in adapter.layers.items():
+            module = fresh.get_submodule(name)
+            want = 0.75 * algebra.delta(layer)
+            assert module.scaling["m"] == 1.0
+            assert float((module.get_delta_weight("m") - want).norm() / want.norm()) < 1e-6
