@@ -422,6 +422,11 @@ def test_the_report_equals_a_direct_computation() -> None:
                                                      rel=1e-6)
         cos = float((d1 * d2).sum() / (d1.norm() * d2.norm()))
         assert row.cosine == pytest.approx(cos, rel=1e-6, abs=1e-12)
+        # overlap: projector traces, tr(P₁P₂) / min(r₁, r₂), P the projector onto A's row space
+        p1 = x.a.T @ torch.linalg.pinv(x.a.T)
+        p2 = y.a.T @ torch.linalg.pinv(y.a.T)
+        assert row.overlap == pytest.approx(float(torch.trace(p1 @ p2)) / min(x.rank, y.rank),
+                                            rel=1e-6)
     for stats, source in zip(report.adapters, sources, strict=True):
         deltas = [algebra.delta(la).abs() for la in source.layers.values()]
         n = sum(d.numel() for d in deltas)
@@ -479,6 +484,9 @@ def test_cli_merge_lora_writes_an_exact_merge_and_reports(tmp_path: Path) -> Non
     assert "merge-lora: error: output exists" in again.stderr.decode()
     bad = CliRunner().invoke(app, ["merge-lora", str(paths[0]), "-o", str(out), "-m", "mean"])
     assert bad.exit_code == 2
+    bad = CliRunner().invoke(app, ["merge-lora", str(paths[0]), "-r", "4", "-o",
+                                   str(tmp_path / "x.safetensors")])
+    assert bad.exit_code == 2 and "exact" in bad.output
     evaluated = CliRunner().invoke(app, ["eval", str(paths[0]), str(paths[1]), "--json"])
     assert evaluated.exit_code == 0, evaluated.output
     data = json.loads(evaluated.stdout)

@@ -113,6 +113,9 @@ def merge_lora(
     if method not in METHOD_NAMES:
         raise typer.BadParameter(f"'{method}' is not one of {', '.join(METHOD_NAMES)}",
                                  param_hint="--method")
+    if rank is not None and method in ("linear", "cat"):
+        raise typer.BadParameter(f"{method} is exact and keeps its rank (use -m svd for rank "
+                                 f"{rank})", param_hint="--rank")
     if majority not in ("total", "frequency"):
         raise typer.BadParameter(f"'{majority}' is not total or frequency",
                                  param_hint="--majority")

@@ -7,7 +7,11 @@ For every layer both adapters of a pair target, with ``ΔWᵢ = sᵢBᵢAᵢ``:
   zero exactly when the two updates read orthogonal input directions;
 * ``cross_normalised`` — ``‖ΔWᵢΔWⱼᵀ‖_F / (‖ΔWᵢ‖_F‖ΔWⱼ‖_F)``, in [0, 1] (the square root of the
   normalised L_orth that joint training penalises);
-* ``cosine`` — the cosine of the flattened updates, ``⟨ΔWᵢ, ΔWⱼ⟩_F / (‖ΔWᵢ‖_F‖ΔWⱼ‖_F)``.
+* ``cosine`` — the cosine of the flattened updates, ``⟨ΔWᵢ, ΔWⱼ⟩_F / (‖ΔWᵢ‖_F‖ΔWⱼ‖_F)``;
+* ``overlap`` — how much the row spaces of ``Aᵢ`` and ``Aⱼ`` (the input directions each adapter
+  can read) share: ``‖QᵢᵀQⱼ‖²_F / min(rᵢ, rⱼ)`` with ``Qᵢ`` an orthonormal basis of ``Aᵢ``'s row
+  space and ``rᵢ`` its dimension (SVD, numerical rank); 1 when one space contains the other,
+  about ``max(r)/d_in`` for random adapters.
 
 Each adapter's **sparsity** is the fraction of the entries of its full updates, pooled over all its
 layers, with ``|ΔW[o, i]| < threshold`` (absolute, default 0.01: the source's "fraction of
@@ -32,7 +36,7 @@ from typing import Any
 
 from cxrkit.errors import InputError
 from cxrkit.lora import algebra
-from cxrkit.lora.files import Adapter
+from cxrkit.lora.files import Adapter, LoraLayer
 
 SPARSITY_THRESHOLD = 0.01
 
@@ -47,6 +51,7 @@ class PairLayer:
     cross: float
     cross_normalised: float
     cosine: float
+    overlap: float
 
 
 @dataclass(frozen=True)
@@ -80,7 +85,7 @@ class InterferenceReport:
         for (first, second), rows in keys.items():
             worst = max(rows, key=lambda r: r.cross_normalised)
             item: dict[str, Any] = {"first": first, "second": second, "layers": len(rows)}
-            for measure in ("cross", "cross_normalised", "cosine"):
+            for measure in ("cross", "cross_normalised", "cosine", "overlap"):
                 values = [getattr(r, measure) for r in rows]
                 item[f"{measure}_mean"] = sum(values) / len(values)
                 item[f"{measure}_max"] = max(values, key=abs)
@@ -103,6 +108,7 @@ DEFINITIONS = {
     "cross": "‖ΔWᵢΔWⱼᵀ‖_F per layer, exact from r×r products",
     "cross_normalised": "‖ΔWᵢΔWⱼᵀ‖_F / (‖ΔWᵢ‖_F‖ΔWⱼ‖_F), in [0, 1]",
     "cosine": "cosine of the flattened updates ΔWᵢ, ΔWⱼ",
+    "overlap": "‖QᵢᵀQⱼ‖²_F / min(rᵢ, rⱼ), Qᵢ an orthonormal basis of Aᵢ's row space",
     "sparsity": "fraction of ΔW entries (all layers pooled) with |ΔW| < threshold",
     "sparsity_relative": "fraction of ΔW entries with |ΔW| < threshold · max|ΔW| of their layer",
 }
@@ -148,8 +154,24 @@ def interference_report(adapters: Sequence[Adapter], names: Sequence[str] | None
                     pairs.append(PairLayer(
                         first=names[i], second=names[j], layer=layer, cross=cross,
                         cross_normalised=math.sqrt(max(float(algebra.orth_penalty(x, y)), 0.0)),
-                        cosine=float(algebra.cosine(x, y))))
+                        cosine=float(algebra.cosine(x, y)), overlap=_overlap(x, y)))
     return InterferenceReport(adapters=stats, pairs=pairs, threshold=threshold)
+
+
+def _overlap(x: LoraLayer, y: LoraLayer) -> float:
+    """``‖QₓᵀQᵧ‖²_F / min(rankₓ, rankᵧ)``: Q an orthonormal basis of A's row space (from the SVD,
+    numerical rank, so a rank-deficient A such as a merge's is measured on its true space)."""
+    import torch
+
+    def basis(a: torch.Tensor) -> torch.Tensor:
+        u, s, _ = torch.linalg.svd(a.T.double(), full_matrices=False)
+        keep = s > s.max() * max(a.shape) * torch.finfo(torch.float64).eps if s.numel() else s
+        return u[:, keep]
+
+    qx, qy = basis(x.a), basis(y.a)
+    if qx.shape[1] == 0 or qy.shape[1] == 0:
+        return 0.0
+    return float(((qx.T @ qy) ** 2).sum()) / min(qx.shape[1], qy.shape[1])
 
 
 def format_table(report: InterferenceReport) -> str:
@@ -163,12 +185,13 @@ def format_table(report: InterferenceReport) -> str:
     if summary:
         lines.append("")
         lines.append(f"{'pair':<36} {'layers':>6} {'cross':>10} {'cross/‖‖':>9} "
-                     f"{'max':>7} {'cos':>7}  worst layer")
+                     f"{'max':>7} {'cos':>7} {'overlap':>7}  worst layer")
         for p in summary:
             pair = f"{p['first']} × {p['second']}"
             lines.append(f"{pair[:36]:<36} {p['layers']:>6} {p['cross_mean']:>10.4g} "
                          f"{p['cross_normalised_mean']:>9.4f} {p['cross_normalised_max']:>7.4f} "
-                         f"{p['cosine_mean']:>7.3f}  {p['worst_layer']}")
+                         f"{p['cosine_mean']:>7.3f} {p['overlap_mean']:>7.3f}  "
+                         f"{p['worst_layer']}")
     return "\n".join(lines)
 
 
@@ -222,6 +245,7 @@ def interference_html(report: InterferenceReport, *, title: str = "LoRA interfer
         f"<tr><td>{e(p['first'])} × {e(p['second'])}</td><td>{p['layers']}</td>"
         f"<td>{p['cross_mean']:.4g}</td><td>{p['cross_normalised_mean']:.4f}</td>"
         f"<td>{p['cross_normalised_max']:.4f}</td><td>{p['cosine_mean']:.3f}</td>"
+        f"<td>{p['overlap_mean']:.3f}</td>"
         f"<td>{e(p['worst_layer'])}</td></tr>" for p in report.pair_summary())
     definitions = "".join(f"<li><b>{e(k)}</b>: {e(v)}</li>"
                           for k, v in report.definitions.items())
@@ -235,5 +259,6 @@ def interference_html(report: InterferenceReport, *, title: str = "LoRA interfer
         f"<th>sparsity</th><th>relative</th></tr>{adapters}</table>"
         "<h2>Pairs</h2><table><tr><th>pair</th><th>layers</th><th>cross (mean)</th>"
         "<th>normalised (mean)</th><th>normalised (max)</th><th>cosine (mean)</th>"
+        "<th>overlap (mean)</th>"
         f"<th>worst layer</th></tr>{pairs}</table><h2>Definitions</h2><ul>{definitions}</ul>"
         "</body></html>\n")
