@@ -341,9 +341,9 @@ def load_adapter(path: str | Path, *, backbone_sha256: str | None = None) -> Ada
     """Read an adapter file: the header is validated (:func:`read_header`; pairs and shapes
     checked) before the tensors are loaded, never a pickle.
 
-    The config comes from the file's ``lora_adapter_metadata``, else from an
-    ``adapter_config.json`` beside it (peft's ``save_pretrained``), else every layer gets
-    scale 1 (``lora_alpha = r``, as diffusers assumes without alphas).
+    The config comes from the file's ``lora_adapter_metadata``, else, for peft's
+    ``adapter_model.safetensors``, from the ``adapter_config.json`` beside it (``save_pretrained``),
+    else every layer gets scale 1 (``lora_alpha = r``, as diffusers assumes without alphas).
 
     Args:
         backbone_sha256: the hash of the backbone the adapter will be put on; an adapter that
@@ -381,8 +381,9 @@ def load_adapter(path: str | Path, *, backbone_sha256: str | None = None) -> Ada
                          hint="use an adapter trained on this model, or the model it names")
     config = _json_field(meta_raw, CONFIG_KEY, path)
     if config is None:
-        beside = path.with_name("adapter_config.json")
-        if beside.is_file() and beside.stat().st_size < (1 << 20):
+        beside = path.with_name("adapter_config.json")  # peft's save_pretrained pair
+        if path.name == "adapter_model.safetensors" and beside.is_file() and \
+                beside.stat().st_size < (1 << 20):
             try:
                 config = json.loads(beside.read_text())
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
