@@ -86,7 +86,11 @@ def orth_penalty(x: LoraLayer, y: LoraLayer, *, normalise: bool = True,
     ``normalise`` divided by ``‖ΔW₁‖²_F·‖ΔW₂‖²_F`` (a value in [0, 1] that shrinking either
     adapter cannot lower; 0 when either update is zero). Differentiable in every factor.
 
-    ``space="column"`` penalises shared output directions instead (``‖ΔW₁ᵀΔW₂‖²_F``)."""
+    ``space="column"`` penalises shared output directions instead (``‖ΔW₁ᵀΔW₂‖²_F``).
+
+    Being scale-free, the normalised value's gradient grows like ``1/‖ΔW‖`` as an update
+    shrinks: from peft's start (B = 0, where it is 0 with zero gradient) its first steps can be
+    steep, so a trainer may ramp its weight up over the first steps."""
     value = cross_norm2(x, y, space=space)
     return _ratio(value, norm2(x), norm2(y)) if normalise else value
 
