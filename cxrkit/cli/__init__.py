@@ -138,6 +138,7 @@ def _register() -> None:
         degrade,
         enhance,
         evaluate,
+        merge_lora,
         project,
         sample_data,
         synth,
@@ -157,6 +158,7 @@ def _register() -> None:
         "train-ddpm-lq": train_ddpm_lq.train_ddpm_lq,
         "train-synth": train_synth.train_synth,
         "synth": synth.synth,
+        "merge-lora": merge_lora.merge_lora,
         "eval": evaluate.evaluate,
         "sample-data": sample_data.sample_data,
     }

@@ -132,6 +132,10 @@ def evaluate(
     noise sigma by Immerkaer's MAD estimator, mean gradient magnitude per px, CNR of the roi box
     against a 5 px ring.
 
+    Given LoRA adapter files (.safetensors) instead, prints their interference report (as
+    cxrkit merge-lora --report: per pair ‖ΔWiΔWjᵀ‖F, normalised, and the cosine of the
+    updates; each adapter's sparsity); --report writes it as HTML with its plot.
+
     Example:
 
         cxrkit degrade hq/ --preset drr-like --scale 2 -o lq/ | cxrkit eval --upsample bicubic
@@ -146,8 +150,13 @@ def evaluate(
 
         cxrkit eval detections.jsonl --json --fail-under node21=0.7
     """
+    from cxrkit.cli.merge_lora import is_adapter_list, report_adapters
     from cxrkit.metrics.records import check_thresholds, summarize_records
 
+    if is_adapter_list(inputs):  # LoRA adapter files: their interference report
+        report_adapters(inputs or [], as_json=json_output or not sys.stdout.isatty(),
+                        html=report, overwrite=overwrite)
+        return
     thresholds = _thresholds(fail_under or [])
     if report is not None and report.exists() and not overwrite:
         raise OutputError("report exists", path=str(report), hint="pass --overwrite to replace it")
