@@ -29,8 +29,10 @@ FLOORS: dict[str, int] = {
     "cxrkit.train": 3, "cxrkit.diffusion": 3,
     # 4 model families (siblings: see FAMILIES)
     "cxrkit.enhancer": 4, "cxrkit.munit": 4, "cxrkit.ddpm_lq": 4, "cxrkit.synthdit": 4,
+    "cxrkit.domain": 4,
     # 5 engines and reports
     "cxrkit.synth": 5, "cxrkit.report": 5,
+    "cxrkit.realism": 5,
     # 6 the command line
     "cxrkit.cli": 6, "cxrkit.__main__": 6,
 }

@@ -378,7 +378,8 @@ class Summary:
 def summarize_records(records: Sequence[Record], rows: Sequence[dict[str, Any]], *,
                       seed: int = 0, n_boot: int = 1000, with_cpm: bool = False,
                       mask_threshold: float = 0.5, failed: int = 0,
-                      resample: str | None = None) -> Summary:
+                      resample: str | None = None,
+                      extra: Mapping[str, Any] | None = None) -> Summary:
     """The summary of an evaluation: aggregates of per-image rows plus detection metrics.
 
     Args:
@@ -391,6 +392,7 @@ def summarize_records(records: Sequence[Record], rows: Sequence[dict[str, Any]],
         mask_threshold: the threshold the segmentation counts used (reported).
         failed: items that could not be measured (reported as ``n_failed``).
         resample: how path and reference were brought to one size, if they were (reported).
+        extra: more blocks measured elsewhere (e.g. ``realism``), added as given when not empty.
 
     Returns:
         The summary; blocks are present only for what the records carried.
@@ -418,6 +420,7 @@ def summarize_records(records: Sequence[Record], rows: Sequence[dict[str, Any]],
     detection = detection_summary(records, seed=seed, n_boot=n_boot, with_cpm=with_cpm)
     if detection is not None:
         metrics["detection"] = detection[0]
+    metrics.update({name: block for name, block in (extra or {}).items() if block})
     if len(metrics) == 2 and not failed:
         raise InputError("the records carry nothing to measure",
                          hint="records need 'reference' (image quality), 'detections' and "
