@@ -177,12 +177,19 @@ def test_eval_realism_block(shared_data: Path, tmp_path: Path) -> None:
 
     files = _patients(shared_data, 6)
     records = []
-    for path in files[:2]:  # "enhanced" = the real radiograph; its "input" = a half-size copy
+    rng = np.random.default_rng(0)
+    for path in files[:2]:  # "enhanced" = the radiograph + faint noise; "input" = half size
         pixels = read_radiograph(path).pixels
-        small = tmp_path / f"{path.stem}.lq.png"
+        small, out = tmp_path / f"{path.stem}.lq.png", tmp_path / f"{path.stem}.out.png"
         write_radiograph(small, Radiograph(resample(pixels, (512, 512), "area"), None, "display"))
-        records.append({"id": path.stem, "path": str(path), "input": str(small),
-                        "boxes": [[300, 400, 340, 440]]})  # in the input's pixels
+        noisy = np.clip(pixels + rng.normal(0, 0.004, pixels.shape), 0, 1).astype(np.float32)
+        write_radiograph(out, Radiograph(noisy, None, "display"))
+        records.append({"id": path.stem, "path": str(out), "input": str(small),
+                        "reference": str(path), "spacing_mm": [0.42, 0.42],
+                        "boxes": [[300, 400, 340, 440]],  # in the input's pixels
+                        "degrade": {"options": {"preset": "area", "scale": 2}},
+                        "enhance": {"options": {"method": "diffusion", "model": None},
+                                    "model": "ab" * 32}})
     DomainClassifier.new(DomainSettings(patch_px=32, width=4), seed=0).save(tmp_path / "dom")
     ref = tmp_path / "ref"
     ref.mkdir()
@@ -192,7 +199,8 @@ def test_eval_realism_block(shared_data: Path, tmp_path: Path) -> None:
     lines = "".join(json.dumps(r) + "\n" for r in records)
     result = CliRunner().invoke(app, ["eval", "--realism-ref", str(ref), "--domain-model",
                                       str(tmp_path / "dom"), "--json", "--bootstrap", "50",
-                                      "--per-image"], input=lines)
+                                      "--per-image", "--report", str(tmp_path / "r.html")],
+                                input=lines)
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     realism = data["realism"]
@@ -208,3 +216,45 @@ def test_eval_realism_block(shared_data: Path, tmp_path: Path) -> None:
     assert "log10" in realism["definition"] and len(realism["spectrum"]["reference"]) == 32
     assert {"domain_p", "nodule_cnr", "nodule_cnr_input", "cnr_ratio"} <= set(
         data["per_image"][0])
+    baseline = data["baseline"]
+    assert baseline["psnr_gain"]["mean"] > 0 and baseline["psnr_gain"]["n"] == 2
+    page = (tmp_path / "r.html").read_text()
+    for part in ("Does it beat the baseline?", "psnr gain over bicubic", "input (LQ)",
+                 "bicubic", "reference", "output", "Made by: degrade preset area ×2; enhance "
+                 "diffusion model shipped (sha256 abababababab)", "realism spectra",
+                 "Realism against real radiographs", "band 4 (high)"):
+        assert part in page, part
+
+
+def test_anatomy_window_avoids_markers_and_border() -> None:
+    from cxrkit.report import anatomy_window
+
+    reference = np.full((400, 400), 0.5)
+    output, baseline = reference.copy(), reference.copy()
+    output[30:60, 300:360] += 0.4  # a letter marker: the largest difference, but saturated
+    reference[30:60, 300:360] = 1.0
+    output[5:15, 5:395] += 0.3  # along the image border
+    output[250:270, 150:170] += 0.1  # anatomy inside the lung
+    lung = np.zeros((400, 400), bool)
+    lung[100:380, 40:360] = True
+    r, c = anatomy_window(output, baseline, reference, lung, 64)
+    assert r <= 250 and r + 64 >= 270 and c <= 150 and c + 64 >= 170
+
+
+def test_report_figures_fit_the_page() -> None:
+    import base64
+    import io
+
+    from PIL import Image
+
+    from cxrkit.metrics.records import Summary
+    from cxrkit.report import build_report
+
+    rows = [{"id": str(i), "path": f"{i}.png", "psnr": 30.0 + i, "ssim": 0.9, "ms_ssim": 0.95,
+             "psnr_fit": 31.0, "noise_sigma": 0.01, "mean_gradient": 0.02, "cnr": 1.0}
+            for i in range(5)]
+    page = build_report(Summary({"n_records": 5, "n_failed": 0}, rows), [])
+    for uri in page.split('src="data:image/png;base64,')[1:]:
+        width = Image.open(io.BytesIO(base64.b64decode(uri.split('"')[0]))).width
+        assert width <= 1500
+    assert "max-width: 100%" in page

@@ -200,6 +200,7 @@ class EvalJob:
     def __call__(self, record: Record) -> dict[str, Any]:
         from cxrkit.io import read_radiograph
         from cxrkit.metrics.records import (
+            baseline_quality,
             image_quality,
             no_reference_quality,
             segmentation_counts,
@@ -208,7 +209,11 @@ class EvalJob:
         row: dict[str, Any] = {"id": record.get("id"), "path": record.get("path"),
                                "reference": record.get("reference")}
         if record.get("reference"):
-            row.update(image_quality(*self.pair(record)))
+            image, reference = self.pair(record)
+            row.update(image_quality(image, reference))
+            baseline = self.baseline(record, reference.shape)
+            if baseline is not None:
+                row.update(baseline_quality(baseline, reference))
         if self.no_reference:
             row.update(no_reference_quality(read_radiograph(record["path"]).pixels,
                                             record.get("roi")))
@@ -241,6 +246,20 @@ class EvalJob:
             else:
                 raise _size_error(image.shape, reference.shape, str(record.get("id")))
         return image, reference
+
+    @staticmethod
+    def baseline(record: Record, shape: tuple[int, ...]) -> np.ndarray | None:
+        """The bicubic baseline of a record: its ``input`` (as cxrkit enhance records it)
+        resampled to ``shape`` (the measured reference's); None without an input."""
+        import numpy as np
+
+        from cxrkit.degrade.operators import resample
+        from cxrkit.io import read_radiograph
+
+        source = record.get("input")
+        if not source or source == "-":
+            return None
+        return resample(np.clip(read_radiograph(source).pixels, 0, 1), tuple(shape), "bicubic")
 
 
 def _realism_job(ref: list[str] | None, pitch: float | None, model: Path | None) -> Any:
@@ -411,10 +430,45 @@ def _write_report(path: Path, summary: Summary, job: EvalJob, records: list[Reco
                   overwrite: bool) -> None:
     """Read the example images again and write the HTML report atomically."""
     from cxrkit.pipe import atomic_path
-    from cxrkit.report import Example, build_report, pick_examples
+    from cxrkit.report import build_report, pick_examples
 
     by_key = {(r.get("id"), r.get("path")): r for r in records}
-    examples = [Example(label, row, *job.pair(by_key[(row["id"], row["path"])]))
+    examples = [_example(job, label, row, by_key[(row["id"], row["path"])])
                 for label, row in pick_examples(summary.rows)]
     with atomic_path(path, overwrite=overwrite) as tmp:
         tmp.write_text(build_report(summary, examples), encoding="utf-8")
+
+
+def _example(job: EvalJob, label: str, row: dict[str, Any], record: Record) -> Any:
+    """One report example: the measured pair, and with the record's input the LQ image, its
+    bicubic baseline, the reference's lung field and what made them."""
+    from cxrkit.io import read_radiograph
+    from cxrkit.report import Example
+
+    image, reference = job.pair(record)
+    baseline = job.baseline(record, reference.shape)
+    if baseline is None:
+        return Example(label, row, image, reference, made_by=_made_by(record))
+    from cxrkit.realism import lung_mask
+
+    return Example(label, row, image, reference, lq=read_radiograph(record["input"]).pixels,
+                   baseline=baseline, lung=lung_mask(reference), made_by=_made_by(record))
+
+
+def _made_by(record: Record) -> str:
+    """The tools, models and presets a record went through, in words."""
+    parts = []
+    made = record.get("degrade")
+    if isinstance(made, dict):
+        options = made.get("options", {})
+        parts.append(f"degrade preset {options.get('preset') or options.get('method')}"
+                     f" ×{options.get('scale', 1)}")
+    made = record.get("enhance")
+    if isinstance(made, dict):
+        options = made.get("options", {})
+        what = options.get("method", "?")
+        if made.get("model"):
+            what += f" model {options.get('model') or 'shipped'} (sha256 {made['model'][:12]})"
+        steps = options.get("steps")
+        parts.append(f"enhance {what}" + (f", {steps} steps" if steps else ""))
+    return "; ".join(parts)
