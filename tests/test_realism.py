@@ -115,6 +115,7 @@ def _drrs(shared_data: Path, count: int) -> list[np.ndarray]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_domain_classifier_separates_held_out_patches(shared_data: Path, tmp_path: Path) -> None:
     from cxrkit.domain import (
@@ -150,6 +151,31 @@ def test_domain_classifier_separates_held_out_patches(shared_data: Path, tmp_pat
     assert json.loads((tmp_path / "domain" / "run.json").read_text())["validation"]["auc"] > 0.8
     assert probability(model, real[8].image, real[8].lung) > probability(
         model, drrs[6].image, drrs[6].lung)
+
+
+@pytest.mark.realdata
+def test_shipped_domain_classifier_separates_held_out_radiographs_and_drrs(
+        shared_data: Path) -> None:
+    from cxrkit.domain import DomainClassifier, probability
+    from cxrkit.realism import SHIPPED_DOMAIN_MODEL, load_at_pitch
+
+    model = DomainClassifier.load(SHIPPED_DOMAIN_MODEL)
+    run = json.loads((SHIPPED_DOMAIN_MODEL / "run.json").read_text())
+    assert run["validation"]["auc"] > 0.9 and run["stopped"] is None
+    held_out = sorted(run["data"]["real_validation"])[:3]  # patients it never saw
+    images = shared_data / "nih-cxr14" / "images"
+    real = load_at_pitch([str(images / name) for name in held_out], model.settings.pixel_mm)
+    p_real = [probability(model, item.image, item.lung) for item in real]
+    from cxrkit.domain import PatchImage
+    from cxrkit.realism import at_pitch, lung_mask
+
+    p_drr = []
+    for pixels in _drrs(shared_data, 2):  # poses of another seed and size than its training set
+        image = at_pitch(pixels, 1.6, model.settings.pixel_mm)
+        item = PatchImage(image, lung_mask(image))
+        p_drr.append(probability(model, item.image, item.lung))
+    assert min(p_real) > max(p_drr), (p_real, p_drr)
+    assert np.mean(p_real) > 0.5 > np.mean(p_drr)
 
 
 def test_domain_classifier_ignores_global_tone() -> None:
