@@ -64,7 +64,8 @@ class Example:
         label: why it is shown (``best``, ``median``, ``worst``).
         row: its per-image measurements (``id``, ``psnr``, ...).
         image: ``(H, W)`` the image as measured (after any resampling), float in [0, 1].
-        reference: ``(H, W)`` its reference.
+        reference: ``(H, W)`` its reference; None for a realism-only example (then
+            ``baseline`` is needed).
         lq: the enhancer's input (any size), or None.
         baseline: ``(H, W)`` the bicubic baseline (the input resampled), or None.
         lung: ``(H, W)`` bool lung field (where the crop is looked for), or None.
@@ -74,7 +75,7 @@ class Example:
     label: str
     row: Mapping[str, Any]
     image: np.ndarray
-    reference: np.ndarray
+    reference: np.ndarray | None
     lq: np.ndarray | None = None
     baseline: np.ndarray | None = None
     lung: np.ndarray | None = None
@@ -299,15 +300,21 @@ def _examples(examples: Sequence[Example]) -> str:
     out = []
     for ex in examples:
         image = np.clip(np.asarray(ex.image, dtype=np.float64), 0, 1)
-        reference = np.clip(np.asarray(ex.reference, dtype=np.float64), 0, 1)
-        error = np.abs(image - reference)
-        if ex.baseline is not None and ex.baseline.shape == image.shape:
-            r, c = anatomy_window(image, ex.baseline, reference, ex.lung, CROP_PX)
+        baseline = (np.clip(np.asarray(ex.baseline, dtype=np.float64), 0, 1)
+                    if ex.baseline is not None and ex.baseline.shape == image.shape else None)
+        if ex.reference is None and baseline is None:
+            continue
+        reference = (np.clip(np.asarray(ex.reference, dtype=np.float64), 0, 1)
+                     if ex.reference is not None else None)
+        anchor = reference if reference is not None else image
+        error = np.abs(image - (reference if reference is not None else baseline))
+        if baseline is not None:
+            r, c = anatomy_window(image, baseline, anchor, ex.lung, CROP_PX)
         else:
             r, c = crop_window(error, CROP_PX)
         size_r, size_c = min(CROP_PX, image.shape[0]), min(CROP_PX, image.shape[1])
         window = (slice(r, r + size_r), slice(c, c + size_c))
-        overview = Image.fromarray(_to_uint8(reference)).convert("RGB")
+        overview = Image.fromarray(_to_uint8(anchor)).convert("RGB")
         factor = max(overview.size) / CROP_PX
         if factor > 1:
             overview = overview.resize((round(overview.width / factor),
@@ -318,30 +325,34 @@ def _examples(examples: Sequence[Example]) -> str:
             outline=(255, 64, 64), width=2)
         gain = _diff_gain(error)
         numbers = ", ".join(f"{k} {_fmt(ex.row.get(k))}" for k in (
-            "psnr", "psnr_bicubic", "ssim", "ssim_bicubic", "psnr_fit")
-                            if ex.row.get(k) is not None)
-        if ex.baseline is not None and ex.baseline.shape == image.shape:
-            baseline = np.clip(np.asarray(ex.baseline, dtype=np.float64), 0, 1)
-            base_error = np.abs(baseline - reference)
-            gain = _diff_gain(np.maximum(error, base_error))
-            panels = [(_png_image(overview), "reference, crop marked")]
+            "psnr", "psnr_bicubic", "ssim", "ssim_bicubic", "psnr_fit", "domain_p",
+            "domain_p_bicubic", "cnr_ratio") if ex.row.get(k) is not None)
+        overview_caption = ("reference" if reference is not None else "output") + ", crop marked"
+        panels = [(_png_image(overview), overview_caption)]
+        if baseline is not None:
             if ex.lq is not None:
                 fr, fc = ex.lq.shape[0] / image.shape[0], ex.lq.shape[1] / image.shape[1]
                 lq = np.clip(np.asarray(ex.lq, dtype=np.float64), 0, 1)[
                     int(r * fr):max(int((r + size_r) * fr), int(r * fr) + 1),
                     int(c * fc):max(int((c + size_c) * fc), int(c * fc) + 1)]
                 panels.append((_png(lq), "input (LQ)"))
-            panels += [(_png(image[window]), "output"), (_png(baseline[window]), "bicubic"),
-                       (_png(reference[window]), "reference"),
-                       (_png(np.clip(error[window] * gain, 0, 1)), f"|output − ref| ×{gain:g}"),
-                       (_png(np.clip(base_error[window] * gain, 0, 1)),
-                        f"|bicubic − ref| ×{gain:g}")]
+            panels += [(_png(image[window]), "output"), (_png(baseline[window]), "bicubic")]
+            if reference is not None:
+                base_error = np.abs(baseline - reference)
+                gain = _diff_gain(np.maximum(error, base_error))
+                panels += [(_png(reference[window]), "reference"),
+                           (_png(np.clip(error[window] * gain, 0, 1)),
+                            f"|output − ref| ×{gain:g}"),
+                           (_png(np.clip(base_error[window] * gain, 0, 1)),
+                            f"|bicubic − ref| ×{gain:g}")]
+            else:
+                panels.append((_png(np.clip(error[window] * gain, 0, 1)),
+                               f"|output − bicubic| ×{gain:g} (no reference)"))
         else:
-            panels = [(_png_image(overview), "reference, crop marked"),
-                      (_png(image[window]), "image (as measured)"),
-                      (_png(reference[window]), "reference"),
-                      (_png(np.clip(error[window] * gain, 0, 1)),
-                       f"|image − reference| ×{gain:g}")]
+            panels += [(_png(image[window]), "image (as measured)"),
+                       (_png(anchor[window]), "reference"),
+                       (_png(np.clip(error[window] * gain, 0, 1)),
+                        f"|image − reference| ×{gain:g}")]
         figures = "".join(f"<figure><img class=\"px\" alt=\"{_e(caption)}\" src=\"{uri}\">"
                           f"<figcaption>{_e(caption)}</figcaption></figure>"
                           for uri, caption in panels)

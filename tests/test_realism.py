@@ -280,3 +280,20 @@ def test_report_figures_fit_the_page() -> None:
         width = Image.open(io.BytesIO(base64.b64decode(uri.split('"')[0]))).width
         assert width <= 1500
     assert "max-width: 100%" in page
+
+
+def test_report_realism_only_example_shows_input_output_and_bicubic() -> None:
+    from cxrkit.metrics.records import Summary
+    from cxrkit.report import Example, build_report
+
+    rng = np.random.default_rng(0)
+    lq = rng.random((64, 64)).astype(np.float32) * 0.5 + 0.25
+    baseline = np.kron(lq, np.ones((2, 2), np.float32))
+    output = np.clip(baseline + rng.normal(0, 0.02, baseline.shape), 0, 1)
+    row = {"id": "a", "path": "a.png", "domain_p": 0.4, "cnr_ratio": 1.1}
+    page = build_report(Summary({"n_records": 1, "n_failed": 0}, [row]),
+                        [Example("best", row, output, None, lq=lq, baseline=baseline,
+                                 made_by="enhance diffusion")])
+    for part in ("output, crop marked", "input (LQ)", "bicubic", "|output − bicubic|",
+                 "domain_p 0.4", "Made by: enhance diffusion"):
+        assert part in page, part

@@ -433,8 +433,9 @@ def _write_report(path: Path, summary: Summary, job: EvalJob, records: list[Reco
     from cxrkit.report import build_report, pick_examples
 
     by_key = {(r.get("id"), r.get("path")): r for r in records}
+    picks = pick_examples(summary.rows) or pick_examples(summary.rows, "domain_p")
     examples = [_example(job, label, row, by_key[(row["id"], row["path"])])
-                for label, row in pick_examples(summary.rows)]
+                for label, row in picks]
     with atomic_path(path, overwrite=overwrite) as tmp:
         tmp.write_text(build_report(summary, examples), encoding="utf-8")
 
@@ -442,9 +443,19 @@ def _write_report(path: Path, summary: Summary, job: EvalJob, records: list[Reco
 def _example(job: EvalJob, label: str, row: dict[str, Any], record: Record) -> Any:
     """One report example: the measured pair, and with the record's input the LQ image, its
     bicubic baseline, the reference's lung field and what made them."""
+    import numpy as np
+
     from cxrkit.io import read_radiograph
     from cxrkit.report import Example
 
+    if not record.get("reference"):  # realism only: input, output and bicubic
+        from cxrkit.realism import lung_mask
+
+        image = read_radiograph(record["path"]).pixels
+        baseline = job.baseline(record, image.shape)
+        lq = read_radiograph(record["input"]).pixels if baseline is not None else None
+        return Example(label, row, image, None, lq=lq, baseline=baseline,
+                       lung=lung_mask(np.clip(image, 0, 1)), made_by=_made_by(record))
     image, reference = job.pair(record)
     baseline = job.baseline(record, reference.shape)
     if baseline is None:
