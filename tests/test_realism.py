@@ -221,7 +221,9 @@ def test_eval_realism_block(shared_data: Path, tmp_path: Path) -> None:
     lines = "".join(json.dumps(r) + "\n" for r in records)
     result = CliRunner().invoke(app, ["eval", "--realism-ref", str(ref), "--domain-model",
                                       str(tmp_path / "dom"), "--json", "--bootstrap", "50",
-                                      "--per-image", "--report", str(tmp_path / "r.html")],
+                                      "--per-image", "--report", str(tmp_path / "r.html"),
+                                      "--fail-under", "psnr_gain=0", "--fail-under",
+                                      "cnr_ratio=0.5"],
                                 input=lines)
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
@@ -297,3 +299,17 @@ def test_report_realism_only_example_shows_input_output_and_bicubic() -> None:
     for part in ("output, crop marked", "input (LQ)", "bicubic", "|output − bicubic|",
                  "domain_p 0.4", "Made by: enhance diffusion"):
         assert part in page, part
+
+
+def test_baseline_and_realism_gates() -> None:
+    from cxrkit.metrics.records import baseline_summary, check_thresholds
+
+    rows = [{"psnr": 30.0, "psnr_bicubic": 32.0, "ssim": 0.9, "ssim_bicubic": 0.91},
+            {"psnr": 31.0, "psnr_bicubic": 32.5, "ssim": 0.92, "ssim_bicubic": 0.9}]
+    block = baseline_summary(rows, n_boot=200)
+    assert block["psnr_gain"]["mean"] == pytest.approx(-1.75)
+    metrics = {"baseline": block, "realism": {"domain_p": {"path": {"mean": 0.3}},
+                                              "nodule_cnr": {"ratio": {"mean": 0.95}}}}
+    failures = check_thresholds(metrics, {"psnr_gain": 0.0, "ssim_gain": 0.0, "domain_p": 0.5,
+                                          "cnr_ratio": 0.9})
+    assert [f.split()[0] for f in failures] == ["psnr_gain", "domain_p"]

@@ -40,7 +40,8 @@ def evaluate(
     fail_under: Annotated[list[str] | None, typer.Option(
         "--fail-under", help="METRIC=VALUE (repeatable): exit 8 when the metric is under VALUE "
                              "or was not measured. Metrics: psnr, ssim, ms_ssim, psnr_fit "
-                             "(means), auc, node21, sens@0.25, cpm, iou, dice, ...",
+                             "(means), auc, node21, sens@0.25, cpm, iou, dice, psnr_gain and "
+                             "ssim_gain (over bicubic), domain_p, cnr_ratio, ...",
         show_default=False)] = None,
     no_reference: Annotated[bool, typer.Option(
         "--no-reference", help="Also measure path alone: noise sigma, mean gradient, and the "

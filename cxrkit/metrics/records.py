@@ -99,6 +99,12 @@ GATES: dict[str, tuple[str, ...]] = {
 }
 """Metric names ``eval --fail-under NAME=VALUE`` accepts, and where each sits in the summary.
 Image and no-reference measures gate on their mean over images."""
+GATES.update({
+    "psnr_gain": ("baseline", "psnr_gain", "mean"),  # over bicubic: "never worse" is 0
+    "ssim_gain": ("baseline", "ssim_gain", "mean"),
+    "domain_p": ("realism", "domain_p", "path", "mean"),
+    "cnr_ratio": ("realism", "nodule_cnr", "ratio", "mean"),
+})
 
 
 def image_quality(x: np.ndarray, ref: np.ndarray) -> dict[str, float | None]:
