@@ -170,20 +170,26 @@ class ReferenceSpectra:
         if not paths:
             raise InputError("the realism reference set is empty",
                              hint="give real radiographs: a folder or glob")
-        images = []
+        def pitch_of(path: str, data: Any) -> Pitch:
+            return find_pitch(path, data.pixels.shape[1], None, data.spacing_mm)
+
         pitches: list[Pitch] = []
+        target = pitch_mm
+        if target is None:  # a first pass for the median pitch (one image in memory at a time)
+            pitches = [pitch_of(path, read_radiograph(path)) for path in paths]
+            target = float(np.median([p.mm for p in pitches]))
+        spectra = SpectrumSet()
+        sources = {p.source for p in pitches}
         for path in paths:
             data = read_radiograph(path)
-            images.append(data.pixels)
-            pitches.append(find_pitch(path, data.pixels.shape[1], None, data.spacing_mm))
-        target = pitch_mm or float(np.median([p.mm for p in pitches]))
-        spectra = SpectrumSet()
-        for path, pixels, pitch in zip(paths, images, pitches, strict=True):
-            spectra.add(spectrum(pixels, pitch.mm, target, patch_px), target, Path(path).name)
+            pitch = pitch_of(path, data)
+            sources.add(pitch.source)
+            spectra.add(spectrum(data.pixels, pitch.mm, target, patch_px), target,
+                        Path(path).name)
         if not spectra.bands:
             raise InputError("no reference image has a lung patch to measure",
                              hint="give PA chest radiographs")
-        return cls(target, sorted({p.source for p in pitches}), spectra, list(paths))
+        return cls(target, sorted(sources), spectra, list(paths))
 
 
 def nodule_region(record: Mapping[str, Any], shape: tuple[int, int]) -> np.ndarray | None:
