@@ -118,8 +118,8 @@ class SpectrumSet:
     """Band powers and mean radial spectrum of a set of images.
 
     Attributes:
-        bands: ``(N, 4)`` band powers per measured image.
-        profile: mean radial spectrum over the images (``(F,)``), frequencies in ``freqs``.
+        bands: ``(4,)`` band powers of each measured image.
+        profiles: ``(F,)`` radial spectrum of each measured image (:attr:`profile`: their mean).
         freqs: ``(F,)`` radial frequencies, cycles/mm at the common pitch.
         skipped: images without a lung patch.
         ids: the measured images' names.
@@ -144,6 +144,7 @@ class SpectrumSet:
 
     @property
     def profile(self) -> np.ndarray | None:
+        """The mean radial spectrum over the images (None before any)."""
         return np.mean(self.profiles, axis=0) if self.profiles else None
 
 
