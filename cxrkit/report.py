@@ -3,8 +3,13 @@
 The page (:func:`build_report`) holds the summary table, side-by-side crops of a few example
 images (the best, median and worst by PSNR: the image as measured, its reference and their
 difference, at the same place), histograms of the per-image measures, and the ROC and FROC curves
-when detection was measured. Everything is inline: CSS in the page, pictures as base64 PNG
-``data:`` URIs, so the file can be mailed or archived as a CI artefact. It links to nothing.
+when detection was measured. When the records name the enhancer's input, the page answers "does
+it beat the baseline?": the paired gain over bicubic with its CI, and per example the input (LQ),
+the output, the bicubic baseline and the reference at one crop chosen where output and baseline
+differ inside the lung field (:func:`anatomy_window`), with the model and preset that made them.
+With eval's realism block it shows the lung-patch spectra of all sides on one plot. Everything
+is inline: CSS in the page, pictures as base64 PNG ``data:`` URIs, so the file can be mailed or
+archived as a CI artefact. It links to nothing.
 
 Plots use matplotlib's object-oriented API on the Agg canvas (no pyplot, no global backend
 change), imported only when a report is built.
@@ -44,7 +49,9 @@ td, th { padding: 0.2em 0.7em; border-bottom: 1px solid #eee; text-align: right;
 td:first-child, th:first-child, td.name { text-align: left; }
 .example { display: flex; gap: 0.6em; flex-wrap: wrap; margin: 0.5em 0 1.5em; }
 figure { margin: 0; } figcaption { font-size: 0.8em; color: #555; text-align: center; }
-img.px { image-rendering: pixelated; width: 256px; height: auto; }
+img.px { image-rendering: pixelated; width: 220px; max-width: 100%; height: auto; }
+img { max-width: 100%; height: auto; }
+p.verdict { font-size: 1.05em; font-weight: 600; }
 p.def { font-size: 0.85em; color: #444; max-width: 60em; }
 """
 
@@ -57,13 +64,22 @@ class Example:
         label: why it is shown (``best``, ``median``, ``worst``).
         row: its per-image measurements (``id``, ``psnr``, ...).
         image: ``(H, W)`` the image as measured (after any resampling), float in [0, 1].
-        reference: ``(H, W)`` its reference.
+        reference: ``(H, W)`` its reference; None for a realism-only example (then
+            ``baseline`` is needed).
+        lq: the enhancer's input (any size), or None.
+        baseline: ``(H, W)`` the bicubic baseline (the input resampled), or None.
+        lung: ``(H, W)`` bool lung field (where the crop is looked for), or None.
+        made_by: the model and preset that made the pair, in words.
     """
 
     label: str
     row: Mapping[str, Any]
     image: np.ndarray
-    reference: np.ndarray
+    reference: np.ndarray | None
+    lq: np.ndarray | None = None
+    baseline: np.ndarray | None = None
+    lung: np.ndarray | None = None
+    made_by: str = ""
 
 
 def pick_examples(rows: Sequence[Mapping[str, Any]], metric: str = "psnr"
@@ -113,6 +129,34 @@ def crop_window(error: np.ndarray, size: int) -> tuple[int, int]:
     return where
 
 
+SATURATED = (0.02, 0.98)
+"""Display values at or beyond which a pixel counts as saturated (letter markers, black borders):
+:func:`anatomy_window` avoids windows that hold more than 1 % of them."""
+BORDER_FRACTION = 0.05
+"""The image border band :func:`anatomy_window` stays out of (collimation edges, labels)."""
+
+
+def anatomy_window(image: np.ndarray, baseline: np.ndarray, reference: np.ndarray,
+                   lung: np.ndarray | None, size: int) -> tuple[int, int]:
+    """Top-left ``(row, col)`` of the ``size``-square crop where ``image`` and ``baseline``
+    differ most in the anatomy: the mean ``|image − baseline|`` over the lung field (the whole
+    image without one), outside a :data:`BORDER_FRACTION` border band, and never a window whose
+    reference has more than 1 % saturated pixels (:data:`SATURATED`) while another has not.
+    """
+    diff = np.abs(np.asarray(image, np.float64) - np.asarray(baseline, np.float64))
+    height, width = diff.shape
+    band_r, band_c = round(BORDER_FRACTION * height), round(BORDER_FRACTION * width)
+    valid = np.zeros_like(diff, dtype=bool)
+    valid[band_r:height - band_r, band_c:width - band_c] = True
+    if lung is not None and np.any(lung & valid):
+        valid &= lung
+    ref = np.asarray(reference)
+    saturated = ((ref <= SATURATED[0]) | (ref >= SATURATED[1])).astype(np.float64)
+    # one saturated pixel outweighs any difference: 1 % of a window costs more than it can gain
+    score = np.where(valid, diff, 0.0) - saturated * 100.0 * (float(diff.max()) + 1e-6)
+    return crop_window(score, size)
+
+
 def build_report(summary: Summary, examples: Sequence[Example], *,
                  title: str = "cxrkit eval report",
                  sections: Sequence[tuple[str, str]] = ()) -> str:
@@ -133,7 +177,12 @@ def build_report(summary: Summary, examples: Sequence[Example], *,
              f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
              f"<h1>{_e(title)}</h1>",
              f"<p>{metrics['n_records']} records, {metrics['n_failed']} failed; "
-             f"cxrkit {_e(__version__)}.</p>", "<h2>Summary</h2>", _summary_tables(metrics)]
+             f"cxrkit {_e(__version__)}.</p>"]
+    if metrics.get("baseline"):
+        parts += ["<h2>Does it beat the baseline?</h2>", _baseline(metrics["baseline"])]
+    parts += ["<h2>Summary</h2>", _summary_tables(metrics)]
+    if metrics.get("realism"):
+        parts += ["<h2>Realism against real radiographs</h2>", _realism(metrics["realism"])]
     if examples:
         parts += ["<h2>Examples</h2>", _examples(examples)]
     histograms = _histograms(summary.rows)
@@ -175,19 +224,102 @@ def _summary_tables(metrics: Mapping[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _baseline(block: Mapping[str, Any]) -> str:
+    """The paired gain over bicubic, with a one-line verdict from its CI."""
+    rows = []
+    verdicts = []
+    for name, unit in (("psnr", "dB"), ("ssim", "")):
+        gain = block.get(f"{name}_gain")
+        if not gain:
+            continue
+        base = block[f"{name}_bicubic"]
+        rows.append([f"{name} gain over bicubic", f"{gain['mean']:+.4g} {unit}".strip(),
+                     _fmt_ci(gain["ci95"]), _fmt(base["mean"]), str(gain["n"])])
+        ci = gain["ci95"]
+        if ci and ci[0] > 0:
+            verdicts.append(f"{name}: yes (the 95% CI is above 0)")
+        elif ci and ci[1] < 0:
+            verdicts.append(f"{name}: no, worse than bicubic (the 95% CI is below 0)")
+        else:
+            verdicts.append(f"{name}: {'ahead' if gain['mean'] > 0 else 'behind'} on average, "
+                            "not significant" if ci else f"{name}: one image, no CI")
+    return (f"<p class=\"verdict\">{_e('; '.join(verdicts))}</p>"
+            + _table(["measure", "mean", "95% CI", "bicubic mean", "n"], rows)
+            + f"<p class=\"def\">{_e(block['definition'])}</p>")
+
+
+def _realism(block: Mapping[str, Any]) -> str:
+    """Band log-ratios, domain probability and nodule CNR per side, and the spectra plot."""
+    out = []
+    ratios = block.get("spectral_log_ratio", {})
+    if ratios:
+        rows = [[side, *(f"{float(v):+.2f}" for v in entry["log_ratio"]), str(entry["n"])]
+                for side, entry in ratios.items()]
+        ref = block["reference"]
+        out += [f"<p>Against {ref['n_images']} reference radiographs at "
+                f"{ref['pitch_mm']:.3f} mm per px ({_e(', '.join(ref['pitch_sources']))}).</p>",
+                _table(["side", "band 1 (low)", "band 2", "band 3", "band 4 (high)", "n"], rows)]
+    rows = []
+    for name in ("domain_p", "nodule_cnr"):
+        for side, stats in block.get(name, {}).items():
+            if isinstance(stats, Mapping):
+                rows.append([f"{name} ({side})", _fmt(stats["mean"]), _fmt_ci(stats["ci95"]),
+                             str(stats["n"])])
+    if rows:
+        out.append(_table(["measure", "mean", "95% CI", "n"], rows))
+    spectrum = block.get("spectrum")
+    if spectrum and spectrum.get("freq_per_mm") is not None:
+        out.append(_img(_spectra(spectrum, block["reference"]["pitch_mm"]), "realism spectra"))
+    out.append(f"<p class=\"def\">{_e(block.get('definition', ''))}</p>")
+    return "\n".join(out)
+
+
+def _spectra(spectrum: Mapping[str, Any], pitch_mm: float) -> Any:
+    """One plot: the radially averaged lung-patch spectra of every side and the reference."""
+    figure, (ax,) = _figure(1)
+    figure.set_size_inches(6.4, 3.6)
+    freqs = np.asarray(spectrum["freq_per_mm"], dtype=np.float64)
+    colours = {"reference": "#222222", "path": "#cc3311", "input": "#4477aa",
+               "bicubic": "#ee7733"}
+    for side, values in spectrum.items():
+        if side == "freq_per_mm" or values is None:
+            continue
+        ax.semilogy(freqs, np.asarray(values, dtype=np.float64), label=side,
+                    color=colours.get(side), linewidth=2.2 if side == "reference" else 1.4,
+                    linestyle="--" if side == "reference" else "-")
+    nyquist = 0.5 / pitch_mm
+    for edge in (0.25, 0.5, 0.75):
+        ax.axvline(edge * nyquist, color="#bbbbbb", linestyle=":")
+    ax.set(xlabel="radial frequency (cycles/mm)", ylabel="power (display units²)",
+           title="lung-patch spectra (dotted: band edges)", xlim=(0, nyquist))
+    ax.legend(fontsize=8)
+    return figure
+
+
 def _examples(examples: Sequence[Example]) -> str:
-    """Per example: an overview with the crop marked, then image, reference and difference."""
+    """Per example: an overview with the crop marked, then image, reference and difference;
+    with a baseline: input, output, bicubic and reference at the crop where the output and the
+    baseline differ in the anatomy, and both errors at one gain."""
     from PIL import Image, ImageDraw
 
     out = []
     for ex in examples:
         image = np.clip(np.asarray(ex.image, dtype=np.float64), 0, 1)
-        reference = np.clip(np.asarray(ex.reference, dtype=np.float64), 0, 1)
-        error = np.abs(image - reference)
-        r, c = crop_window(error, CROP_PX)
+        baseline = (np.clip(np.asarray(ex.baseline, dtype=np.float64), 0, 1)
+                    if ex.baseline is not None and ex.baseline.shape == image.shape else None)
+        if ex.reference is None and baseline is None:
+            continue
+        reference = (np.clip(np.asarray(ex.reference, dtype=np.float64), 0, 1)
+                     if ex.reference is not None else None)
+        anchor = reference if reference is not None else image
+        error = np.abs(image - (reference if reference is not None else baseline))
+        if baseline is not None:
+            r, c = anatomy_window(image, baseline, anchor, ex.lung, CROP_PX)
+        else:
+            r, c = crop_window(error, CROP_PX)
         size_r, size_c = min(CROP_PX, image.shape[0]), min(CROP_PX, image.shape[1])
         window = (slice(r, r + size_r), slice(c, c + size_c))
-        overview = Image.fromarray(_to_uint8(reference)).convert("RGB")
+        overview = Image.fromarray(_to_uint8(anchor)).convert("RGB")
         factor = max(overview.size) / CROP_PX
         if factor > 1:
             overview = overview.resize((round(overview.width / factor),
@@ -197,17 +329,41 @@ def _examples(examples: Sequence[Example]) -> str:
             [c * scale, r * scale, (c + size_c) * scale - 1, (r + size_r) * scale - 1],
             outline=(255, 64, 64), width=2)
         gain = _diff_gain(error)
-        numbers = ", ".join(f"{k} {_fmt(ex.row.get(k))}" for k in ("psnr", "ssim", "psnr_fit")
-                            if ex.row.get(k) is not None)
-        panels = [(_png_image(overview), "reference, crop marked"),
-                  (_png(image[window]), "image (as measured)"),
-                  (_png(reference[window]), "reference"),
-                  (_png(np.clip(error[window] * gain, 0, 1)), f"|image − reference| ×{gain:g}")]
+        numbers = ", ".join(f"{k} {_fmt(ex.row.get(k))}" for k in (
+            "psnr", "psnr_bicubic", "ssim", "ssim_bicubic", "psnr_fit", "domain_p",
+            "domain_p_bicubic", "cnr_ratio") if ex.row.get(k) is not None)
+        overview_caption = ("reference" if reference is not None else "output") + ", crop marked"
+        panels = [(_png_image(overview), overview_caption)]
+        if baseline is not None:
+            if ex.lq is not None:
+                fr, fc = ex.lq.shape[0] / image.shape[0], ex.lq.shape[1] / image.shape[1]
+                lq = np.clip(np.asarray(ex.lq, dtype=np.float64), 0, 1)[
+                    int(r * fr):max(int((r + size_r) * fr), int(r * fr) + 1),
+                    int(c * fc):max(int((c + size_c) * fc), int(c * fc) + 1)]
+                panels.append((_png(lq), "input (LQ)"))
+            panels += [(_png(image[window]), "output"), (_png(baseline[window]), "bicubic")]
+            if reference is not None:
+                base_error = np.abs(baseline - reference)
+                gain = _diff_gain(np.maximum(error, base_error))
+                panels += [(_png(reference[window]), "reference"),
+                           (_png(np.clip(error[window] * gain, 0, 1)),
+                            f"|output − ref| ×{gain:g}"),
+                           (_png(np.clip(base_error[window] * gain, 0, 1)),
+                            f"|bicubic − ref| ×{gain:g}")]
+            else:
+                panels.append((_png(np.clip(error[window] * gain, 0, 1)),
+                               f"|output − bicubic| ×{gain:g} (no reference)"))
+        else:
+            panels += [(_png(image[window]), "image (as measured)"),
+                       (_png(anchor[window]), "reference"),
+                       (_png(np.clip(error[window] * gain, 0, 1)),
+                        f"|image − reference| ×{gain:g}")]
         figures = "".join(f"<figure><img class=\"px\" alt=\"{_e(caption)}\" src=\"{uri}\">"
                           f"<figcaption>{_e(caption)}</figcaption></figure>"
                           for uri, caption in panels)
+        made = f"<p class=\"def\">Made by: {_e(ex.made_by)}</p>" if ex.made_by else ""
         out.append(f"<h3>{_e(ex.label)}: {_e(str(ex.row.get('id')))} ({_e(numbers)})</h3>"
-                   f"<div class=\"example\">{figures}</div>")
+                   f"{made}<div class=\"example\">{figures}</div>")
     return "\n".join(out)
 
 
@@ -228,8 +384,8 @@ def _histograms(rows: Sequence[Mapping[str, Any]]) -> Any:
             series[name] = values
     if not series:
         return None
-    figure, axes = _figure(len(series))
-    for ax, (name, values) in zip(axes, series.items(), strict=True):
+    figure, axes = _figure(len(series), per_row=4)
+    for ax, (name, values) in zip(axes, series.items(), strict=False):
         ax.hist(values, bins=min(30, max(5, len(values) // 3)), color="#4477aa")
         ax.axvline(float(np.mean(values)), color="#cc3311", linestyle="--", label="mean")
         ax.set_xlabel(name)
@@ -261,15 +417,20 @@ def _curves(curves: DetectionCurves, detection: Mapping[str, Any]) -> Any:
     return figure
 
 
-def _figure(panels: int) -> tuple[Any, list[Any]]:
-    """A matplotlib figure with ``panels`` axes in one row, on the Agg canvas."""
+def _figure(panels: int, per_row: int | None = None) -> tuple[Any, list[Any]]:
+    """A matplotlib figure with ``panels`` axes, at most ``per_row`` to a row (so it fits the
+    page; unused axes of the last row are hidden), on the Agg canvas."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(3.6 * panels, 3.2), dpi=100, layout="constrained")
+    cols = min(panels, per_row or panels)
+    rows = -(-panels // cols)
+    figure = Figure(figsize=(3.6 * cols, 3.2 * rows), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.subplots(1, panels, squeeze=False)[0]
-    return figure, list(axes)
+    axes = list(figure.subplots(rows, cols, squeeze=False).ravel())
+    for extra in axes[panels:]:
+        extra.set_visible(False)
+    return figure, axes[:panels]
 
 
 def _rows_table(rows: Sequence[Mapping[str, Any]]) -> str:

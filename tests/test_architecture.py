@@ -29,9 +29,11 @@ FLOORS: dict[str, int] = {
     "cxrkit.train": 3, "cxrkit.diffusion": 3, "cxrkit.lora": 3,
     # 4 model families (siblings: see FAMILIES)
     "cxrkit.enhancer": 4, "cxrkit.munit": 4, "cxrkit.ddpm_lq": 4, "cxrkit.synthdit": 4,
+    "cxrkit.domain": 4,
     # 5 engines and reports
     "cxrkit.report_detection": 5,
     "cxrkit.synth": 5, "cxrkit.report": 5,
+    "cxrkit.realism": 5,
     # 6 the command line
     "cxrkit.cli": 6, "cxrkit.__main__": 6,
 }

@@ -20,6 +20,7 @@ from cxrkit.cli._options import (
     Seed,
     exit_with,
     format_suffix,
+    input_name,
     iter_inputs,
     read_display,
     run_items,
@@ -81,8 +82,9 @@ def enhance(
     every tile on what it infers (blur width, tone curve). Black input regions stay black
     (--no-keep-black: the model's output everywhere). Reads display radiographs (8/16-bit
     PNG, TIFF, DICOM) or records; writes one image and one record per input. The record's
-    'reference' passes through, so cxrkit eval can score the result; its 'enhance' key holds the
-    options, seed and model sha256.
+    'reference' passes through, so cxrkit eval can score the result; its 'input' names the image
+    enhanced (for eval's realism section); its 'enhance' key holds the options, seed and model
+    sha256.
 
     Example:
 
@@ -143,7 +145,8 @@ class EnhanceJob:
         spacing = record.get("spacing_mm") or image.spacing_mm
         spacing = [float(spacing[0]) / scale, float(spacing[1]) / scale] if spacing else None
         primary = self.outputs.path(record["id"], "enh")
-        new = {**record, "path": str(primary), "kind": "display", "spacing_mm": spacing}
+        new = {**record, "path": str(primary), "kind": "display", "spacing_mm": spacing,
+               "input": input_name(record)}  # eval's realism compares output and input
         new["enhance"] = self.outputs.stamp({**provenance("enhance", resolved, seed=self.seed,
                                                           model=self._model_sha256),
                                              "item_seed": seed})

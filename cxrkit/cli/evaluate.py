@@ -41,7 +41,8 @@ def evaluate(
         "--fail-under", help="METRIC=VALUE (repeatable): exit 8 when the metric is under VALUE "
                              "or was not measured. Metrics: psnr, ssim, ms_ssim, psnr_fit "
                              "(means), auc, node21, sens@0.25, cpm, iou, dice, image_auc, "
-                             "calcified_auc, ...",
+                             "calcified_auc, psnr_gain and ssim_gain (over bicubic), domain_p, "
+                             "cnr_ratio, ...",
         show_default=False)] = None,
     no_reference: Annotated[bool, typer.Option(
         "--no-reference", help="Also measure path alone: noise sigma, mean gradient, and the "
@@ -80,6 +81,18 @@ def evaluate(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap CIs.")] = 0,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace an existing --report file.")] = False,
+    realism_ref: Annotated[list[str] | None, typer.Option(
+        "--realism-ref", help="Real radiographs (folder, glob or files; repeatable): add a "
+                              "realism section measured against them, no reference image "
+                              "needed (lung-patch spectra, domain score, nodule CNR).",
+        show_default=False)] = None,
+    realism_pitch: Annotated[float | None, typer.Option(
+        "--realism-pitch", min=0.05, max=10.0, help="Common pixel pitch (mm) of the spectra. "
+        "Default: the reference set's median pitch.", show_default=False)] = None,
+    domain_model: Annotated[Path | None, typer.Option(
+        "--domain-model", help="Domain classifier folder (cxrkit train-domain) for the mean "
+                               "P(real radiograph). Default with --realism-ref: the shipped "
+                               "one.", show_default=False)] = None,
     keep_going: KeepGoing = False,
 ) -> None:
     """Measure image quality, detection and segmentation from a record stream.
@@ -136,6 +149,15 @@ def evaluate(
     cxrkit merge-lora --report: per pair ‖ΔWiΔWjᵀ‖F, normalised, and the cosine of the
     updates; each adapter's sparsity); --report writes it as HTML with its plot.
 
+    Realism (--realism-ref, or --domain-model alone): every image and the reference set are
+    resampled to one pitch; in 64 px lung-field patches (mean removed, Hann window) the
+    periodogram is averaged per quarter of the radial frequency range (band 1 lowest, band 4
+    highest); log_ratio = log10(mean band power of the images / of the reference), 0 = like
+    the reference, -1 = ten times less power. Measured for path, for the record's input (as
+    cxrkit enhance records it) and its bicubic upsampling. domain_p = mean P(real radiograph)
+    of the domain classifier. nodule_cnr: the record's nodule (mask, boxes or roi) against a
+    5 mm lung ring, on path and on the input; cnr_ratio = path / input.
+
     Example:
 
         cxrkit degrade hq/ --preset drr-like --scale 2 -o lq/ | cxrkit eval --upsample bicubic
@@ -149,6 +171,10 @@ def evaluate(
         cxrkit eval pairs.jsonl --report report.html --fail-under psnr=30 --fail-under ssim=0.9
 
         cxrkit eval detections.jsonl --json --fail-under node21=0.7
+
+    Realism of enhanced DRRs against real radiographs:
+
+        cxrkit eval enhanced.jsonl --realism-ref nih/images/ --json
     """
     from cxrkit.cli.merge_lora import is_adapter_list, report_adapters
     from cxrkit.metrics.records import check_thresholds, summarize_records
@@ -163,12 +189,14 @@ def evaluate(
     job = EvalJob(no_reference=no_reference, upsample=_kernel(upsample, "--upsample"),
                   resize_reference=_kernel(resize_reference, "--resize-reference"),
                   mask_threshold=mask_threshold)
+    job.realism = _realism_job(realism_ref, realism_pitch, domain_model)
     records = list(_read_records(inputs))
     rows, failed = job.run(records, keep_going=keep_going)
+    extra = {"realism": job.realism.summary(seed=seed, n_boot=bootstrap)} if job.realism else {}
     summary = summarize_records(records, rows, seed=seed, n_boot=bootstrap, with_cpm=cpm,
                                 mask_threshold=mask_threshold, failed=failed,
                                 resample=job.resample, fp_per_image=operating_point,
-                                score_threshold=detection_threshold)
+                                score_threshold=detection_threshold, extra=extra)
     _emit(summary, as_json=json_output or not sys.stdout.isatty(), per_image=per_image)
     if report is not None:
         _write_report(report, summary, job, records, overwrite=overwrite,
@@ -191,6 +219,7 @@ class EvalJob:
         self.upsample = upsample
         self.resize_reference = resize_reference
         self.mask_threshold = mask_threshold
+        self.realism: Any = None  # a cxrkit.realism.RealismJob when asked for
 
     @property
     def resample(self) -> str | None:
@@ -219,6 +248,7 @@ class EvalJob:
     def __call__(self, record: Record) -> dict[str, Any]:
         from cxrkit.io import read_radiograph
         from cxrkit.metrics.records import (
+            baseline_quality,
             image_quality,
             no_reference_quality,
             segmentation_counts,
@@ -227,7 +257,11 @@ class EvalJob:
         row: dict[str, Any] = {"id": record.get("id"), "path": record.get("path"),
                                "reference": record.get("reference")}
         if record.get("reference"):
-            row.update(image_quality(*self.pair(record)))
+            image, reference = self.pair(record)
+            row.update(image_quality(image, reference))
+            baseline = self.baseline(record, reference.shape)
+            if baseline is not None:
+                row.update(baseline_quality(baseline, reference))
         if self.no_reference:
             row.update(no_reference_quality(read_radiograph(record["path"]).pixels,
                                             record.get("roi")))
@@ -236,6 +270,8 @@ class EvalJob:
         if record.get("pred_mask") and record.get("mask"):
             row.update(segmentation_counts(_read_mask(record["pred_mask"]),
                                            _read_mask(record["mask"]), self.mask_threshold))
+        if self.realism is not None:
+            row.update(self.realism(record))
         return row
 
     def pair(self, record: Record) -> tuple[np.ndarray, np.ndarray]:
@@ -260,6 +296,39 @@ class EvalJob:
             else:
                 raise _size_error(image.shape, reference.shape, str(record.get("id")))
         return image, reference
+
+    @staticmethod
+    def baseline(record: Record, shape: tuple[int, ...]) -> np.ndarray | None:
+        """The bicubic baseline of a record: its ``input`` (as cxrkit enhance records it)
+        resampled to ``shape`` (the measured reference's); None without an input."""
+        import numpy as np
+
+        from cxrkit.degrade.operators import resample
+        from cxrkit.io import read_radiograph
+
+        source = record.get("input")
+        if not source or source == "-":
+            return None
+        return resample(np.clip(read_radiograph(source).pixels, 0, 1), tuple(shape), "bicubic")
+
+
+def _realism_job(ref: list[str] | None, pitch: float | None, model: Path | None) -> Any:
+    """The realism measurer of --realism-ref / --domain-model, or None when neither is given."""
+    if not ref and model is None:
+        return None
+    from cxrkit.realism import SHIPPED_DOMAIN_MODEL, RealismJob, ReferenceSpectra
+
+    reference = None
+    if ref:
+        from cxrkit.io import RADIOGRAPH_PATTERNS
+
+        paths = [r["path"] for r in iter_inputs(ref, patterns=RADIOGRAPH_PATTERNS)]
+        if not paths:
+            raise typer.BadParameter("no images found", param_hint="--realism-ref")
+        reference = ReferenceSpectra.load(paths, pitch_mm=pitch)
+        if model is None and (SHIPPED_DOMAIN_MODEL / "config.json").is_file():
+            model = SHIPPED_DOMAIN_MODEL
+    return RealismJob(reference, model)
 
 
 def _size_error(shape: tuple[int, ...], ref_shape: tuple[int, ...], item: str) -> InputError:
@@ -370,7 +439,22 @@ def _table(metrics: dict[str, Any]) -> Any:
             if isinstance(value, float) and name != "threshold":
                 table.add_row(block, name, _fmt(value), _fmt_ci(values.get(f"{name}_ci95")),
                               str(values.get("n_images", "")))
+    _realism_rows(table, metrics.get("realism", {}))
     return table
+
+
+def _realism_rows(table: Any, realism: dict[str, Any]) -> None:
+    """The realism block's rows: band log-ratios, domain probability and nodule CNR per side."""
+    for side, entry in realism.get("spectral_log_ratio", {}).items():
+        cis = entry.get("ci95") or [None] * len(entry["log_ratio"])
+        for band, (value, ci) in enumerate(zip(entry["log_ratio"], cis, strict=True), 1):
+            table.add_row("realism", f"log_ratio band{band} ({side})", _fmt(float(value)),
+                          _fmt_ci(ci), str(entry["n"]))
+    for name in ("domain_p", "nodule_cnr"):
+        for side, stats in realism.get(name, {}).items():
+            if isinstance(stats, dict):
+                table.add_row("realism", f"{name} ({side})", _fmt(stats["mean"]),
+                              _fmt_ci(stats["ci95"]), str(stats["n"]))
 
 
 def _rows_table(rows: list[dict[str, Any]]) -> Any:
@@ -424,12 +508,13 @@ def _write_report(path: Path, summary: Summary, job: EvalJob, records: list[Reco
                   overwrite: bool, gallery: int = 0, threshold: float = 0.5) -> None:
     """Read the example images again and write the HTML report atomically."""
     from cxrkit.pipe import atomic_path
-    from cxrkit.report import Example, build_report, pick_examples
+    from cxrkit.report import build_report, pick_examples
     from cxrkit.report_detection import detection_sections
 
     by_key = {(r.get("id"), r.get("path")): r for r in records}
-    examples = [Example(label, row, *job.pair(by_key[(row["id"], row["path"])]))
-                for label, row in pick_examples(summary.rows)]
+    picks = pick_examples(summary.rows) or pick_examples(summary.rows, "domain_p")
+    examples = [_example(job, label, row, by_key[(row["id"], row["path"])])
+                for label, row in picks]
     shown = _gallery(records, gallery, threshold)
     sections = detection_sections(summary, shown, threshold=threshold,
                                   mask_threshold=job.mask_threshold)
@@ -455,3 +540,48 @@ def _gallery(records: list[Record], count: int, threshold: float) -> list[Any]:
             continue
         shown.append(GalleryImage(outcome, record, image, *masks))
     return shown
+
+
+def _example(job: EvalJob, label: str, row: dict[str, Any], record: Record) -> Any:
+    """One report example: the measured pair, and with the record's input the LQ image, its
+    bicubic baseline, the reference's lung field and what made them."""
+    import numpy as np
+
+    from cxrkit.io import read_radiograph
+    from cxrkit.report import Example
+
+    if not record.get("reference"):  # realism only: input, output and bicubic
+        from cxrkit.realism import lung_mask
+
+        image = read_radiograph(record["path"]).pixels
+        baseline = job.baseline(record, image.shape)
+        lq = read_radiograph(record["input"]).pixels if baseline is not None else None
+        return Example(label, row, image, None, lq=lq, baseline=baseline,
+                       lung=lung_mask(np.clip(image, 0, 1)), made_by=_made_by(record))
+    image, reference = job.pair(record)
+    baseline = job.baseline(record, reference.shape)
+    if baseline is None:
+        return Example(label, row, image, reference, made_by=_made_by(record))
+    from cxrkit.realism import lung_mask
+
+    return Example(label, row, image, reference, lq=read_radiograph(record["input"]).pixels,
+                   baseline=baseline, lung=lung_mask(reference), made_by=_made_by(record))
+
+
+def _made_by(record: Record) -> str:
+    """The tools, models and presets a record went through, in words."""
+    parts = []
+    made = record.get("degrade")
+    if isinstance(made, dict):
+        options = made.get("options", {})
+        parts.append(f"degrade preset {options.get('preset') or options.get('method')}"
+                     f" ×{options.get('scale', 1)}")
+    made = record.get("enhance")
+    if isinstance(made, dict):
+        options = made.get("options", {})
+        what = options.get("method", "?")
+        if made.get("model"):
+            what += f" model {options.get('model') or 'shipped'} (sha256 {made['model'][:12]})"
+        steps = options.get("steps")
+        parts.append(f"enhance {what}" + (f", {steps} steps" if steps else ""))
+    return "; ".join(parts)

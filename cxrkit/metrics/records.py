@@ -97,6 +97,12 @@ DETECTION_DEFINITION = (
     "rates, duplicates still FP); ci95 = bootstrap over images stratified by label."
 )
 
+BASELINE_DEFINITION = (
+    "baseline = the record's input (as cxrkit enhance records it) resampled to the reference's "
+    "size with bicubic; psnr_gain/ssim_gain = per image (path − baseline) against the "
+    "reference, mean over images; ci95 = percentile bootstrap over images (paired)."
+)
+
 GATES: dict[str, tuple[str, ...]] = {
     **{name: ("image_quality", name, "mean") for name in IMAGE_METRICS},
     **{name: ("no_reference", name, "mean") for name in ("mean_gradient", "cnr")},
@@ -112,6 +118,12 @@ GATES: dict[str, tuple[str, ...]] = {
 }
 """Metric names ``eval --fail-under NAME=VALUE`` accepts, and where each sits in the summary.
 Image and no-reference measures gate on their mean over images."""
+GATES.update({
+    "psnr_gain": ("baseline", "psnr_gain", "mean"),  # over bicubic: "never worse" is 0
+    "ssim_gain": ("baseline", "ssim_gain", "mean"),
+    "domain_p": ("realism", "domain_p", "path", "mean"),
+    "cnr_ratio": ("realism", "nodule_cnr", "ratio", "mean"),
+})
 
 
 def image_quality(x: np.ndarray, ref: np.ndarray) -> dict[str, float | None]:
@@ -134,6 +146,36 @@ def image_quality(x: np.ndarray, ref: np.ndarray) -> dict[str, float | None]:
         "ms_ssim": ms_ssim(x, ref) if min(np.shape(x)) >= MS_SSIM_MIN_SIZE else None,
         "psnr_fit": psnr_linear_fit(x, ref),
     }
+
+
+def baseline_quality(baseline: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    """``psnr_bicubic`` and ``ssim_bicubic`` of the bicubic baseline against the reference."""
+    return {"psnr_bicubic": psnr(baseline, ref), "ssim_bicubic": ssim(baseline, ref)}
+
+
+def baseline_summary(rows: Sequence[Mapping[str, Any]], *, seed: int = 0, n_boot: int = 1000
+                     ) -> dict[str, Any] | None:
+    """The paired gain of ``path`` over the bicubic baseline, from rows with ``psnr``,
+    ``ssim``, ``psnr_bicubic`` and ``ssim_bicubic``; None when no row has the baseline.
+
+    Returns:
+        ``psnr_gain`` and ``ssim_gain`` (:func:`aggregate` of the per-image differences),
+        ``psnr_bicubic``, ``ssim_bicubic`` (aggregates) and ``definition``.
+    """
+    block: dict[str, Any] = {}
+    for name in ("psnr", "ssim"):
+        pairs = [(float(r[name]), float(r[f"{name}_bicubic"])) for r in rows
+                 if r.get(name) is not None and r.get(f"{name}_bicubic") is not None]
+        finite = [(a, b) for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
+        if finite:
+            block[f"{name}_gain"] = aggregate([a - b for a, b in finite], seed=seed,
+                                              n_boot=n_boot)
+            block[f"{name}_bicubic"] = aggregate([b for _, b in finite], seed=seed,
+                                                 n_boot=n_boot)
+    if not block:
+        return None
+    block["definition"] = BASELINE_DEFINITION
+    return block
 
 
 def no_reference_quality(image: np.ndarray, roi: Sequence[float] | Mapping[str, float] | None
@@ -438,7 +480,8 @@ def summarize_records(records: Sequence[Record], rows: Sequence[dict[str, Any]],
                       seed: int = 0, n_boot: int = 1000, with_cpm: bool = False,
                       mask_threshold: float = 0.5, failed: int = 0,
                       resample: str | None = None, fp_per_image: float = 0.25,
-                      score_threshold: float = 0.5) -> Summary:
+                      score_threshold: float = 0.5,
+                      extra: Mapping[str, Any] | None = None) -> Summary:
     """The summary of an evaluation: aggregates of per-image rows plus detection metrics.
 
     Args:
@@ -454,6 +497,7 @@ def summarize_records(records: Sequence[Record], rows: Sequence[dict[str, Any]],
         fp_per_image: the FROC operating point of the breakdown's ``sens_op``.
         score_threshold: the box score of the breakdown's ``sens_score``, and the
             ``nodule_probability`` at which the classification block calls an image positive.
+        extra: more blocks measured elsewhere (e.g. ``realism``), added as given when not empty.
 
     Returns:
         The summary; blocks are present only for what the records carried.
@@ -475,6 +519,9 @@ def summarize_records(records: Sequence[Record], rows: Sequence[dict[str, Any]],
             if name == "image_quality":
                 block["resample"] = resample
             metrics[name] = block
+    baseline = baseline_summary(rows, seed=seed, n_boot=n_boot)
+    if baseline is not None:
+        metrics["baseline"] = baseline
     counts = [row for row in rows if "union_px" in row]
     if counts:
         metrics["segmentation"] = segmentation_summary(counts, mask_threshold)
@@ -496,6 +543,7 @@ def summarize_records(records: Sequence[Record], rows: Sequence[dict[str, Any]],
     detection = detection_summary(records, seed=seed, n_boot=n_boot, with_cpm=with_cpm)
     if detection is not None:
         metrics["detection"] = detection[0]
+    metrics.update({name: block for name, block in (extra or {}).items() if block})
     if len(metrics) == 2 and not failed:
         raise InputError("the records carry nothing to measure",
                          hint="records need 'reference' (image quality), 'detections' and "
