@@ -143,6 +143,7 @@ def _register() -> None:
         synth,
         train_ddpm_lq,
         train_enhance,
+        train_lora,
         train_munit,
         train_synth,
     )
@@ -156,6 +157,7 @@ def _register() -> None:
         "train-munit": train_munit.train_munit,
         "train-ddpm-lq": train_ddpm_lq.train_ddpm_lq,
         "train-synth": train_synth.train_synth,
+        "train-lora": train_lora.train_lora,
         "synth": synth.synth,
         "eval": evaluate.evaluate,
         "sample-data": sample_data.sample_data,
