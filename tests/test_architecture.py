@@ -25,8 +25,8 @@ FLOORS: dict[str, int] = {
     # 2 physics and data: ray casting, degradation operators, nodules, shared data helpers
     "cxrkit.drr": 2, "cxrkit.siddon": 2, "cxrkit.degrade": 2, "cxrkit.nodules": 2,
     "cxrkit.data": 2, "cxrkit.sample": 2, "cxrkit.device": 2,
-    # 3 shared learning floors: the training loop, the diffusion floor
-    "cxrkit.train": 3, "cxrkit.diffusion": 3,
+    # 3 shared learning floors: the training loop, the diffusion floor, LoRA adapters as data
+    "cxrkit.train": 3, "cxrkit.diffusion": 3, "cxrkit.lora": 3,
     # 4 model families (siblings: see FAMILIES)
     "cxrkit.enhancer": 4, "cxrkit.munit": 4, "cxrkit.ddpm_lq": 4, "cxrkit.synthdit": 4,
     # 5 engines and reports
