@@ -79,7 +79,7 @@ def _patches(count: int, seed: int) -> list[LabelledPatch]:
         patch = np.where(mask > 0, inside, background).astype(np.float32)
         labels = {"calcified": int(calcified), "border_irregular": int(not calcified),
                   "inhomogeneous": int(not calcified), "subtlety": float(1 + i % 5)}
-        out.append(LabelledPatch(NodulePatch(patch, mask, labels, f"{i % 10:05d}", f"r{i}"),
+        out.append(LabelledPatch(NodulePatch(patch, mask, labels, f"{i // 4:05d}", f"r{i}"),
                                  "parametric" if i % 3 else "luna16", "blend"))
     return out
 
@@ -122,7 +122,8 @@ def _random_adapter(model: SynthDiT, rank: int, scale: float, seed: int) -> obje
             d_out, d_in = module.weight.shape
             layers[name] = LoraLayer(torch.randn(rank, d_in, generator=gen) * 0.1,
                                      torch.randn(d_out, rank, generator=gen) * 0.1, scale)
-    return Adapter(layers, {"r": rank}, {"characteristic": "calcified"})
+    return Adapter(layers, {"r": rank, "lora_alpha": scale * rank},
+                   {"characteristic": "calcified"})
 
 
 def test_per_adapter_scales_are_exact() -> None:

@@ -153,7 +153,7 @@ def _ziplora(model_dir: Path, files: list[Path], records: list[dict[str, Any]], 
     file and run.json."""
     from cxrkit import __version__
     from cxrkit.files import file_sha256
-    from cxrkit.lora.files import load_adapter, save_adapter
+    from cxrkit.lora.files import load_adapter, save_adapter, unit_scale_config
     from cxrkit.synthdit import SynthDiT
     from cxrkit.synthdit.adapters import backbone_sha256
     from cxrkit.synthdit.lora_training import (
@@ -174,9 +174,8 @@ def _ziplora(model_dir: Path, files: list[Path], records: list[dict[str, Any]], 
                                     batch_size=config.batch_size, lr=config.lr,
                                     similarity_weight=similarity_weight, seed=config.seed)
     name = "+".join(c.name for c in chars)
-    merged.config = {"r": sum(int(a.layers[next(iter(a.layers))].a.shape[0])
-                              for a in adapters), "use_rslora": False,
-                     "target_modules": adapters[0].config.get("target_modules")}
+    merged.config = unit_scale_config({k: v.rank for k, v in merged.layers.items()},
+                                      base=adapters[0].config)
     merged.meta = {"kind": ADAPTER_KIND, "characteristic": name, "merge": "ziplora",
                    "characteristics": [{"characteristic": c.name, "polarity": c.polarity,
                                         "label": c.label, "value": c.value} for c in chars],

@@ -342,7 +342,6 @@ def train_adapters(model_dir: str | Path, patches: Sequence[LabelledPatch],
 
     train_idx, val_idx = split_groups([p.patch.group for p in patches], held_out.fraction,
                                       seed=config.seed, keep_one=True)
-    val_idx = val_idx or train_idx
 
     def pools(indices: Sequence[int]) -> list[list[LabelledPatch]]:
         return [[patches[i] for i in indices if c.matches(patches[i].patch.attributes)]
@@ -352,7 +351,10 @@ def train_adapters(model_dir: str | Path, patches: Sequence[LabelledPatch],
         return amap(s) / alpha
 
     data = AdapterPatches(chars, pools(train_idx), slider)
-    check = AdapterPatches(chars, pools(val_idx), slider)
+    held = pools(val_idx)  # a characteristic without held-out nodules validates on training's
+    on_train = [c.name for c, pool in zip(chars, held, strict=True) if not pool]
+    check = AdapterPatches(chars, [pool or data.positives[i] for i, pool in enumerate(held)],
+                           slider)
 
     def counts(pool: Sequence[LabelledPatch]) -> dict[str, int]:
         return dict(sorted(Counter(f"{p.source}/{p.engine}" for p in pool).items()))
@@ -388,9 +390,7 @@ def train_adapters(model_dir: str | Path, patches: Sequence[LabelledPatch],
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "data": {**(data_info or {}), "patches": len(patches),
                  "adapters": per_adapter, "split": "by patient (file-name prefix before '_')",
-                 "validation_on_training_data": not split_groups(
-                     [p.patch.group for p in patches], held_out.fraction, seed=config.seed,
-                     keep_one=True)[1]},
+                 "validation_on_training_data": on_train},
         "adapters": {}}
 
     def save(trained: nn.Module, out: Path) -> None:
@@ -415,7 +415,8 @@ def train_adapters(model_dir: str | Path, patches: Sequence[LabelledPatch],
             adapter = to_adapter(inner, c.name, config=peft_config, meta=meta)
             path = out / f"{c.name}.safetensors"
             info["adapters"][c.name] = {"path": str(path),
-                                        "sha256": save_adapter(path, adapter)}
+                                        "sha256": save_adapter(path, adapter,
+                                                               overwrite=True)}
 
     return train(model, [phase], data, config,
                  validate=adapter_validator(names, check, held_out.samples, config.seed, last),
