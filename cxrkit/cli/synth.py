@@ -265,7 +265,7 @@ def synth(
         raise typer.BadParameter(f"'{engine}' is not one of {', '.join(ENGINES)}",
                                  param_hint="--engine")
     _check_diffusion(engine, model, sampler, mask_condition, steps)
-    adapters = _adapters(adapter, engine=engine, compose=compose)
+    adapters = _adapters(adapter, engine=engine, compose=compose, subtlety=subtlety)
     _check_nodule_mask(nodule_mask, engine=engine, center_px=center_px, source=source,
                        where=where, subtlety=subtlety)
     if where is not None and not where.strip():
@@ -339,9 +339,10 @@ def _check_diffusion(engine: str, model: Path | None, sampler: str | None,
                                  param_hint="--mask-condition")
 
 
-def _adapters(specs: list[str] | None, *, engine: str, compose: str
+def _adapters(specs: list[str] | None, *, engine: str, compose: str, subtlety: str | None
               ) -> tuple[tuple[str, float], ...]:
-    """``--adapter`` values as ``(file, weight)`` (short names resolved to shipped adapters)."""
+    """``--adapter`` values as ``(file, weight)`` (short names resolved to shipped adapters); a
+    subtlety slider needs --subtlety."""
     if not specs:
         if compose != "sum":
             raise typer.BadParameter("--compose needs --adapter", param_hint="--compose")
@@ -353,7 +354,10 @@ def _adapters(specs: list[str] | None, *, engine: str, compose: str
                                  param_hint="--compose")
     if compose == "klora" and len(specs) != 2:
         raise typer.BadParameter("klora composes exactly two adapters", param_hint="--compose")
-    from cxrkit.errors import InputError
+    import json
+
+    from cxrkit.errors import CxrkitError
+    from cxrkit.lora.files import read_header
     from cxrkit.synthdit.adapters import parse_adapter_spec, resolve_adapter
 
     out = []
@@ -363,9 +367,16 @@ def _adapters(specs: list[str] | None, *, engine: str, compose: str
             raise typer.BadParameter(f"'{spec}': the weight must be finite",
                                      param_hint="--adapter")
         try:
-            out.append((str(resolve_adapter(name)), weight))
-        except InputError as exc:
+            path = resolve_adapter(name)
+            meta = json.loads((read_header(path).get("__metadata__") or {}).get("cxrkit")
+                              or "{}")
+        except (CxrkitError, ValueError) as exc:
             raise typer.BadParameter(str(exc), param_hint="--adapter") from exc
+        if isinstance(meta, dict) and meta.get("slider") and not subtlety:
+            raise typer.BadParameter(f"'{spec}' is the subtlety slider: its strength comes "
+                                     "from --subtlety (e.g. --subtlety 2, or 1:5)",
+                                     param_hint="--adapter")
+        out.append((str(path), weight))
     return tuple(out)
 
 

@@ -106,7 +106,7 @@ def train_lora(
         cxrkit synth -e blend cxr/*.png --calcification all --shape spiculated -n 4 \\
             -o param/ > param.jsonl
         cxrkit train-lora --model synth-dit/ --records real.jsonl --records param.jsonl \\
-            -c calcified -c border_irregular --ortho-weight 0.1 --steps 2000 -o adapters/
+            -c calcified -c border_irregular --ortho-weight 0.01 --steps 2000 -o adapters/
         cxrkit synth -e diffusion cxr.png --model synth-dit/ \\
             --adapter adapters/calcified.safetensors -n 4 -o out/
     """

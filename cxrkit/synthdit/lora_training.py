@@ -229,11 +229,9 @@ def orth_term(model: nn.Module, names: Sequence[str]) -> torch.Tensor:
     from cxrkit.lora.algebra import adapters_orth_penalty
 
     layers = [live_layers(model, n) for n in names]
-    total = torch.zeros(())
-    for i in range(len(names)):
-        for j in range(i + 1, len(names)):
-            total = total + adapters_orth_penalty(layers[i], layers[j])
-    return total
+    terms = [adapters_orth_penalty(layers[i], layers[j])
+             for i in range(len(names)) for j in range(i + 1, len(names))]
+    return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
 def adapter_validator(names: Sequence[str], data: AdapterPatches, samples: int, seed: int,
@@ -265,13 +263,16 @@ def adapter_validator(names: Sequence[str], data: AdapterPatches, samples: int, 
 
     def validate(model: nn.Module) -> dict[str, float]:
         inner = unwrap_model(model, SynthDiT)
+        device = next(inner.parameters()).device
         metrics: dict[str, float] = {}
         for name, batch in fixed:
-            gens = [torch.Generator().manual_seed(seed + k) for k in range(len(batch["patch"]))]
+            on = {k: v.to(device) for k, v in batch.items()}
+            off = {**on, "weights": torch.zeros_like(on["weights"])}
+            for key, which in ((f"{name}/loss", on), (f"{name}/loss_base", off)):
+                gens = [torch.Generator().manual_seed(seed + k)
+                        for k in range(len(batch["patch"]))]
+                metrics[key] = float(grouped_loss(inner, names, which, gens))
             off = {**batch, "weights": torch.zeros_like(batch["weights"])}
-            metrics[f"{name}/loss"] = float(grouped_loss(inner, names, batch, gens))
-            gens = [torch.Generator().manual_seed(seed + k) for k in range(len(batch["patch"]))]
-            metrics[f"{name}/loss_base"] = float(grouped_loss(inner, names, off, gens))
             metrics[f"{name}/mse_1step"] = one_step(inner, batch)
             metrics[f"{name}/mse_1step_base"] = one_step(inner, off)
         set_weights(inner, dict.fromkeys(names, 1.0))
