@@ -386,7 +386,13 @@ def test_train_lora_command_on_synth_records(model_dir: Path, tmp_path: Path) ->
     assert made.exit_code == 0, made.stderr
     (tmp_path / "r.jsonl").write_text(made.stdout)
     out = tmp_path / "adapters"
+    records = [json.loads(x) for x in made.stdout.splitlines() if x.strip()]
+    # the file twice: records of two runs share ids, each window keeps its own record's source
+    (tmp_path / "s.jsonl").write_text("".join(
+        json.dumps({**r, "nodule": {**r["nodule"], "source": {"kind": "other"}}}) + "\n"
+        for r in records))
     args = ["train-lora", "--model", str(model_dir), "--records", str(tmp_path / "r.jsonl"),
+            "--records", str(tmp_path / "s.jsonl"),
             "--rank", "2", "--alpha", "2", "--steps", "3", "--batch-size", "4",
             "--warmup-steps", "1", "--val-samples", "2", "--device", "cpu"]
     result = runner.invoke(app, [*args, "-c", "calcified", "-c", "border_irregular",
@@ -396,7 +402,8 @@ def test_train_lora_command_on_synth_records(model_dir: Path, tmp_path: Path) ->
     assert run["command"].startswith("cxrkit ") and run["joint"] and run["ortho_weight"] == 0.1
     counts = run["data"]["adapters"]["calcified"]
     assert counts["train"] + counts["validation"] >= 1
-    assert set(counts["train_by_source"]) <= {"parametric/blend"}
+    assert set(counts["train_by_source"]) <= {"parametric/blend", "other/blend"}
+    assert run["data"]["by_source"] == {"other/blend": 12, "parametric/blend": 12}
     assert run["data"]["images_sha256"]
     files = [str(out / "calcified.safetensors"), str(out / "border_irregular.safetensors")]
     merged = runner.invoke(app, [*args, "--ziplora", files[0], "--ziplora", files[1],

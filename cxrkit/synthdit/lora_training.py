@@ -145,14 +145,20 @@ class LabelledPatch:
 
 def labelled_patches(records: Sequence[dict[str, Any]], patch_px: int,
                      pixel_mm: float) -> list[LabelledPatch]:
-    """The nodule windows of synth ``records`` with their source and engine."""
-    origin = {}
-    for r in records:
-        nodule = r.get("nodule") or {}
-        origin[str(r.get("id", ""))] = (str((nodule.get("source") or {}).get("kind", "unknown")),
-                                        str((r.get("synth") or {}).get("engine", "unknown")))
-    return [LabelledPatch(p, *origin.get(p.source, ("unknown", "unknown")))
-            for p in nodule_patches(records, patch_px, pixel_mm)]
+    """The nodule windows of synth ``records`` with their source and engine (records of
+    several runs may share ids: each window is matched to its record by position)."""
+    from dataclasses import replace
+
+    numbered = [{**r, "id": str(i)} for i, r in enumerate(records)]
+    out = []
+    for p in nodule_patches(numbered, patch_px, pixel_mm):
+        record = records[int(p.source)]
+        nodule = record.get("nodule") or {}
+        out.append(LabelledPatch(
+            replace(p, source=str(record.get("id", ""))),
+            str((nodule.get("source") or {}).get("kind", "unknown")),
+            str((record.get("synth") or {}).get("engine", "unknown"))))
+    return out
 
 
 @dataclass(frozen=True)
