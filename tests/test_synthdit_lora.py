@@ -416,3 +416,26 @@ def test_train_lora_command_on_synth_records(model_dir: Path, tmp_path: Path) ->
     assert zipped.meta["merge"] == "ziplora" and len(zipped.meta["sources"]) == 2
     bad = runner.invoke(app, [*args, "-c", "spiky", "-o", str(tmp_path / "x")])
     assert bad.exit_code == 2
+
+
+def test_an_adapter_with_a_rank_per_layer_loads_exactly() -> None:
+    """Merged files (merge-lora svd, cat) may have another rank in each layer."""
+    from cxrkit.lora.files import Adapter, LoraLayer
+
+    model, reference = _model(), _model()
+    gen = torch.Generator().manual_seed(0)
+    modules = dict(reference.named_modules())
+    layers = {}
+    for key, rank in (("blocks.0.attn1.to_q", 4), ("blocks.1.attn1.to_q", 8),
+                      ("blocks.1.ff.net.2", 3)):
+        weight = modules[key].weight
+        a = 0.1 * torch.randn(rank, weight.shape[1], generator=gen)
+        b = 0.1 * torch.randn(weight.shape[0], rank, generator=gen)
+        layers[key] = LoraLayer(a, b, 1.0)
+        with torch.no_grad():
+            weight += 0.5 * b @ a
+    attach(model, [("x", Adapter(layers, {}, {}), 0.5)])
+    torch.testing.assert_close(model(*_x()), reference(*_x()), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ModelError, match="may not adapt|does not allow"):
+        attach(_model(), [("y", Adapter({"blocks.0.adaln_modulation": layers[
+            "blocks.0.attn1.to_q"]}, {}, {}), 1.0)])

@@ -75,6 +75,16 @@ def check_targets(targets: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(targets))
 
 
+def _add_adapter(model: SynthDiT, config: Any, name: str) -> None:
+    """``model.add_adapter`` without peft's warning that the model already has adapters (it
+    has, by design, when several are attached)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Already found a `peft_config`.*")
+        model.add_adapter(config, adapter_name=name)
+
+
 def lora_modules(model: nn.Module) -> dict[str, Any]:
     """The peft LoRA layers of ``model`` by module name."""
     from peft.tuners.lora import LoraLayer as PeftLoraLayer
@@ -101,7 +111,7 @@ def add_trainable(model: SynthDiT, name: str, *, rank: int, alpha: float,
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        model.add_adapter(config, adapter_name=name)
+        _add_adapter(model, config, name)
     finally:
         torch.random.set_rng_state(state)
     for module in lora_modules(model).values():
@@ -162,7 +172,7 @@ def _load_one(model: SynthDiT, name: str, adapter: Adapter) -> None:
                         rank_pattern={"^" + re.escape(k) + "$": r for k, r in ranks.items()
                                       if r != common},
                         lora_dropout=0.0, init_lora_weights=False, use_rslora=False)
-    model.add_adapter(config, adapter_name=name)
+    _add_adapter(model, config, name)
     found = lora_modules(model)
     for key, layer in adapter.layers.items():
         module = found[key]
