@@ -152,6 +152,7 @@ def _ziplora(model_dir: Path, files: list[Path], records: list[dict[str, Any]], 
     """Load the two adapters (checked against the model), learn the mergers, write the merged
     file and run.json."""
     from cxrkit import __version__
+    from cxrkit.device import resolve_device
     from cxrkit.files import file_sha256
     from cxrkit.lora.files import load_adapter, save_adapter, unit_scale_config
     from cxrkit.synthdit import SynthDiT
@@ -172,7 +173,9 @@ def _ziplora(model_dir: Path, files: list[Path], records: list[dict[str, Any]], 
     pools = tuple([p.patch for p in patches if c.matches(p.patch.attributes)] for c in chars)
     merged, summary = train_ziplora(net, adapters[0], adapters[1], pools, steps=config.steps,
                                     batch_size=config.batch_size, lr=config.lr,
-                                    similarity_weight=similarity_weight, seed=config.seed)
+                                    similarity_weight=similarity_weight, seed=config.seed,
+                                    device=resolve_device("cpu" if config.cpu
+                                                          else config.device))
     name = "+".join(c.name for c in chars)
     merged.config = unit_scale_config({k: v.rank for k, v in merged.layers.items()},
                                       base=adapters[0].config)

@@ -472,8 +472,8 @@ def _noisy(model: SynthDiT, batch: dict[str, torch.Tensor],
 def train_ziplora(model: SynthDiT, first: Adapter, second: Adapter,
                   data: tuple[Sequence[NodulePatch], Sequence[NodulePatch]], *,
                   steps: int = 100, batch_size: int = 8, lr: float = 1e-2,
-                  similarity_weight: float = 0.01, seed: int = 0
-                  ) -> tuple[Adapter, dict[str, Any]]:
+                  similarity_weight: float = 0.01, seed: int = 0,
+                  device: str | torch.device = "cpu") -> tuple[Adapter, dict[str, Any]]:
     """ZipLoRA (Shah et al. 2023, arXiv:2311.13600): learn one merger vector per adapter and
     layer, ``m_i ∈ R^{d_in}`` (initialised to 1), so that ``ΔW = ΔW₁ diag(m₁) + ΔW₂ diag(m₂)``
     reproduces each adapter's prediction on its own data:
@@ -493,6 +493,7 @@ def train_ziplora(model: SynthDiT, first: Adapter, second: Adapter,
         steps, batch_size, lr: the optimisation (the source: ~100 steps).
         similarity_weight: λ.
         seed: the data order and noises.
+        device: where the model runs.
 
     Returns:
         The merged adapter (``meta`` and ``config`` to be filled by the caller) and a summary
@@ -509,19 +510,19 @@ def train_ziplora(model: SynthDiT, first: Adapter, second: Adapter,
         raise InputError("ZipLoRA needs two adapters on the same layers")
     if not data[0] or not data[1]:
         raise InputError("ZipLoRA needs training windows of both characteristics")
-    model = model.eval().requires_grad_(False)
+    model = model.to(device).eval().requires_grad_(False)
     keys = sorted(first.layers)
     params = dict(model.named_parameters())
     weight_of = {k: f"{k}.weight" for k in keys}
     missing = [k for k in keys if weight_of[k] not in params]
     if missing:
         raise InputError(f"the model has no layer {missing[0]!r} of the adapters")
-    d1 = {k: first.layers[k].scale * first.layers[k].b.float() @ first.layers[k].a.float()
-          for k in keys}
-    d2 = {k: second.layers[k].scale * second.layers[k].b.float() @ second.layers[k].a.float()
-          for k in keys}
-    mergers = {k: (torch.ones(d1[k].shape[1], requires_grad=True),
-                   torch.ones(d2[k].shape[1], requires_grad=True)) for k in keys}
+    d1 = {k: (first.layers[k].scale * first.layers[k].b.float() @ first.layers[k].a.float()
+              ).to(device) for k in keys}
+    d2 = {k: (second.layers[k].scale * second.layers[k].b.float() @ second.layers[k].a.float()
+              ).to(device) for k in keys}
+    mergers = {k: (torch.ones(d1[k].shape[1], device=device, requires_grad=True),
+                   torch.ones(d2[k].shape[1], device=device, requires_grad=True)) for k in keys}
     optimizer = torch.optim.Adam([m for pair in mergers.values() for m in pair], lr=lr)
 
     def weights(deltas: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
@@ -531,8 +532,8 @@ def train_ziplora(model: SynthDiT, first: Adapter, second: Adapter,
         return {weight_of[k]: params[weight_of[k]] + deltas[k] for k in keys}
 
     def similarity() -> torch.Tensor:
-        return sum((torch.nn.functional.cosine_similarity(m1, m2, dim=0).abs()
-                    for m1, m2 in mergers.values()), torch.zeros(()))
+        return torch.stack([torch.nn.functional.cosine_similarity(m1, m2, dim=0).abs()
+                            for m1, m2 in mergers.values()]).sum()
 
     rng = np.random.default_rng(seed)
     before = float(similarity()) / len(keys)
@@ -545,7 +546,7 @@ def train_ziplora(model: SynthDiT, first: Adapter, second: Adapter,
                      "mask": torch.stack([_tensor(p.mask) for p in items])}
             gens = [torch.Generator().manual_seed(seed * 100003 + step * batch_size + i)
                     for i in range(batch_size)]
-            inputs = _noisy(model, batch, gens)
+            inputs = tuple(v.to(device) for v in _noisy(model, batch, gens))
             with torch.no_grad():
                 target = functional_call(model, weights(teacher), inputs)
             pred = functional_call(model, weights(None), inputs)
@@ -559,7 +560,7 @@ def train_ziplora(model: SynthDiT, first: Adapter, second: Adapter,
     with torch.no_grad():
         for k in keys:
             x, y = first.layers[k], second.layers[k]
-            m1, m2 = mergers[k]
+            m1, m2 = (m.cpu() for m in mergers[k])
             a = torch.cat([x.scale * x.a.float() * m1[None], y.scale * y.a.float() * m2[None]])
             layers[k] = LoraLayer(a.contiguous(), torch.cat([x.b.float(), y.b.float()], dim=1
                                                             ).contiguous(), 1.0)
