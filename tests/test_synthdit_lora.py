@@ -219,6 +219,13 @@ def test_the_subtlety_slider_trains_at_alpha_of_s(model_dir: Path, tmp_path: Pat
     assert alpha_map("4*(s-3)")(1) == -8 and alpha_map("22+s")(5) == 27
     with pytest.raises(InputError):
         alpha_map("__import__('os')")
+    from cxrkit.synthdit.lora_training import traits
+
+    merged = {"characteristic": "calcified+texture_homogeneous", "sources": [
+        {"characteristic": "calcified", "weight": 1.0},
+        {"characteristic": "texture_homogeneous", "weight": 0.5}]}
+    assert traits(merged) == [("calcified", 1), ("inhomogeneous", 0)]
+    assert traits({"characteristic": "subtlety"}) == []
     assert CHARACTERISTICS["border_regular"].matches({"border_irregular": 0})
     assert not CHARACTERISTICS["border_regular"].matches({"border_irregular": None})
 
@@ -436,6 +443,6 @@ def test_an_adapter_with_a_rank_per_layer_loads_exactly() -> None:
             weight += 0.5 * b @ a
     attach(model, [("x", Adapter(layers, {}, {}), 0.5)])
     torch.testing.assert_close(model(*_x()), reference(*_x()), atol=1e-5, rtol=1e-5)
-    with pytest.raises(ModelError, match="may not adapt|does not allow"):
+    with pytest.raises(ModelError, match="does not allow"):
         attach(_model(), [("y", Adapter({"blocks.0.adaln_modulation": layers[
             "blocks.0.attn1.to_q"]}, {}, {}), 1.0)])

@@ -372,7 +372,9 @@ def _adapters(specs: list[str] | None, *, engine: str, compose: str, subtlety: s
                               or "{}")
         except (CxrkitError, ValueError) as exc:
             raise typer.BadParameter(str(exc), param_hint="--adapter") from exc
-        if isinstance(meta, dict) and meta.get("slider") and not subtlety:
+        slider = isinstance(meta, dict) and (meta.get("slider")
+                                             or meta.get("characteristic") == "subtlety")
+        if slider and not subtlety:
             raise typer.BadParameter(f"'{spec}' is the subtlety slider: its strength comes "
                                      "from --subtlety (e.g. --subtlety 2, or 1:5)",
                                      param_hint="--adapter")

@@ -132,6 +132,7 @@ class DiffusionEngine:
         from cxrkit.files import file_sha256
         from cxrkit.lora.files import load_adapter
         from cxrkit.synthdit.adapters import COMPOSITIONS, attach
+        from cxrkit.synthdit.lora_training import traits
 
         if self.config.compose not in COMPOSITIONS:
             raise InputError(f"compose must be one of {COMPOSITIONS}, got "
@@ -143,10 +144,9 @@ class DiffusionEngine:
             self._adapters.append({
                 "name": f"adapter{i}", "path": str(path), "sha256": file_sha256(path),
                 "weight": float(weight), "characteristic": meta.get("characteristic"),
-                "polarity": meta.get("polarity"), "slider": bool(meta.get("slider")),
-                "traits": [(c["label"], c["value"]) for c in [meta, *(
-                    meta.get("characteristics") or [])]
-                    if isinstance(c, dict) and c.get("label") and c.get("value") is not None],
+                "polarity": meta.get("polarity"),
+                "slider": bool(meta.get("slider")) or meta.get("characteristic") == "subtlety",
+                "traits": traits(meta),
                 "alpha_train": meta.get("alpha_train"), "alpha_map": meta.get("alpha_map")})
             loaded.append((f"adapter{i}", adapter, float(weight)))
         attach(model.to("cpu"), loaded)

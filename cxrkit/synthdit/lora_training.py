@@ -63,7 +63,7 @@ from cxrkit.synthdit.adapters import (
 )
 from cxrkit.synthdit.data import NodulePatch, _tensor, nodule_patches, support
 from cxrkit.synthdit.inference import inpaint_patches
-from cxrkit.synthdit.model import SYNTH_DIT_KIND, SynthDiT
+from cxrkit.synthdit.model import SynthDiT
 from cxrkit.synthdit.training import HeldOut, masked_mse, synth_loss
 from cxrkit.train import Phase, unwrap_model
 
@@ -126,6 +126,23 @@ def characteristic(name: str) -> Characteristic:
         raise InputError(f"unknown characteristic {name!r}; choose from "
                          f"{', '.join(CHARACTERISTICS)}")
     return CHARACTERISTICS[name]
+
+
+def traits(meta: dict[str, Any]) -> list[tuple[str, int]]:
+    """The ``(label, value)`` pairs an adapter file paints, from its cxrkit metadata: its
+    ``characteristic`` (``a+b`` for a merge), and those of its ``characteristics`` or merge
+    ``sources`` entries (the subtlety slider and unknown names give none)."""
+    names = str(meta.get("characteristic") or "").split("+")
+    for key in ("characteristics", "sources"):
+        for entry in meta.get(key) or []:
+            if isinstance(entry, dict) and entry.get("weight", 1) != 0:
+                names.append(str(entry.get("characteristic") or ""))
+    out = []
+    for name in dict.fromkeys(names):
+        c = CHARACTERISTICS.get(name)
+        if c is not None and not c.slider:
+            out.append((c.label, int(c.value)))  # type: ignore[arg-type]
+    return out
 
 
 @dataclass(frozen=True)
@@ -579,7 +596,7 @@ def lora_module_names(model: nn.Module, name: str) -> list[str]:
             and name in getattr(m, BASE_SCALE, {})]
 
 
-__all__ = ["ADAPTER_KIND", "CHARACTERISTICS", "DEFAULT_ALPHA_MAP", "SYNTH_DIT_KIND",
-           "AdapterPatches", "Characteristic", "LabelledPatch", "adapter_validator",
-           "characteristic", "grouped_loss", "labelled_patches", "orth_term", "train_adapters",
-           "train_lora", "train_ziplora"]
+__all__ = ["ADAPTER_KIND", "CHARACTERISTICS", "DEFAULT_ALPHA_MAP", "AdapterPatches",
+           "Characteristic", "LabelledPatch", "adapter_validator", "characteristic",
+           "grouped_loss", "labelled_patches", "orth_term", "train_adapters", "train_lora",
+           "train_ziplora", "traits"]
