@@ -156,6 +156,7 @@ class DiffusionEngine:
                   ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
         """``(on_step, record entry, labels)`` of the adapters for one nodule (its drawn
         subtlety sets a slider's weight)."""
+        self.model()  # loads the adapters
         if not self._adapters:
             return None, {}, labels
         from cxrkit.synthdit.adapters import Composition, alpha_map
@@ -178,7 +179,7 @@ class DiffusionEngine:
             entry["scale"] = weight
             weights[a["name"]] = weight
             entries.append(entry)
-        composition = Composition(self._model, weights, self.config.compose,
+        composition = Composition(self.model(), weights, self.config.compose,
                                   self.config.switch_every)
         return composition.on_step, {"adapters": entries,
                                      "compose": composition.record()}, labels
