@@ -50,14 +50,12 @@ from torch import nn
 
 from cxrkit.errors import InputError
 from cxrkit.synthdit.adapters import (
-    BASE_SCALE,
     activate,
     add_trainable,
     alpha_map,
     backbone_sha256,
     check_targets,
     live_layers,
-    lora_modules,
     set_weights,
     to_adapter,
 )
@@ -588,12 +586,6 @@ def train_ziplora(model: SynthDiT, first: Adapter, second: Adapter,
                "mean_abs_cos_before": before,
                "mean_abs_cos_after": float(similarity().detach()) / len(keys)}
     return Adapter(layers, {}, {}), summary
-
-
-def lora_module_names(model: nn.Module, name: str) -> list[str]:
-    """The layers carrying adapter ``name`` (for tests and reports)."""
-    return [k for k, m in lora_modules(model).items() if name in m.lora_A
-            and name in getattr(m, BASE_SCALE, {})]
 
 
 __all__ = ["ADAPTER_KIND", "CHARACTERISTICS", "DEFAULT_ALPHA_MAP", "AdapterPatches",
