@@ -248,10 +248,16 @@ class EMA:
     """Exponential moving average of a model's weights, with the usual warm-up of the decay.
 
     ``decay_n = min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so short runs still average.
+
+    Only the trainable parameters are averaged: frozen ones (``requires_grad=False``, e.g. the
+    backbone under a LoRA adapter) are shared with the live model, not copied, and left out of
+    :meth:`state_dict` (so a checkpoint's EMA holds only what trains).
     """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.shared = {n for n, p in model.named_parameters() if not p.requires_grad}
+        memo = {id(p): p for p in model.parameters() if not p.requires_grad}  # not copied
+        self.model = copy.deepcopy(model, memo).eval().requires_grad_(False)
         self.decay = decay
         self.updates = 0
 
@@ -260,19 +266,25 @@ class EMA:
         """Move the average towards ``model``'s current weights."""
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         for avg, new in zip(self.model.parameters(), model.parameters(), strict=True):
-            avg.lerp_(new.detach().to(avg.dtype), 1 - d)
+            if avg is not new:  # a frozen parameter is shared, nothing to average
+                avg.lerp_(new.detach().to(avg.dtype), 1 - d)
         self.updates += 1
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Weights and update count, as tensors (saved with safetensors)."""
-        state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
+        """Averaged weights and update count, as tensors (saved with safetensors)."""
+        state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()
+                 if k not in self.shared}
         return {**state, "__updates__": torch.tensor(self.updates)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore from :meth:`state_dict`."""
         state = dict(state)
         self.updates = int(state.pop("__updates__"))
-        self.model.load_state_dict(state)
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - self.shared:
+            raise ModelError(f"the checkpoint's EMA does not fit the model (missing "
+                             f"{sorted(set(missing) - self.shared)[:3]}, unexpected "
+                             f"{sorted(unexpected)[:3]})")
 
 
 def train(
@@ -347,12 +359,15 @@ def train(
                   for p, params in zip(phases, groups, strict=True)]
     model, *optimizers = accelerator.prepare(model, *optimizers)
     ema = EMA(accelerator.unwrap_model(model), config.ema_decay) if config.ema_decay else None
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    if frozen:  # a frozen backbone (under adapters) is not written into checkpoints
+        accelerator.register_save_state_pre_hook(functools.partial(_drop_frozen, frozen))
 
     # ---- resume ------------------------------------------------------------------------------
     start = 0
     if config.resume:
         folder = _find_checkpoint(ckpt_root, config.resume)
-        accelerator.load_state(str(folder))
+        accelerator.load_state(str(folder), **({"strict": False} if frozen else {}))
         start = json.loads((folder / "trainer_state.json").read_text())["step"]
         if ema is not None:
             from safetensors.torch import load_file
@@ -572,6 +587,15 @@ def _validate(accelerator: Any, validate: Callable[[nn.Module], dict[str, float]
         result.history.append({"step": step, **metrics})
         report({"step": step, **{f"val/{k}": v for k, v in metrics.items()}})
     accelerator.wait_for_everyone()
+
+
+def _drop_frozen(frozen: set[str], models: list[nn.Module], weights: list[dict[str, Any]],
+                 output_dir: str) -> None:
+    """accelerate's save-state hook: the frozen parameters leave the checkpoint's weights (the
+    model they belong to is loaded again before resuming)."""
+    for state in weights:
+        for name in frozen & set(state):
+            del state[name]
 
 
 def _save_checkpoint(accelerator: Any, root: Path, step: int, ema: EMA | None,

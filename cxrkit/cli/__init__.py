@@ -145,6 +145,7 @@ def _register() -> None:
         train_ddpm_lq,
         train_domain,
         train_enhance,
+        train_lora,
         train_munit,
         train_synth,
     )
@@ -159,6 +160,7 @@ def _register() -> None:
         "train-ddpm-lq": train_ddpm_lq.train_ddpm_lq,
         "train-synth": train_synth.train_synth,
         "train-domain": train_domain.train_domain,
+        "train-lora": train_lora.train_lora,
         "synth": synth.synth,
         "merge-lora": merge_lora.merge_lora,
         "eval": evaluate.evaluate,

@@ -173,6 +173,20 @@ def synth(
         "--mask-condition", help="diffusion: condition the model on the nodule's projected "
                                  "thickness map (soft) or on its binary silhouette (binary).")
     ] = "soft",
+    adapter: Annotated[list[str] | None, typer.Option(
+        "--adapter", help="diffusion: a characteristic adapter (cxrkit train-lora or merge-lora "
+                          "output) steering the painting, FILE[:WEIGHT] or the short name of "
+                          "a shipped one (calcified, border_irregular, ...); repeatable. The "
+                          "subtlety adapter's weight follows --subtlety (alpha(s)/alpha_train).",
+        show_default=False)] = None,
+    compose: Annotated[str, typer.Option(
+        "--compose", help="diffusion: how several adapters combine: sum (all at their "
+                          "weights, exact), switch (one per step in turn) or klora (two: per "
+                          "layer the stronger by top-K magnitude, the second favoured late).")
+    ] = "sum",
+    switch_every: Annotated[int, typer.Option(
+        "--switch-every", min=1, help="diffusion, --compose switch: steps each adapter stays "
+                                      "active.")] = 1,
     device: Device = "auto",
     seed: Seed = 0,
     fmt: Format = "tiff",
@@ -230,6 +244,14 @@ def synth(
 
         cxrkit synth -e diffusion cxr.png --source luna16 -n 4 -o out/
 
+    Steered by characteristic adapters (cxrkit train-lora; FILE[:WEIGHT] or a shipped
+    adapter's short name), the slider's strength from --subtlety; the record lists each
+    adapter's sha256 and weight, and the nodule's characteristics are the adapters':
+
+        cxrkit synth -e diffusion cxr.png --model dit/ --adapter calcified.safetensors \\
+            --adapter border_irregular.safetensors:0.8 --adapter subtlety.safetensors \\
+            --subtlety 2 --compose sum -n 4 -o out/
+
     Or inside the nodule's own shape (--nodule-mask: binary 0/1 or 0/255, or soft in [0, 1],
     e.g. a projected thickness map over its maximum; {id} is replaced by the input's id); its
     support is the record's mask and box (nodule source "mask"):
@@ -244,6 +266,7 @@ def synth(
         raise typer.BadParameter(f"'{engine}' is not one of {', '.join(ENGINES)}",
                                  param_hint="--engine")
     _check_diffusion(engine, model, sampler, mask_condition, steps)
+    adapters = _adapters(adapter, engine=engine, compose=compose, subtlety=subtlety)
     _check_nodule_mask(nodule_mask, engine=engine, center_px=center_px, source=source,
                        where=where, subtlety=subtlety)
     if where is not None and not where.strip():
@@ -256,7 +279,8 @@ def synth(
         center_mm=parse_triple(center_mm, "--center-mm") if center_mm else None,
         center_px=parse_pair(center_px, "--center-px", int) if center_px else None,
         model=str(model) if model else None, steps=steps, sampler=sampler,
-        soft_mask=mask_condition == "soft")
+        soft_mask=mask_condition == "soft", adapters=adapters, compose=compose,
+        switch_every=switch_every)
     nodules: NoduleSource | None
     if nodule_mask is not None:
         nodules, nodule_options = None, {"source": "mask", "nodule_mask": nodule_mask}
@@ -274,6 +298,9 @@ def synth(
     if engine == "diffusion":
         options.update(model=config.model, steps=steps, sampler=sampler,
                        mask_condition=mask_condition)
+        if adapters:
+            options.update(adapter_files=[[p, w] for p, w in adapters], compose=compose,
+                           switch_every=switch_every)
     if known_nodules != "auto" and ENGINES[engine].reads != "ct":
         raise typer.BadParameter("only the ct engine reads a CT's own nodules",
                                  param_hint="--known-nodules")
@@ -308,6 +335,49 @@ def _check_diffusion(engine: str, model: Path | None, sampler: str | None,
     if mask_condition not in ("soft", "binary"):
         raise typer.BadParameter(f"'{mask_condition}' is not soft or binary",
                                  param_hint="--mask-condition")
+
+
+def _adapters(specs: list[str] | None, *, engine: str, compose: str, subtlety: str | None
+              ) -> tuple[tuple[str, float], ...]:
+    """``--adapter`` values as ``(file, weight)`` (short names resolved to shipped adapters); a
+    subtlety slider needs --subtlety."""
+    if not specs:
+        if compose != "sum":
+            raise typer.BadParameter("--compose needs --adapter", param_hint="--compose")
+        return ()
+    if engine != "diffusion":
+        raise typer.BadParameter("--adapter is for -e diffusion", param_hint="--adapter")
+    if compose not in ("sum", "switch", "klora"):
+        raise typer.BadParameter(f"'{compose}' is not sum, switch or klora",
+                                 param_hint="--compose")
+    if compose == "klora" and len(specs) != 2:
+        raise typer.BadParameter("klora composes exactly two adapters", param_hint="--compose")
+    import json
+
+    from cxrkit.errors import CxrkitError
+    from cxrkit.lora.files import read_header
+    from cxrkit.synthdit.adapters import parse_adapter_spec, resolve_adapter
+
+    out = []
+    for spec in specs:
+        name, weight = parse_adapter_spec(spec)
+        if not math.isfinite(weight):
+            raise typer.BadParameter(f"'{spec}': the weight must be finite",
+                                     param_hint="--adapter")
+        try:
+            path = resolve_adapter(name)
+            meta = json.loads((read_header(path).get("__metadata__") or {}).get("cxrkit")
+                              or "{}")
+        except (CxrkitError, ValueError) as exc:
+            raise typer.BadParameter(str(exc), param_hint="--adapter") from exc
+        slider = isinstance(meta, dict) and (meta.get("slider")
+                                             or meta.get("characteristic") == "subtlety")
+        if slider and not subtlety:
+            raise typer.BadParameter(f"'{spec}' is the subtlety slider: its strength comes "
+                                     "from --subtlety (e.g. --subtlety 2, or 1:5)",
+                                     param_hint="--adapter")
+        out.append((str(path), weight))
+    return tuple(out)
 
 
 def _check_nodule_mask(nodule_mask: str | None, *, engine: str, center_px: str | None,

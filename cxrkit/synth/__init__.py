@@ -70,6 +70,11 @@ class SynthConfig:
         sampler: ``diffusion``: ``ddim``, ``dpmpp`` or ``ddpm`` (None: the model's default).
         soft_mask: ``diffusion``: condition on the projected thickness map (True) or on the
             binary silhouette.
+        adapters: ``diffusion``: characteristic adapter files and their weights
+            (``(path, weight)``, see :mod:`cxrkit.synthdit.adapters`).
+        compose: ``diffusion``: how several adapters combine while sampling: ``sum``,
+            ``switch`` or ``klora``.
+        switch_every: ``diffusion``, ``switch``: steps each adapter stays active.
     """
 
     geometry: Geometry | None = None
@@ -86,6 +91,9 @@ class SynthConfig:
     steps: int | None = None
     sampler: str | None = None
     soft_mask: bool = True
+    adapters: tuple[tuple[str, float], ...] = ()
+    compose: str = "sum"
+    switch_every: int = 1
 
 
 class Engine(Protocol):

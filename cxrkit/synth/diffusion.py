@@ -20,6 +20,15 @@ record's ``mask`` and box, the window is centred on that box, and a soft mask (m
 non-zero value, e.g. a projected thickness map normalised) conditions the model as a projected
 nodule's thickness does (:func:`cxrkit.synthdit.data.soft_condition`); a binary one (0/1, 0/255,
 or any one non-zero value) conditions it as a silhouette.
+
+With characteristic adapters (``config.adapters``, ``synth --adapter``) the model is steered
+while it paints (:mod:`cxrkit.synthdit.adapters`): each file is checked against the model's
+weights (its ``backbone_sha256``), attached with its weight and composed per ``config.compose``
+(``sum``, ``switch``, ``klora``). A subtlety slider's weight is ``α(s)/α_train`` times the given
+weight, ``s`` the sample's drawn subtlety (``synth --subtlety``). The nodule's characteristics in
+the record are those the adapters paint (each adapter's ``label = value``, e.g.
+``border_irregular: 1``), and ``synth.options.adapters`` lists each file's sha256, weight and
+characteristic with the composition.
 """
 
 from __future__ import annotations
@@ -109,6 +118,7 @@ class DiffusionEngine:
         self.blend = BlendEngine(config)
         self._model: Any = None
         self._model_sha256 = ""
+        self._adapters: list[dict[str, Any]] = []
 
     def model(self) -> Any:
         """The synthesis model, loaded once (a ModelError if the folder is not one)."""
@@ -118,9 +128,69 @@ class DiffusionEngine:
             from cxrkit.synthdit.model import WEIGHTS_NAME
 
             folder = Path(str(self.config.model)) if self.config.model else default_model_dir()
-            self._model = SynthDiT.load(folder, device=self.config.device)
+            model = SynthDiT.load(folder, device=self.config.device)
             self._model_sha256 = file_sha256(folder / WEIGHTS_NAME)
+            if self.config.adapters:
+                self._attach(model)
+            self._model = model
         return self._model
+
+    def _attach(self, model: Any) -> None:
+        """Load the adapter files (checked against the model's hash) and attach them."""
+        from cxrkit.files import file_sha256
+        from cxrkit.lora.files import load_adapter
+        from cxrkit.synthdit.adapters import COMPOSITIONS, attach
+        from cxrkit.synthdit.lora_training import traits
+
+        if self.config.compose not in COMPOSITIONS:
+            raise InputError(f"compose must be one of {COMPOSITIONS}, got "
+                             f"{self.config.compose!r}")
+        loaded = []
+        for i, (path, weight) in enumerate(self.config.adapters):
+            adapter = load_adapter(path, backbone_sha256=self._model_sha256)
+            meta = dict(adapter.meta)
+            self._adapters.append({
+                "name": f"adapter{i}", "path": str(path), "sha256": file_sha256(path),
+                "weight": float(weight), "characteristic": meta.get("characteristic"),
+                "polarity": meta.get("polarity"),
+                "slider": bool(meta.get("slider")) or meta.get("characteristic") == "subtlety",
+                "traits": traits(meta),
+                "alpha_train": meta.get("alpha_train"), "alpha_map": meta.get("alpha_map")})
+            loaded.append((f"adapter{i}", adapter, float(weight)))
+        attach(model.to("cpu"), loaded)
+        model.to(self.config.device)
+
+    def _steering(self, labels: dict[str, Any]
+                  ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+        """``(on_step, record entry, labels)`` of the adapters for one nodule (its drawn
+        subtlety sets a slider's weight)."""
+        self.model()  # loads the adapters
+        if not self._adapters:
+            return None, {}, labels
+        from cxrkit.synthdit.adapters import Composition, alpha_map
+
+        weights, entries, labels = {}, [], dict(labels)
+        for a in self._adapters:
+            weight = a["weight"]
+            entry = {k: a[k] for k in ("path", "sha256", "weight", "characteristic",
+                                       "polarity")}
+            if a["slider"]:
+                s = labels.get("subtlety")
+                if not isinstance(s, (int, float)) or not a["alpha_train"]:
+                    raise InputError("the subtlety adapter needs the sample's subtlety",
+                                     hint="give --subtlety (e.g. 2, or 1:5)")
+                weight *= alpha_map(a["alpha_map"] or "22+s")(float(s)) / float(
+                    a["alpha_train"])
+                entry.update(subtlety=s, alpha_map=a["alpha_map"])
+            elif weight != 0:
+                labels.update(a["traits"])
+            entry["scale"] = weight
+            weights[a["name"]] = weight
+            entries.append(entry)
+        composition = Composition(self.model(), weights, self.config.compose,
+                                  self.config.switch_every)
+        return composition.on_step, {"adapters": entries,
+                                     "compose": composition.record()}, labels
 
     def fits(self, nodule: Nodule) -> bool:
         """Whether ``nodule``, projected (magnified as :func:`project_nodule` does), fits in the
@@ -187,13 +257,14 @@ class DiffusionEngine:
         else:
             condition = mask.astype(np.float32)
         seed = int(generator.integers(0, 2**63 - 1))
+        on_step, steering, labels = self._steering(dict(nodule.labels))
         image = paint(self.model(), scene.image, condition.astype(np.float32),
                       (float(row), float(col)), scene.spacing_mm, steps=self.config.steps,
                       sampler=self.config.sampler,
-                      generator=torch.Generator().manual_seed(seed))
+                      generator=torch.Generator().manual_seed(seed), on_step=on_step)
         placed = PlacedNodule(box_from_mask(mask), (float(col), float(row)), None,
-                              dict(nodule.labels), dict(nodule.source))
-        info = {**self._info(scene), "model_seed": seed}
+                              labels, dict(nodule.source))
+        info = {**self._info(scene), "model_seed": seed, **steering}
         return Sample(image, scene.kind, scene.spacing_mm, mask, full_thickness, (placed,), info)
 
     def insert_mask(self, scene: BlendScene, nodule_mask: np.ndarray, soft: bool,
@@ -234,17 +305,18 @@ class DiffusionEngine:
         condition = (soft_condition(nodule_mask, inside) if use_soft
                      else inside.astype(np.float32))
         seed = int(generator.integers(0, 2**63 - 1))
-        image = paint(self.model(), scene.image, condition, (row, col), scene.spacing_mm,
-                      steps=self.config.steps, sampler=self.config.sampler,
-                      generator=torch.Generator().manual_seed(seed))
         area_mm2 = float(inside.sum()) * scene.spacing_mm[0] * scene.spacing_mm[1]
         labels: dict[str, Any] = dict.fromkeys(LABEL_KEYS)
         labels["diameter_mm"] = round(2 * (area_mm2 / np.pi) ** 0.5, 3)
+        on_step, steering, labels = self._steering(labels)
+        image = paint(self.model(), scene.image, condition, (row, col), scene.spacing_mm,
+                      steps=self.config.steps, sampler=self.config.sampler,
+                      generator=torch.Generator().manual_seed(seed), on_step=on_step)
         placed = PlacedNodule(box, (float(col), float(row)), None, labels,
                               {**(source or {}), "kind": "mask",
                                "values": "soft" if soft else "binary"})
         info = {**self._info(scene), "model_seed": seed,
-                "mask_condition": "soft" if use_soft else "binary"}
+                "mask_condition": "soft" if use_soft else "binary", **steering}
         return Sample(image, scene.kind, scene.spacing_mm, inside, None, (placed,), info)
 
     def _info(self, scene: BlendScene) -> dict[str, Any]:

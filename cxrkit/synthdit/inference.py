@@ -19,6 +19,7 @@ radiograph is returned bit for bit.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -31,7 +32,8 @@ from cxrkit.synthdit.model import SynthDiT
 @torch.no_grad()
 def inpaint_patches(model: SynthDiT, patches: torch.Tensor, masks: torch.Tensor, *,
                     steps: int | None = None, sampler: str | None = None,
-                    generator: torch.Generator) -> torch.Tensor:
+                    generator: torch.Generator,
+                    on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Generate the masked part of each patch.
 
     Args:
@@ -43,6 +45,9 @@ def inpaint_patches(model: SynthDiT, patches: torch.Tensor, masks: torch.Tensor,
         steps: sampler steps (default: the model's ``default_steps``).
         sampler: a :data:`cxrkit.diffusion.SAMPLERS` name (default: the model's).
         generator: CPU generator of the initial noise (and of ``ddpm``'s noise).
+        on_step: called as ``on_step(index, steps)`` before the model runs at each step (a
+            runtime adapter composition sets its scales there:
+            :class:`cxrkit.synthdit.adapters.Composition`).
 
     Returns:
         ``(B, 1, h, w)`` float32: ``patches`` exactly outside the support, the generated pixels
@@ -74,7 +79,9 @@ def inpaint_patches(model: SynthDiT, patches: torch.Tensor, masks: torch.Tensor,
     x = noise * scheduler.init_noise_sigma
     takes_generator = "generator" in inspect.signature(scheduler.step).parameters
     B = patches.shape[0]
-    for t in scheduler.timesteps:
+    for index, t in enumerate(scheduler.timesteps):
+        if on_step is not None:
+            on_step(index, len(scheduler.timesteps))
         model_input = scheduler.scale_model_input(x, t)
         pred = model(model_input, context, masks, t.reshape(1).expand(B).to(device))
         pred = torch.where(keep, known, pred)  # the known context, re-imposed every step
@@ -86,7 +93,8 @@ def inpaint_patches(model: SynthDiT, patches: torch.Tensor, masks: torch.Tensor,
 
 def paint(model: SynthDiT, image: np.ndarray, mask: np.ndarray, center_rc: tuple[float, float],
           spacing_mm: tuple[float, float], *, steps: int | None = None,
-          sampler: str | None = None, generator: torch.Generator) -> np.ndarray:
+          sampler: str | None = None, generator: torch.Generator,
+          on_step: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Paint a nodule into a radiograph inside ``mask``.
 
     Args:
@@ -97,7 +105,7 @@ def paint(model: SynthDiT, image: np.ndarray, mask: np.ndarray, center_rc: tuple
             ``center_rc``.
         center_rc: ``(row, col)`` the window is centred on (the nodule's centre).
         spacing_mm: the radiograph's pixel size ``(row, col)``.
-        steps, sampler, generator: as :func:`inpaint_patches`.
+        steps, sampler, generator, on_step: as :func:`inpaint_patches`.
 
     Returns:
         ``(H, W)`` float32: ``image`` bit for bit where ``mask`` is 0, the painted nodule where
@@ -133,7 +141,8 @@ def paint(model: SynthDiT, image: np.ndarray, mask: np.ndarray, center_rc: tuple
                          hint=f"it needs at least {s.pixel_mm:g} mm across")
     out = inpaint_patches(model, torch.from_numpy(patch)[None, None],
                           torch.from_numpy(np.ascontiguousarray(small))[None, None],
-                          steps=steps, sampler=sampler, generator=generator)[0, 0].cpu().numpy()
+                          steps=steps, sampler=sampler, generator=generator,
+                          on_step=on_step)[0, 0].cpu().numpy()
     _, full = window.write_back(out)
     where, part = window.clip(image.shape, full)
     result = image.copy()

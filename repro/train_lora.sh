@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Train the characteristic adapters of the synthesis DiT (cxrkit train-lora) and ship them under
+# cxrkit/models/synthdit/adapters/ so `cxrkit synth -e diffusion --adapter calcified` works:
+#
+#   1. data: cxrkit synth -e blend records on the NIH radiographs of
+#      a. real LUNA16 nodules (LIDC labels: calcified, border_irregular, inhomogeneous, subtlety),
+#      b. parametric nodules with every calcification pattern, shape and texture and a subtlety
+#         drawn from 1..5 (labels implied by the spec: a calcification pattern is calcified,
+#         lobulated/spiculated is irregular, non-solid texture is inhomogeneous);
+#      the train/validation split is by patient of the background radiograph;
+#   2. one adapter per characteristic (calcified, border_regular, border_irregular,
+#      texture_homogeneous, texture_inhomogeneous, and the subtlety slider with alpha(s) = 22 + s,
+#      alpha_train = 25 = alpha(3)), each trained alone on the positives of both sources (run.json
+#      and the file's metadata count them by source) -> the shipped adapters;
+#   3. the source's composition pairs trained jointly with the orthogonality penalty
+#      (calcified + border_irregular, calcified + texture_homogeneous,
+#      border_irregular + texture_homogeneous; lambda = $ORTHO) and without it (lambda = 0), for
+#      the composition study; and a ZipLoRA merge of the separately trained calcified and
+#      border_irregular adapters.
+#
+# A finished step is skipped when rerun. Each run writes run.json with the held-out x0 loss and
+# masked MSE of each characteristic's patches with and without its adapter.
+#
+# Usage (repository root): repro/train_lora.sh [WORK_DIR] [MODEL_DIR] [NIH_IMAGES_DIR] [LUNA16_DIR]
+# MODEL_DIR: the synthesis DiT the adapters are bound to (its weights' sha256 is recorded; an
+# adapter refuses any other model), default the shipped one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK="${1:-lora-work}"
+MODEL="${2:-cxrkit/models/synthdit}"
+NIH="${3:-../shared/data/nih-cxr14/images/}"
+LUNA="${4:-../shared/data/luna16-nodules}"
+STEPS="${STEPS:-2000}"
+ORTHO="${ORTHO:-0.01}"
+SHIP="${SHIP:-cxrkit/models/synthdit/adapters}"
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+CXRKIT=(python -m cxrkit)
+[[ -x .venv/bin/python ]] && CXRKIT=(.venv/bin/python -m cxrkit)
+mkdir -p "$WORK"
+common=(--model "$MODEL" --records "$WORK/real.jsonl" --records "$WORK/param.jsonl"
+        --rank 8 --targets to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2
+        --batch-size 16 --lr 1e-3 --warmup-steps 50 --lr-schedule cosine --steps "$STEPS"
+        --checkpoint-every 500 --validate-every 500 --val-samples 32 --seed 0)
+
+finished() { [[ -f "$1/run.json" ]] && ! grep -q '"stopped": "' "$1/run.json"; }
+resume() { [[ -d "$1/checkpoints" ]] && echo --resume latest; }
+records() {  # records FILE synth-options...: cxrkit synth -e blend into $WORK/<name>/
+  local file="$1"; shift
+  if [[ ! -s "$file" ]]; then
+    "${CXRKIT[@]}" synth -e blend "$NIH" -n 8 --seed 0 --keep-going \
+        -o "${file%.jsonl}" "$@" > "$file.part" || [[ $? -eq 3 ]]  # 3: some samples failed
+    mv "$file.part" "$file"
+  fi
+}
+
+records "$WORK/real.jsonl" --source luna16 --luna16-dir "$LUNA" --where 'diameter_mm<=30'
+records "$WORK/param.jsonl" --source parametric --diameter-mm 5:25 --shape all --texture all \
+    --calcification all --spicule-length-mm 2:6 --subtlety 1:5
+
+for c in calcified border_regular border_irregular texture_homogeneous texture_inhomogeneous; do
+  if ! finished "$WORK/$c"; then
+    # shellcheck disable=SC2046
+    "${CXRKIT[@]}" train-lora "${common[@]}" -c "$c" --alpha 8 $(resume "$WORK/$c") -o "$WORK/$c"
+  fi
+done
+if ! finished "$WORK/subtlety"; then
+  # shellcheck disable=SC2046
+  "${CXRKIT[@]}" train-lora "${common[@]}" -c subtlety --alpha 25 --alpha-map '22+s' \
+      $(resume "$WORK/subtlety") -o "$WORK/subtlety"
+fi
+
+for pair in calcified,border_irregular calcified,texture_homogeneous \
+            border_irregular,texture_homogeneous; do
+  a="${pair%,*}" b="${pair#*,}"
+  for lam in 0 "$ORTHO"; do
+    out="$WORK/joint-$a+$b-l$lam"
+    if ! finished "$out"; then
+      # shellcheck disable=SC2046
+      "${CXRKIT[@]}" train-lora "${common[@]}" -c "$a" -c "$b" --alpha 8 --ortho-weight "$lam" \
+          $(resume "$out") -o "$out"
+    fi
+  done
+done
+if [[ ! -f "$WORK/ziplora/run.json" ]]; then
+  "${CXRKIT[@]}" train-lora --model "$MODEL" --records "$WORK/real.jsonl" \
+      --records "$WORK/param.jsonl" --ziplora "$WORK/calcified/calcified.safetensors" \
+      --ziplora "$WORK/border_irregular/border_irregular.safetensors" --steps 100 \
+      --batch-size 8 --lr 1e-2 --seed 0 -o "$WORK/ziplora"
+fi
+
+mkdir -p "$SHIP"
+for c in calcified border_regular border_irregular texture_homogeneous texture_inhomogeneous \
+         subtlety; do
+  cp "$WORK/$c/$c.safetensors" "$SHIP/$c.safetensors"
+  cp "$WORK/$c/run.json" "$SHIP/$c.run.json"
+done
+echo "repro/train_lora.sh: adapters shipped in $SHIP (run.json beside each); joint pairs and" \
+     "the ZipLoRA merge in $WORK" >&2
