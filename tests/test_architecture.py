@@ -29,6 +29,7 @@ FLOORS: dict[str, int] = {
     "cxrkit.train": 3, "cxrkit.diffusion": 3,
     # 4 model families (siblings: see FAMILIES)
     "cxrkit.enhancer": 4, "cxrkit.munit": 4, "cxrkit.ddpm_lq": 4, "cxrkit.synthdit": 4,
+    "cxrkit.detector": 4,
     # 5 engines and reports
     "cxrkit.synth": 5, "cxrkit.report": 5,
     # 6 the command line

@@ -136,12 +136,14 @@ def _register() -> None:
     """
     from cxrkit.cli import (
         degrade,
+        detect,
         enhance,
         evaluate,
         project,
         sample_data,
         synth,
         train_ddpm_lq,
+        train_detect,
         train_enhance,
         train_munit,
         train_synth,
@@ -157,6 +159,8 @@ def _register() -> None:
         "train-ddpm-lq": train_ddpm_lq.train_ddpm_lq,
         "train-synth": train_synth.train_synth,
         "synth": synth.synth,
+        "train-detect": train_detect.train_detect,
+        "detect": detect.detect,
         "eval": evaluate.evaluate,
         "sample-data": sample_data.sample_data,
     }
