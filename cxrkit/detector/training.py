@@ -138,7 +138,7 @@ def evaluate_detector(model: Detector, data: DetectionData) -> dict[str, float]:
         probs = predict(inner, batch["image"])
         with torch.no_grad():
             device = next(inner.parameters()).device
-            parts = {k: 0.0 for k in WEIGHTS}
+            parts = dict.fromkeys(WEIGHTS, 0.0)
             for i in range(0, len(samples), 4):
                 chunk = {k: v[i:i + 4].to(device) for k, v in batch.items()}
                 for k, v in loss_parts(inner(chunk["image"]), chunk).items():
@@ -226,6 +226,7 @@ def train_detect(settings: DetectorSettings, config: TrainConfig, items: Sequenc
                  "validation": count(val_items),
                  "split": "by patient (NIH Patient ID; a synth record by its source image's)",
                  "validation_on_training_data": not val_idx,
+                 "validation_patients": sorted({items[i].group for i in val_idx}),
                  "sampling": "positives and negatives with probability 1/2 each",
                  "augmentation": "hflip p=0.5, rotation ±7°, scale 0.9-1.1, shift ±4 %, gamma "
                                  "0.7-1.4, contrast 0.9-1.1, offset ±0.05"}}
