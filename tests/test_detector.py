@@ -6,6 +6,7 @@ reads, model-folder checks, determinism and usage errors."""
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -85,10 +86,10 @@ def blobs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
 
 @pytest.fixture(scope="module")
 def trained(blobs: tuple[Path, list[dict]], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny detector trained 40 steps by the command on the blob set."""
+    """A tiny detector trained 60 steps by the command on the blob set."""
     out = tmp_path_factory.mktemp("model") / "det"
     result = run_cli("train-detect", "--records", str(blobs[0]), *TINY_ARGS, *FAST,
-                     "--steps", "40", "--lr", "2e-3", "--val-fraction", "0.3", "-o", str(out))
+                     "--steps", "60", "--lr", "2e-3", "--val-fraction", "0.3", "-o", str(out))
     assert result.returncode == 0, result.stderr.decode()
     return out
 
@@ -252,7 +253,7 @@ def test_augmentation_keeps_the_mask_on_the_nodule(blobs: tuple[Path, list[dict]
 
 def test_the_loss_falls_and_heldout_auc_beats_chance(blobs: tuple[Path, list[dict]],
                                                      tmp_path: Path) -> None:
-    config = TrainConfig(output_dir=str(tmp_path / "m"), steps=40, batch_size=8, lr=2e-3,
+    config = TrainConfig(output_dir=str(tmp_path / "m"), steps=60, batch_size=8, lr=2e-3,
                          warmup_steps=5, ema_decay=0.0, checkpoint_every=0, validate_every=0,
                          device="cpu")
     result = train_detect(TINY, config, items_from_records(blobs[1]),
@@ -388,3 +389,27 @@ def test_detect_without_a_shipped_model_says_so(tmp_path: Path) -> None:
     result = run_cli("detect", str(path), "-o", str(tmp_path / "o/"))
     assert result.returncode == 1
     assert "no detector is shipped" in result.stderr.decode()
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one(blobs: tuple[Path, list[dict]], tmp_path: Path) -> None:
+    """``accelerate launch`` with 2 CPU processes (gloo) gives the one-process losses."""
+    import os
+    import subprocess
+
+    args = ("--records", str(blobs[0]), *TINY_ARGS, *FAST, "--steps", "10", "--lr", "2e-3",
+            "--val-fraction", "0.3", "--cpu")
+    one = run_cli("train-detect", *args, "-o", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr.decode()
+    # `--cpu --num_processes 2` starts ONE process; --multi_gpu without CUDA runs gloo
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+              "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+              "--dynamo_backend", "no", "-m", "cxrkit"]
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([*launch, "train-detect", *args, "-o", str(tmp_path / "two")],
+                         capture_output=True, env=env, cwd=root, timeout=300, check=False)
+    assert two.returncode == 0, two.stderr.decode()[-2000:]
+    runs = [json.loads((tmp_path / n / "run.json").read_text()) for n in ("one", "two")]
+    assert runs[1]["num_processes"] == 2
+    assert runs[0]["final_loss"] == pytest.approx(runs[1]["final_loss"], rel=1e-4)
