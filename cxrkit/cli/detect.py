@@ -17,8 +17,10 @@ from cxrkit.cli._options import (
     Resume,
     Seed,
     exit_with,
+    from_stdin,
     input_name,
     iter_inputs,
+    keep_input,
     read_display,
     run_items,
 )
@@ -160,6 +162,8 @@ class DetectJob:
                "characteristics_probability": found.characteristics,
                "detections": found.detections,
                "prediction_mask": str(target), "pred_mask": str(target)}
+        if from_stdin(record):  # the spooled file goes when the process ends: keep a copy
+            new["path"] = keep_input(self.outputs, record, target)
         if self.labels is not None:
             name = Path(input_name(record)).name
             source = Path(str(record.get("source") or "")).name
