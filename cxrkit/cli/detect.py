@@ -165,9 +165,11 @@ class DetectJob:
         if from_stdin(record):  # the spooled file goes when the process ends: keep a copy
             new["path"] = keep_input(self.outputs, record, target)
         if self.labels is not None:
-            name = Path(input_name(record)).name
-            source = Path(str(record.get("source") or "")).name
-            label = self.labels.get(name, self.labels.get(source))
+            # by the file's name, else by its source's (a degraded copy keeps its label) unless
+            # the record has boxes: a synth image's content is no longer its source's
+            label = self.labels.get(Path(input_name(record)).name)
+            if label is None and "boxes" not in record:
+                label = self.labels.get(Path(str(record.get("source") or "")).name)
             if label is not None:
                 new["label"] = label
         resolved = {**self.options, "model": str(self.model_dir),
