@@ -10,7 +10,9 @@ losses, so ``accelerate launch`` over several processes trains exactly as one pr
   characteristics known for that sample (a synthetic positive's labels; 0 for a negative or a
   real image with an image-level label only);
 - segmentation, only on samples with a mask (synth records; 0 for images with an image-level
-  label only): pixel BCE over the whole image (negatives teach "nothing here") plus the soft
+  label only): class-balanced pixel BCE over the whole image (a nodule's pixels weigh as much in
+  total as the background's, at most :data:`MAX_POS_WEIGHT` each; negatives teach "nothing
+  here") plus the soft
   Dice loss ``1 − (2Σpg + 1)/(Σp + Σg + 1)`` on images that contain a nodule (Dice is what
   lets a few-pixel nodule outweigh a quarter million background pixels).
 
@@ -50,6 +52,8 @@ if TYPE_CHECKING:
 
 WEIGHTS = {"presence": 1.0, "characteristics": 0.5, "segmentation": 1.0}
 """Weights of the loss parts."""
+MAX_POS_WEIGHT = 1000.0
+"""Cap of the weight of a nodule pixel in the class-balanced pixel BCE (background: 1)."""
 
 
 def loss_parts(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
@@ -63,7 +67,13 @@ def loss_parts(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
                                               batch["characteristics"], reduction="none")
     characteristics = (char * known).sum(1) / known.sum(1).clamp(min=1)
     logits, truth = outputs["mask"].flatten(1), batch["mask"].flatten(1)
-    bce = F.binary_cross_entropy_with_logits(logits, truth, reduction="none").mean(1)
+    # class-balanced pixel BCE: a nodule's pixels weigh as much as the background's, so a
+    # 100-pixel nodule in a 512² image is not lost in the mean
+    area = truth.sum(1, keepdim=True)
+    balance = ((truth.shape[1] - area) / area.clamp(min=1)).clamp(1, MAX_POS_WEIGHT)
+    weight = 1 + (balance - 1) * truth
+    pixel = F.binary_cross_entropy_with_logits(logits, truth, reduction="none")
+    bce = (weight * pixel).sum(1) / weight.sum(1)
     p = torch.sigmoid(logits)
     dice = 1 - (2 * (p * truth).sum(1) + 1) / (p.sum(1) + truth.sum(1) + 1)
     lesion = (truth.sum(1) > 0).float()
@@ -218,8 +228,9 @@ def train_detect(settings: DetectorSettings, config: TrainConfig, items: Sequenc
         "init": None if init is None else {"path": str(init), "sha256": file_sha256(
             Path(init) / "diffusion_pytorch_model.safetensors")},
         "loss": {"weights": WEIGHTS, "presence": "BCE", "characteristics": "BCE where known",
-                 "segmentation": "pixel BCE where a mask exists + soft Dice on masks with a "
-                                 "nodule"},
+                 "segmentation": "class-balanced pixel BCE where a mask exists + soft Dice "
+                                 "on masks with a nodule",
+                 "max_pos_weight": MAX_POS_WEIGHT},
         "held_out": asdict(held_out),
         "data": {**(data_info or {}), "train": count([items[i] for i in train_idx]),
                  "validation": count(val_items),
