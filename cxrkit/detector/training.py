@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 WEIGHTS = {"presence": 1.0, "characteristics": 0.5, "segmentation": 1.0}
 """Weights of the loss parts."""
-MAX_POS_WEIGHT = 1000.0
+MAX_POS_WEIGHT = 100.0
 """Cap of the weight of a nodule pixel in the class-balanced pixel BCE (background: 1)."""
 
 
