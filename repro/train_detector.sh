@@ -19,11 +19,12 @@
 # --resume latest. SHIP=1 copies the model (config.json, weights, run.json: about 9 MB) into
 # cxrkit/models/detector, the default of `cxrkit detect`.
 #
-# Time on this 2-core CPU (2026-12-06, default model, 512², batch 8): 9.3 s per step measured
-# with the machine shared (load average 7-8); expect about half that on an idle machine, so
-# the default 2000 steps take 2.5-5 h (TIME_LIMIT=3h stops cleanly, a rerun continues), or
-# minutes with `--device cuda` (edit the train-detect line). N_SYNTH=4 makes 488 synthetic
-# positives and 122 negatives from the 122 nodule-free NIH radiographs (about 2 min).
+# Time on this 2-core CPU (2026-12-06, default model, 512², batch 8, 2 threads): 2.7 s per
+# optimizer step at load average 3 (forward, backward, AdamW), 9.3 s measured while the machine
+# was saturated (load 7-8); so the default 2000 steps take 1.5-5 h (TIME_LIMIT=3h stops
+# cleanly, a rerun continues), or minutes with `--device cuda` (edit the train-detect line).
+# N_SYNTH=4 makes 488 synthetic positives and 122 negatives from the 122 nodule-free NIH
+# radiographs (about 2 min).
 #
 # What to expect (measured 2026-12-06, CPU, 256² to save time, batch 8): 300 steps (2,400
 # samples) leave the held-out presence AUC at chance (0.49-0.51) both on these LUNA16 nodules and
