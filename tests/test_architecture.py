@@ -30,6 +30,7 @@ FLOORS: dict[str, int] = {
     # 4 model families (siblings: see FAMILIES)
     "cxrkit.enhancer": 4, "cxrkit.munit": 4, "cxrkit.ddpm_lq": 4, "cxrkit.synthdit": 4,
     "cxrkit.domain": 4,
+    "cxrkit.detector": 4,
     # 5 engines and reports
     "cxrkit.report_detection": 5,
     "cxrkit.synth": 5, "cxrkit.report": 5,

@@ -136,6 +136,7 @@ def _register() -> None:
     """
     from cxrkit.cli import (
         degrade,
+        detect,
         enhance,
         evaluate,
         merge_lora,
@@ -143,6 +144,7 @@ def _register() -> None:
         sample_data,
         synth,
         train_ddpm_lq,
+        train_detect,
         train_domain,
         train_enhance,
         train_lora,
@@ -163,6 +165,8 @@ def _register() -> None:
         "train-lora": train_lora.train_lora,
         "synth": synth.synth,
         "merge-lora": merge_lora.merge_lora,
+        "train-detect": train_detect.train_detect,
+        "detect": detect.detect,
         "eval": evaluate.evaluate,
         "sample-data": sample_data.sample_data,
     }
