@@ -114,13 +114,16 @@ def crop_window(error: np.ndarray, size: int) -> tuple[int, int]:
 
 
 def build_report(summary: Summary, examples: Sequence[Example], *,
-                 title: str = "cxrkit eval report") -> str:
+                 title: str = "cxrkit eval report",
+                 sections: Sequence[tuple[str, str]] = ()) -> str:
     """The report as one self-contained HTML page.
 
     Args:
         summary: what ``eval`` measured (:func:`cxrkit.metrics.records.summarize_records`).
         examples: images to show side by side (see :func:`pick_examples`).
         title: the page title.
+        sections: further ``(heading, HTML)`` sections placed before the per-image table (e.g.
+            :func:`cxrkit.report_detection.detection_sections`).
 
     Returns:
         HTML text (UTF-8), with no external reference.
@@ -139,6 +142,8 @@ def build_report(summary: Summary, examples: Sequence[Example], *,
     if summary.curves is not None:
         parts += ["<h2>ROC and FROC</h2>", _img(_curves(summary.curves, metrics["detection"]),
                                                 "ROC and FROC curves")]
+    for heading, body in sections:
+        parts += [f"<h2>{_e(heading)}</h2>", body]
     if summary.rows:
         parts += ["<h2>Per image</h2>", _rows_table(summary.rows)]
     parts.append("</body></html>\n")

@@ -31,6 +31,7 @@ FLOORS: dict[str, int] = {
     "cxrkit.enhancer": 4, "cxrkit.munit": 4, "cxrkit.ddpm_lq": 4, "cxrkit.synthdit": 4,
     "cxrkit.detector": 4,
     # 5 engines and reports
+    "cxrkit.report_detection": 5,
     "cxrkit.synth": 5, "cxrkit.report": 5,
     # 6 the command line
     "cxrkit.cli": 6, "cxrkit.__main__": 6,

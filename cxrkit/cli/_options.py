@@ -306,6 +306,8 @@ def run_items(
     Returns:
         The exit code: OK, or PARTIAL when some items failed under ``keep_going``.
     """
+    from cxrkit.cli import state
+
     writer = RecordWriter()
     rank, world = shard()
     if world > 1:
@@ -314,6 +316,8 @@ def run_items(
     failed = 0
     with _Progress(label) as advance:
         for record in take_shard((unique(r) for r in records), rank, world):
+            if state.get("signal"):  # a Ctrl-C that Python swallowed (raised in a finaliser)
+                raise KeyboardInterrupt
             try:
                 result = done(record) if done else None
                 if result is None:

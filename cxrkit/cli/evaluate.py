@@ -40,7 +40,8 @@ def evaluate(
     fail_under: Annotated[list[str] | None, typer.Option(
         "--fail-under", help="METRIC=VALUE (repeatable): exit 8 when the metric is under VALUE "
                              "or was not measured. Metrics: psnr, ssim, ms_ssim, psnr_fit "
-                             "(means), auc, node21, sens@0.25, cpm, iou, dice, ...",
+                             "(means), auc, node21, sens@0.25, cpm, iou, dice, image_auc, "
+                             "calcified_auc, ...",
         show_default=False)] = None,
     no_reference: Annotated[bool, typer.Option(
         "--no-reference", help="Also measure path alone: noise sigma, mean gradient, and the "
@@ -58,8 +59,22 @@ def evaluate(
                       "here, as in the NODE21 rule; LUNA16's own evaluation ignores such "
                       "duplicates, so its CPM can be higher.")] = False,
     mask_threshold: Annotated[float, typer.Option(
-        "--mask-threshold", help="Probability at or above which a pred_mask pixel is lesion.")
+        "--mask-threshold", help="Probability at or above which a pred_mask (or "
+                                 "prediction_mask) pixel is lesion (a uint8 map of "
+                                 "probability x 255 is read as such).")
     ] = 0.5,
+    operating_point: Annotated[float, typer.Option(
+        "--operating-point", min=0.0, help="FP per image of the breakdown's sens_op: "
+                                           "sensitivity at the lowest box score whose FROC "
+                                           "FP/image stays at or under it.")] = 0.25,
+    detection_threshold: Annotated[float, typer.Option(
+        "--detection-threshold", min=0.0, max=1.0,
+        help="Box score (and nodule_probability) at or above which the breakdown's sens_score, "
+             "the classification's sensitivity/specificity and the report's gallery call a "
+             "detection.")] = 0.5,
+    gallery: Annotated[int, typer.Option(
+        "--gallery", min=0, help="Detection images drawn in the --report (true positives, false "
+                                 "positives and misses, the clearest of each).")] = 12,
     bootstrap: Annotated[int, typer.Option(
         "--bootstrap", min=0, help="Bootstrap resamples for the 95% CIs (0: none).")] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap CIs.")] = 0,
@@ -73,9 +88,26 @@ def evaluate(
     against reference, which must have the same size (else use --upsample or
     --resize-reference). Detection: detections [{x1,y1,x2,y2,score}] against boxes
     [{x1,y1,x2,y2}] (boxes: [] for a negative image; every image must be listed). Segmentation:
-    pred_mask against mask. No-reference measures with --no-reference. Prints a table on a
+    pred_mask against mask. A detector's records (cxrkit detect): nodule_probability against
+    label (or non-empty boxes), characteristics_probability against the nodule's
+    characteristics, prediction_mask against mask, and a breakdown by nodule size, subtlety and
+    characteristic. No-reference measures with --no-reference. Prints a table on a
     terminal and JSON when piped or with --json; infinite values (the PSNR of identical images)
     are written as the string "inf".
+
+    Detector records. classification: AUC of nodule_probability against the image label (label
+    when the record has one, else whether boxes is non-empty; records with only a label need no
+    boxes and take no part in the FROC), bootstrap CI stratified by label, sensitivity and
+    specificity at --detection-threshold. characteristics: per class of
+    characteristics_probability (calcified, border_regular = border_irregular 0,
+    border_irregular, texture_homogeneous = inhomogeneous 0, texture_inhomogeneous), the AUC
+    over positive images whose reference characteristic is known, with n per class, skipped with
+    a note where one class is missing. breakdown: per nodule size bin (diameter_mm < 6, 6-10,
+    10-20, >= 20), subtlety 1-5, calcified yes/no, border regular/irregular and texture
+    homogeneous/inhomogeneous: sens_op = share of the cell's lesions hit at the operating point
+    (--operating-point FP per image), sens_score = hit by a box scoring >= --detection-threshold
+    (Wilson 95% intervals), auc = image AUC of the cell's positive images against all negative
+    images, iou_mean = mean IoU of the cell's masks; every cell gives its n.
 
     Definitions. PSNR = 10·log10(1/MSE) in dB on [0, 1] images (data range 1). SSIM: Gaussian
     window 11 px, sigma 1.5, K1 0.01, K2 0.03, population statistics, mean over the valid
@@ -104,6 +136,10 @@ def evaluate(
 
         cxrkit degrade hq/ --preset drr-like --scale 2 -o lq/ | cxrkit eval --upsample bicubic
 
+    A detector's records, with a gallery of its hits and misses:
+
+        cxrkit detect cxr/*.png | cxrkit eval --report detect.html --fail-under image_auc=0.8
+
     Write a report, and gate CI on a metric (exit 8 when under):
 
         cxrkit eval pairs.jsonl --report report.html --fail-under psnr=30 --fail-under ssim=0.9
@@ -122,10 +158,12 @@ def evaluate(
     rows, failed = job.run(records, keep_going=keep_going)
     summary = summarize_records(records, rows, seed=seed, n_boot=bootstrap, with_cpm=cpm,
                                 mask_threshold=mask_threshold, failed=failed,
-                                resample=job.resample)
+                                resample=job.resample, fp_per_image=operating_point,
+                                score_threshold=detection_threshold)
     _emit(summary, as_json=json_output or not sys.stdout.isatty(), per_image=per_image)
     if report is not None:
-        _write_report(report, summary, job, records, overwrite=overwrite)
+        _write_report(report, summary, job, records, overwrite=overwrite,
+                      gallery=gallery, threshold=detection_threshold)
     failures = check_thresholds(summary.metrics, thresholds)
     if failures:
         raise CheckFailedError("; ".join(failures))
@@ -184,6 +222,8 @@ class EvalJob:
         if self.no_reference:
             row.update(no_reference_quality(read_radiograph(record["path"]).pixels,
                                             record.get("roi")))
+        if not record.get("pred_mask") and record.get("prediction_mask"):
+            record = {**record, "pred_mask": record["prediction_mask"]}  # cxrkit detect's name
         if record.get("pred_mask") and record.get("mask"):
             row.update(segmentation_counts(_read_mask(record["pred_mask"]),
                                            _read_mask(record["mask"]), self.mask_threshold))
@@ -226,12 +266,16 @@ def _size_error(shape: tuple[int, ...], ref_shape: tuple[int, ...], item: str) -
 
 
 def _read_mask(path: str) -> np.ndarray:
-    """A mask file as ``(H, W)``: a TIFF stack is reduced to the union (max) of its masks."""
+    """A mask file as ``(H, W)``: a TIFF stack is reduced to the union (max) of its masks; a
+    uint8 map of probability × 255 that kept its 0-255 values (cxrkit reads a uint8 PNG marked
+    ``kind: mask`` as is: the form ``cxrkit detect`` writes) is scaled to [0, 1] (a lesion
+    mask's nonzero pixels stay nonzero)."""
     from cxrkit.io import read_radiograph, read_stack
 
     if has_suffix(path, TIFF_SUFFIXES):
         return read_stack(path)[0].max(axis=0)
-    return read_radiograph(path).pixels
+    pixels = read_radiograph(path).pixels
+    return pixels / 255.0 if pixels.max() > 1.0 else pixels
 
 
 def _read_records(inputs: list[str] | None) -> Iterator[Record]:
@@ -292,6 +336,8 @@ def _emit(summary: Summary, *, as_json: bool, per_image: bool) -> None:
 
     console = Console(highlight=False)
     console.print(_table(summary.metrics))
+    if "classification" in summary.metrics or "characteristics" in summary.metrics:
+        console.print(_detector_table(summary.metrics))
     if per_image:
         console.print(_rows_table(summary.rows))
 
@@ -331,6 +377,28 @@ def _rows_table(rows: list[dict[str, Any]]) -> Any:
     return table
 
 
+def _detector_table(metrics: dict[str, Any]) -> Any:
+    """The classification and per-characteristic AUCs of a detector's records as a rich table
+    (the breakdown is in the JSON and the report)."""
+    from rich.table import Table
+
+    table = Table(title="detector")
+    for column in ("block", "measure", "value", "95% CI", "n"):
+        table.add_column(column, justify="left" if column in ("block", "measure") else "right")
+    classification = metrics.get("classification")
+    if classification:
+        for name in ("auc", "sensitivity", "specificity"):
+            table.add_row("classification", name, _fmt(classification[name]),
+                          _fmt_ci(classification.get(f"{name}_ci95")),
+                          str(classification["n_images"]))
+    for name, entry in metrics.get("characteristics", {}).items():
+        if isinstance(entry, dict):
+            table.add_row("characteristics", f"{name} auc", _fmt(entry["auc"]),
+                          _fmt_ci(entry["auc_ci95"]),
+                          f"{entry['n_positive']}+{entry['n_negative']}")
+    return table
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
@@ -344,13 +412,37 @@ def _fmt_ci(ci: list[float] | None) -> str:
 
 
 def _write_report(path: Path, summary: Summary, job: EvalJob, records: list[Record], *,
-                  overwrite: bool) -> None:
+                  overwrite: bool, gallery: int = 0, threshold: float = 0.5) -> None:
     """Read the example images again and write the HTML report atomically."""
     from cxrkit.pipe import atomic_path
     from cxrkit.report import Example, build_report, pick_examples
+    from cxrkit.report_detection import detection_sections
 
     by_key = {(r.get("id"), r.get("path")): r for r in records}
     examples = [Example(label, row, *job.pair(by_key[(row["id"], row["path"])]))
                 for label, row in pick_examples(summary.rows)]
+    shown = _gallery(records, gallery, threshold)
+    sections = detection_sections(summary, shown, threshold=threshold,
+                                  mask_threshold=job.mask_threshold)
     with atomic_path(path, overwrite=overwrite) as tmp:
-        tmp.write_text(build_report(summary, examples), encoding="utf-8")
+        tmp.write_text(build_report(summary, examples, sections=sections), encoding="utf-8")
+
+
+def _gallery(records: list[Record], count: int, threshold: float) -> list[Any]:
+    """The gallery's images read from disk (an image that cannot be read is left out, with a
+    warning)."""
+    from cxrkit.io import read_radiograph
+    from cxrkit.report_detection import GalleryImage, pick_gallery
+
+    shown = []
+    for outcome, record in pick_gallery(records, count, threshold):
+        name = record.get("path") or record.get("source")
+        try:
+            image = read_radiograph(name).pixels
+            files = (record.get("mask"), record.get("prediction_mask") or record.get("pred_mask"))
+            masks = [_read_mask(name) if name else None for name in files]
+        except (CxrkitError, OSError) as exc:
+            log.warning("report gallery: %s: %s", record.get("id"), exc)
+            continue
+        shown.append(GalleryImage(outcome, record, image, *masks))
+    return shown

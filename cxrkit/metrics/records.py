@@ -10,9 +10,13 @@
 - **detection** from ``detections`` (predictions ``[{x1, y1, x2, y2, score}]``) against ``boxes``
   (ground truth ``[{x1, y1, x2, y2}]``, ``[]`` for a negative image): :func:`detection_summary`
   (image AUC, FROC, NODE21 score, optional CPM, bootstrap CIs);
-- **segmentation** of ``pred_mask`` against ``mask``: per-image pixel counts from
-  :func:`segmentation_counts`, summarised by :func:`segmentation_summary` in the conventions of
-  :func:`cxrkit.metrics.segmentation_metrics`.
+- **a detector's image-level outputs** (``cxrkit detect``): ``classification`` (AUC of
+  ``nodule_probability`` against ``label`` or non-empty ``boxes``), ``characteristics`` (AUC per
+  class of ``characteristics_probability``) and ``breakdown`` (sensitivity, AUC and IoU per
+  nodule size, subtlety and characteristic), from :mod:`cxrkit.metrics.breakdown`;
+- **segmentation** of ``pred_mask`` (or ``prediction_mask``) against ``mask``: per-image pixel
+  counts from :func:`segmentation_counts`, summarised by :func:`segmentation_summary` in the
+  conventions of :func:`cxrkit.metrics.segmentation_metrics`.
 
 :func:`summarize_records` ties them together. Infinite values (the PSNR of identical images) stay
 ``math.inf`` in memory; :func:`jsonable` writes them as the string ``"inf"`` (JSON has no
@@ -29,6 +33,14 @@ from typing import Any
 import numpy as np
 
 from cxrkit.errors import InputError
+from cxrkit.metrics.breakdown import (
+    CHARACTERISTICS,
+    breakdown_summary,
+    characteristics_summary,
+    classification_summary,
+    image_label,
+    segmentation_cis,
+)
 from cxrkit.metrics.detection import (
     NODE21_RATES,
     FrocCurve,
@@ -71,6 +83,11 @@ NO_REFERENCE_DEFINITION = (
     "gradient magnitude per px (sharpness); cnr = |mean(roi) - mean(ring)| / std(ring), ring "
     "5 px around the record's roi box."
 )
+DETECTION_IMAGE_ONLY_DEFINITION = (
+    "image auc = Mann-Whitney, ties 1/2, image score = max box score (0 without boxes), against "
+    "the record's label; no FROC: no record with detections has boxes; ci95 = bootstrap over "
+    "images stratified by label."
+)
 DETECTION_DEFINITION = (
     "image auc = Mann-Whitney, ties 1/2, image score = max box score (0 without boxes); FROC "
     "hits = IoU > 0.2, each lesion matched once, duplicates count as FP; FP/image over all "
@@ -90,6 +107,8 @@ GATES: dict[str, tuple[str, ...]] = {
     "cpm": ("detection", "cpm"),
     "iou": ("segmentation", "iou_mean_pos"),
     "dice": ("segmentation", "dice_mean_pos"),
+    "image_auc": ("classification", "auc"),
+    **{f"{name}_auc": ("characteristics", name, "auc") for name in CHARACTERISTICS},
 }
 """Metric names ``eval --fail-under NAME=VALUE`` accepts, and where each sits in the summary.
 Image and no-reference measures gate on their mean over images."""
@@ -236,7 +255,10 @@ def detection_summary(records: Sequence[Record], *, seed: int = 0, n_boot: int =
 
     Every record with ``detections`` needs ``boxes`` (ground truth; ``[]`` for a negative image),
     and while any record has ``detections``, every record with ``boxes`` needs them too (a list,
-    empty when the detector found nothing), so that FP per image counts every image.
+    empty when the detector found nothing), so that FP per image counts every image. A record
+    with ``detections`` and an image-level ``label`` but no ``boxes`` (a real radiograph without
+    lesion boxes) takes no part in the FROC; when no record has boxes, only the image AUC (max
+    box score against ``label``) is given, with no curves.
 
     Args:
         records: the record stream.
@@ -251,13 +273,19 @@ def detection_summary(records: Sequence[Record], *, seed: int = 0, n_boot: int =
 
     Raises:
         InputError: a record with predictions but no truth or the reverse, malformed boxes, or
-            data that admit no AUC or FROC (no lesion, or no negative image).
+            data that admit no AUC or FROC (no lesion, no negative image, or no detection at
+            all unless the records are a detector's, with ``nodule_probability``: then the
+            FROC is flat at 0 and ``note`` says so).
     """
     if not any("detections" in r for r in records):
         return None
     truth, boxes, scores = [], [], []
+    label_only = [r for r in records if "detections" in r and "boxes" not in r
+                  and r.get("label") is not None]
     for record in records:
         if "detections" not in record and "boxes" not in record:
+            continue
+        if "boxes" not in record and record.get("label") is not None:
             continue
         for key in ("boxes", "detections"):
             if key not in record:
@@ -270,14 +298,19 @@ def detection_summary(records: Sequence[Record], *, seed: int = 0, n_boot: int =
                                              scored=True)
         boxes.append(predicted)
         scores.append(predicted_scores)
+    if not truth:
+        return _image_level_detection(label_only, seed=seed, n_boot=n_boot), None
     labels = np.array([len(t) > 0 for t in truth], dtype=int)
     if labels.min() == labels.max():
         raise InputError("detection needs images with and without lesions",
                          hint="list the negative images too, with 'boxes': []")
-    if not any(len(s) for s in scores):
+    found_nothing = not any(len(s) for s in scores)
+    if found_nothing and not any(r.get("nodule_probability") is not None for r in records):
         raise InputError("no record has a detection, so the FROC is empty",
                          hint="keep every box for evaluation (score threshold 0)")
     metrics = detection_metrics(truth, boxes, scores)
+    if found_nothing:  # a detector's records (cxrkit detect) where it found no box at all
+        metrics["note"] = "no record has a detection: sensitivity 0 at every rate"
     if not with_cpm:
         metrics.pop("cpm")
     per_image = image_scores(scores)
@@ -290,8 +323,32 @@ def detection_summary(records: Sequence[Record], *, seed: int = 0, n_boot: int =
             np.arange(len(truth)), seed, n_boot, strata=labels,
             statistic=lambda idx: _node21_of(idx, truth, scores, matches, per_image, labels)))
     metrics["definition"] = DETECTION_DEFINITION
+    if label_only:
+        metrics["n_label_only"] = len(label_only)
+        metrics["label_only"] = "records with a label but no boxes are left out of this block"
     fpr, tpr = roc_curve(per_image, labels)
     return metrics, DetectionCurves(fpr, tpr, froc(truth, boxes, scores))
+
+
+def _image_level_detection(records: Sequence[Record], *, seed: int, n_boot: int
+                           ) -> dict[str, Any]:
+    """The detection block of records with an image ``label`` and no ``boxes``: image AUC of
+    the highest box score, no FROC."""
+    per_image = image_scores([_boxes(r["detections"], "detections", r, scored=True)[1]
+                              for r in records])
+    labels = np.array([image_label(r) for r in records], dtype=int)
+    if labels.min() == labels.max():
+        raise InputError("image AUC needs images with and without a nodule",
+                         hint="list negative images too ('label': 0)")
+    metrics: dict[str, Any] = {"auc": auc(per_image, labels)}
+    if n_boot > 0:
+        metrics["auc_ci95"] = list(bootstrap_ci(
+            np.arange(len(labels)), seed, n_boot, strata=labels,
+            statistic=lambda idx: auc(per_image[idx], labels[idx])))
+    metrics.update({"n_images": len(labels), "n_positive": int(labels.sum()),
+                    "auc_source": "detector", "froc": None,
+                    "definition": DETECTION_IMAGE_ONLY_DEFINITION})
+    return metrics
 
 
 def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -367,18 +424,21 @@ class Summary:
     Attributes:
         metrics: JSON-ready summary (``inf`` as a float; see :func:`jsonable`).
         rows: one dict of measurements per image (``id``, ``path``, metric values).
-        curves: the detection curves, when records carried detections.
+        curves: the detection curves, when records carried detections and boxes.
+        image_roc: ``(fpr, tpr)`` of ``nodule_probability``, when records carried it.
     """
 
     metrics: dict[str, Any]
     rows: list[dict[str, Any]] = field(default_factory=list)
     curves: DetectionCurves | None = None
+    image_roc: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def summarize_records(records: Sequence[Record], rows: Sequence[dict[str, Any]], *,
                       seed: int = 0, n_boot: int = 1000, with_cpm: bool = False,
                       mask_threshold: float = 0.5, failed: int = 0,
-                      resample: str | None = None) -> Summary:
+                      resample: str | None = None, fp_per_image: float = 0.25,
+                      score_threshold: float = 0.5) -> Summary:
     """The summary of an evaluation: aggregates of per-image rows plus detection metrics.
 
     Args:
@@ -391,6 +451,9 @@ def summarize_records(records: Sequence[Record], rows: Sequence[dict[str, Any]],
         mask_threshold: the threshold the segmentation counts used (reported).
         failed: items that could not be measured (reported as ``n_failed``).
         resample: how path and reference were brought to one size, if they were (reported).
+        fp_per_image: the FROC operating point of the breakdown's ``sens_op``.
+        score_threshold: the box score of the breakdown's ``sens_score``, and the
+            ``nodule_probability`` at which the classification block calls an image positive.
 
     Returns:
         The summary; blocks are present only for what the records carried.
@@ -415,14 +478,43 @@ def summarize_records(records: Sequence[Record], rows: Sequence[dict[str, Any]],
     counts = [row for row in rows if "union_px" in row]
     if counts:
         metrics["segmentation"] = segmentation_summary(counts, mask_threshold)
+        metrics["segmentation"].update(segmentation_cis(counts, seed=seed, n_boot=n_boot))
+    image_roc = None
+    classification = classification_summary(records, seed=seed, n_boot=n_boot,
+                                            threshold=score_threshold)
+    if classification is not None:
+        metrics["classification"] = classification[0]
+        image_roc = roc_curve(classification[1], classification[2])
+    characteristics = characteristics_summary(records, seed=seed, n_boot=n_boot)
+    if characteristics is not None:
+        metrics["characteristics"] = characteristics
+    breakdown = breakdown_summary(records, parse=_boxes, iou=_iou_by_record(records, counts),
+                                  seed=seed, n_boot=n_boot, fp_per_image=fp_per_image,
+                                  score_threshold=score_threshold)
+    if breakdown is not None:
+        metrics["breakdown"] = breakdown
     detection = detection_summary(records, seed=seed, n_boot=n_boot, with_cpm=with_cpm)
     if detection is not None:
         metrics["detection"] = detection[0]
     if len(metrics) == 2 and not failed:
         raise InputError("the records carry nothing to measure",
                          hint="records need 'reference' (image quality), 'detections' and "
-                              "'boxes', or 'pred_mask' and 'mask'; or pass --no-reference")
-    return Summary(metrics, list(rows), detection[1] if detection else None)
+                              "'boxes', 'nodule_probability' and 'label', or 'pred_mask' and "
+                              "'mask'; or pass --no-reference")
+    return Summary(metrics, list(rows), detection[1] if detection else None, image_roc)
+
+
+def _iou_by_record(records: Sequence[Record], counts: Sequence[Mapping[str, Any]]
+                   ) -> dict[int, float]:
+    """``{record index: IoU}`` of the images with a lesion whose masks were compared (rows are
+    matched to records by ``id`` and ``path``)."""
+    where = {(r.get("id"), r.get("path")): i for i, r in enumerate(records)}
+    out = {}
+    for row in counts:
+        index = where.get((row.get("id"), row.get("path")))
+        if index is not None and row["truth_px"] > 0:
+            out[index] = row["intersection_px"] / row["union_px"]
+    return out
 
 
 def gate_value(metrics: Mapping[str, Any], name: str) -> float | None:

@@ -82,21 +82,29 @@ def read_nodule_mask(path: str | Path, shape: tuple[int, int] | None = None
     return pixels.astype(np.float32), True
 
 
+def default_model_dir() -> Path:
+    """The synthesis DiT shipped with cxrkit (``cxrkit/models/synthdit``; trained by
+    ``repro/train_synth.sh``, see its ``run.json``), used when no ``--model`` is given."""
+    return Path(__file__).resolve().parent.parent / "models" / "synthdit"
+
+
 class DiffusionEngine:
     """The ``diffusion`` engine (see the module docstring).
 
     Args:
-        config: the shared settings; reads ``model`` (required), ``steps``, ``sampler``,
-            ``soft_mask``, ``device``, and what ``blend`` reads for projection and placement.
+        config: the shared settings; reads ``model`` (None: :func:`default_model_dir`),
+            ``steps``, ``sampler``, ``soft_mask``, ``device``, and what ``blend`` reads for
+            projection and placement.
 
     Raises:
-        InputError: no model folder given.
+        InputError: no model folder given and no default model installed.
     """
 
     def __init__(self, config: SynthConfig) -> None:
-        if not config.model:
-            raise InputError("the diffusion engine needs a model folder (--model DIR); no "
-                             "default model ships yet", hint="train one with cxrkit train-synth")
+        if not config.model and not (default_model_dir() / "config.json").is_file():
+            raise InputError("the diffusion engine needs a model folder (--model DIR): this "
+                             "install has no default model", path=str(default_model_dir()),
+                             hint="train one with cxrkit train-synth (repro/train_synth.sh)")
         self.config = config
         self.blend = BlendEngine(config)
         self._model: Any = None
@@ -109,7 +117,7 @@ class DiffusionEngine:
             from cxrkit.synthdit import SynthDiT
             from cxrkit.synthdit.model import WEIGHTS_NAME
 
-            folder = Path(str(self.config.model))
+            folder = Path(str(self.config.model)) if self.config.model else default_model_dir()
             self._model = SynthDiT.load(folder, device=self.config.device)
             self._model_sha256 = file_sha256(folder / WEIGHTS_NAME)
         return self._model
@@ -247,7 +255,8 @@ class DiffusionEngine:
                 "spacing_source": scene.spacing_source, "lung_mask": scene.lung_method,
                 "kev": self.config.kev, "sid_mm": sid, "nodule_depth_mm": depth,
                 "magnification": round(sid / (sid - depth), 6),
-                "model": str(self.config.model), "model_sha256": self._model_sha256,
+                "model": str(self.config.model) if self.config.model else "default",
+                "model_sha256": self._model_sha256,
                 "model_pixel_mm": s.pixel_mm, "model_patch_px": s.patch_px,
                 "steps": self.config.steps or s.default_steps,
                 "sampler": self.config.sampler or s.default_sampler,
