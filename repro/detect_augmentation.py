@@ -295,6 +295,8 @@ def prepare(work: Path, settings: Settings, split_seed: int, nih: Path, luna: Pa
         "luna16": {
             "nodules_csv": {"path": str(luna / "nodules.csv"),
                             "sha256": file_sha256(luna / "nodules.csv")},
+            "patches_sha256": files_sha256(sorted({luna / "patches" / r[c] for r in luna_rows
+                                                   for c in ("image_file", "mask_file")})),
             "train": {"patients": luna_train, "nodules": luna_count["train"]},
             "test": {"patients": luna_test, "nodules": luna_count["test"]},
         },
@@ -451,8 +453,13 @@ def arm_chain(work: Path, settings: Settings, arm: Arm, seed: int, nih: Path,
         run(train_command(work, settings, arm, seed, nih, records, model))
     row = evaluate(work, settings, model, tag, nih, synth_test_records, seed)
     trained = json.loads((model / "run.json").read_text())
+    from cxrkit.files import file_sha256
+
+    weights = sorted(model.glob("*.safetensors"))
     return {"arm": arm.name, "engine": arm.engine or "none", "k": arm.k, "seed": seed,
-            **row, "validation": trained.get("validation") or trained.get("final") or {}}
+            **row, "validation": trained.get("validation") or {},
+            "model": {"path": str(model),
+                      "sha256": file_sha256(weights[0]) if weights else None}}
 
 
 # -- table, gates, report ---------------------------------------------------------------------
@@ -574,9 +581,12 @@ def curve_png(rows: Sequence[dict[str, Any]]) -> bytes:
                             if a["engine"] in (engine, "none") and a[metric] is not None)
             if points:
                 ax.plot(*zip(*points, strict=True), marker="o", label=engine)
-        for r in rows:  # every seed as a dot
+        for r in rows:  # every seed as a dot, with its bootstrap 95 % CI
             if r[metric] is not None:
                 ax.plot(r["k"], r[metric], ".", color="gray", alpha=0.5)
+            ci = r.get(f"{metric}_ci95")
+            if ci:
+                ax.plot([r["k"], r["k"]], ci, color="gray", alpha=0.4, lw=1)
         if metric != "iou":
             ax.axhline(0.5, color="gray", lw=0.8, ls=":")
         ax.set_xlabel("synthetic nodules K")
@@ -707,11 +717,19 @@ def main(argv: list[str] | None = None) -> int:
                              "<characteristic>_auc (best arm), real_auc_gain, synth_auc_gain "
                              "(best synthetic arm minus real), GATE@ARM (one arm)")
     args = parser.parse_args(argv)
+    import cxrkit
+
     try:
         thresholds = {k.strip(): float(v) for k, v in (g.split("=", 1) for g in args.fail_under)}
     except ValueError:
         parser.error("--fail-under: GATE=VALUE")
     settings = settings_from(args, parser)
+    shipped = REPO / "cxrkit" / "models" / "synthdit"
+    if "diffusion" in settings.engines and args.diffusion_model is None \
+            and not (shipped / "config.json").is_file():
+        parser.error("--engines diffusion: this checkout ships no synthesis model "
+                     f"({shipped}); give --diffusion-model DIR (cxrkit train-synth, "
+                     "repro/train_synth.sh)")
     cores = len(os.sched_getaffinity(0))
     jobs = max(1, args.jobs)
     global _threads, _log
@@ -748,12 +766,14 @@ def main(argv: list[str] | None = None) -> int:
                         for a, s in tasks], jobs)
     table: dict[str, Any] = {"rows": rows, "arms": per_arm(rows), "settings": asdict(settings),
                              "splits": copy.deepcopy(splits),
-                             "gates": gate_values(rows),
+                             "gates": gate_values(rows), "command": [sys.executable, *sys.argv],
+                             "cxrkit_version": cxrkit.__version__,
                              "seconds": round(time.monotonic() - began, 1)}
     for side in ("train", "test"):
         table["splits"]["nih"][side] = {k: v for k, v in splits["nih"][side].items()
                                         if k != "files"}
-    table["splits"]["nih"].pop("images_sha256", None)
+    table["splits"]["nih"].pop("images_sha256", None)  # in splits.json
+    table["splits"]["luna16"].pop("patches_sha256", None)
     (work / "augmentation.json").write_text(json.dumps(table, indent=1) + "\n")
     (work / "augmentation.md").write_text(markdown(table))
     (work / "augmentation.html").write_text(html_report(table, curve_png(rows)))
