@@ -2,7 +2,8 @@
 synthetic nodules to the real radiographs raise the detector's AUC and IoU?
 
 Arms (the rows), every one trained by ``cxrkit train-detect`` with the same architecture, steps,
-batch and seed:
+batch, schedule and seed (the schedule of ``repro/train_detector.sh``, the shipped detector's:
+warm-up, cosine decay, weight decay 0.05, EMA):
 
 - ``real``: the NIH ChestX-ray14 train patients' radiographs with their image-level labels only
   (``--images`` with ``--nih-labels``; "Nodule" among the findings is a positive);
@@ -106,6 +107,9 @@ class Settings:
     steps: int = 500
     batch_size: int = 8
     lr: float = 5e-4
+    warmup_steps: int = 50
+    lr_schedule: str = "cosine"
+    weight_decay: float = 0.05
     arch: str = "default"
     val_fraction: float = 0.1
     synth_test_n: int = 2
@@ -117,7 +121,7 @@ class Settings:
 
 
 QUICK = Settings(ks=(0, 16), image_px=64, background_px=128, steps=30, batch_size=4,
-                 synth_test_n=1, max_test_backgrounds=12, bootstrap=200)
+                 warmup_steps=5, synth_test_n=1, max_test_backgrounds=12, bootstrap=200)
 """``--quick``: a smoke run of the whole recipe in a few minutes (numbers mean nothing)."""
 
 
@@ -391,7 +395,9 @@ def train_command(work: Path, settings: Settings, arm: Arm, seed: int, nih: Path
         command += ["--records", str(r)]
     command += ["--arch", settings.arch, "--image-px", str(settings.image_px),
                 "--steps", str(settings.steps), "--batch-size", str(settings.batch_size),
-                "--lr", str(settings.lr), "--val-fraction", str(settings.val_fraction),
+                "--lr", str(settings.lr), "--warmup-steps", str(settings.warmup_steps),
+                "--lr-schedule", settings.lr_schedule, "--weight-decay",
+                str(settings.weight_decay), "--val-fraction", str(settings.val_fraction),
                 "--validate-every", "0", "--checkpoint-every",
                 str(max(50, settings.steps // 4)), "--seed", str(seed), "--device", "cpu",
                 "-o", str(out)]
@@ -622,7 +628,8 @@ def html_report(table: dict[str, Any], png: bytes) -> str:
             f"--report: ROC/FROC, gallery, breakdown)</h2><ul>{links}</ul></body></html>\n")
 
 
-FIXED = ("image_px", "background_px", "steps", "batch_size", "lr", "arch", "val_fraction",
+FIXED = ("image_px", "background_px", "steps", "batch_size", "lr", "warmup_steps",
+         "lr_schedule", "weight_decay", "arch", "val_fraction",
          "synth_test_n", "test_fraction", "test_positive_fraction", "luna_test_fraction",
          "max_test_backgrounds", "bootstrap")
 """Settings a work folder is bound to (its finished steps were made with them); the K, engines

@@ -106,6 +106,7 @@ def test_every_arm_gets_the_same_budget(recipe: ModuleType, tmp_path: Path) -> N
 
     def options(command: list[str]) -> dict[str, str]:
         keep = ("--arch", "--image-px", "--steps", "--batch-size", "--lr", "--seed",
+                "--warmup-steps", "--lr-schedule", "--weight-decay",
                 "--images", "--nih-labels", "--val-fraction")
         return {o: command[command.index(o) + 1] for o in keep}
 
