@@ -43,7 +43,8 @@ Evaluation of every arm (``cxrkit detect … | cxrkit eval``):
 
 Outputs in ``--work``: ``augmentation.md`` and ``augmentation.json`` (the table: arm, engine, K,
 seed, real AUC [CI], synthetic AUC [CI], IoU, per-characteristic AUC), ``augmentation.html``
-(the table, the curve of AUC against K, links to every arm's ``cxrkit eval --report``),
+(the table, the curve of AUC against K, links to every arm's two ``cxrkit eval --report``
+pages, ``reports/<arm>-seed<N>-real.html`` and ``-synth.html``),
 ``commands.log`` (every command with its time), ``splits.json`` (patients, data hashes).
 A rerun skips every finished step (a model whose ``run.json`` says it finished, records and
 evaluations already written); an interrupted training resumes from its checkpoint.
@@ -425,11 +426,12 @@ def evaluate(work: Path, settings: Settings, model: Path, tag: str, nih: Path,
             run(["cxrkit", "eval", "--json", "--bootstrap", str(settings.bootstrap), "--seed",
                  str(seed), str(records)], stdout=out)
         result[name] = json.loads(out.read_text())
-    report = work / "reports" / f"{tag}.html"
-    if not report.exists():
-        report.parent.mkdir(parents=True, exist_ok=True)
-        run(["cxrkit", "eval", "--json", "--bootstrap", "0", "--report", str(report),
-             "--overwrite", str(synth), str(real)])
+    for name, records in (("real", real), ("synth", synth)):
+        report = work / "reports" / f"{tag}-{name}.html"
+        if not report.exists():
+            report.parent.mkdir(parents=True, exist_ok=True)
+            run(["cxrkit", "eval", "--json", "--bootstrap", "0", "--report", str(report),
+                 "--overwrite", str(records)])
     return row_of(result["real"], result["synth"])
 
 
@@ -615,8 +617,12 @@ def html_report(table: dict[str, Any], png: bytes) -> str:
     head = "".join(f"<th>{c}</th>" for c in cells[0])
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>"
                    for row in cells[1:])
-    links = "".join(f"<li><a href=\"reports/{html.escape(r['arm'])}-seed{r['seed']}.html\">"
-                    f"{html.escape(r['arm'])} (seed {r['seed']})</a></li>" for r in table["rows"])
+    links = "".join(
+        f"<li>{html.escape(r['arm'])} (seed {r['seed']}): "
+        + ", ".join(f"<a href=\"reports/{html.escape(r['arm'])}-seed{r['seed']}-{side}.html\">"
+                    f"{label}</a>" for side, label in (("real", "held-out real radiographs"),
+                                                       ("synth", "held-out synthetic nodules")))
+        + "</li>" for r in table["rows"])
     uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
     return ("<!doctype html><html><head><meta charset=\"utf-8\"><title>Detector augmentation"
             "</title><style>body{font-family:sans-serif;max-width:1200px;margin:auto}"

@@ -188,7 +188,7 @@ def test_table_markdown_json_and_html_with_the_curve(recipe: ModuleType) -> None
     png = recipe.curve_png(ROWS)
     assert png.startswith(b"\x89PNG")
     page = recipe.html_report(table, png)
-    assert "data:image/png;base64," in page and 'href="reports/blend-200-seed1.html"' in page
+    assert "data:image/png;base64," in page and 'href="reports/blend-200-seed1-synth.html"' in page
     assert page.count("<tr>") == len(ROWS) + 1
     json.dumps(table)  # serialisable
 
