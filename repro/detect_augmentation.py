@@ -318,8 +318,16 @@ def prepare(work: Path, settings: Settings, split_seed: int, nih: Path, luna: Pa
 def synth_pool(work: Path, engine: str, count: int, splits: dict[str, Any], luna: Path,
                seed: int, diffusion_model: Path | None) -> Path:
     """``count`` positives per train background by ``engine`` (round-robin order is applied
-    when an arm takes its K)."""
-    out = work / "synth" / f"{engine}-train.jsonl"
+    when an arm takes its K), or an existing pool with more per background: synth's samples
+    are seeded per (input, sample), so a pool's first samples are those of a smaller one and
+    the arms stay nested when a later run raises the largest K."""
+    pools = {int(p.stem.rsplit("-n", 1)[1]): p
+             for p in (work / "synth").glob(f"{engine}-train-n*.jsonl")
+             if p.stem.rsplit("-n", 1)[1].isdigit()}
+    larger = [n for n in pools if n >= count]
+    if larger:
+        return pools[max(larger)]
+    out = work / "synth" / f"{engine}-train-n{count}.jsonl"
     if not out.exists():
         extra = ["--model", str(diffusion_model)] if engine == "diffusion" and diffusion_model \
             else []

@@ -138,6 +138,21 @@ def test_train_and_test_nodules_come_from_disjoint_patients(
     assert "0003" not in value(pool, "--where") and "0001" not in value(test, "--where")
 
 
+def test_a_larger_pool_serves_smaller_k(recipe: ModuleType, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Synth seeds each (input, sample), so a pool of 13 per background holds a pool of 3:
+    a rerun with a larger K makes a new pool, one with a smaller K reuses the larger."""
+    seen: list[list[str]] = []
+    monkeypatch.setattr(recipe, "run", lambda command, **_: seen.append(command) or "")
+    splits = {"luna16": {"train": {"patients": ["LIDC-IDRI-0001"]}}}
+    (tmp_path / "synth").mkdir()
+    (tmp_path / "synth" / "blend-train-n3.jsonl").write_text("")
+    assert recipe.synth_pool(tmp_path, "blend", 2, splits, tmp_path, 0, None).name \
+        == "blend-train-n3.jsonl" and not seen
+    made = recipe.synth_pool(tmp_path, "blend", 13, splits, tmp_path, 0, None)
+    assert made.name == "blend-train-n13.jsonl" and seen[0][seen[0].index("-n") + 1] == "13"
+
+
 def row(arm: str, k: int, real: float | None, synth: float, iou: float, seed: int = 0,
         calcified: float | None = 0.6) -> dict[str, Any]:
     return {"arm": arm, "engine": "none" if arm == "real" else arm.split("-")[0], "k": k,
