@@ -119,6 +119,7 @@ class Settings:
     luna_test_fraction: float = 0.3
     max_test_backgrounds: int = 0
     bootstrap: int = 1000
+    device: str = "auto"
 
 
 QUICK = Settings(ks=(0, 16), image_px=64, background_px=128, steps=30, batch_size=4,
@@ -408,7 +409,8 @@ def train_command(work: Path, settings: Settings, arm: Arm, seed: int, nih: Path
                 "--lr-schedule", settings.lr_schedule, "--weight-decay",
                 str(settings.weight_decay), "--val-fraction", str(settings.val_fraction),
                 "--validate-every", "0", "--checkpoint-every",
-                str(max(50, settings.steps // 4)), "--seed", str(seed), "--device", "cpu",
+                str(max(50, settings.steps // 4)), "--seed", str(seed), "--device",
+                settings.device,
                 "-o", str(out)]
     if any(out.glob("**/checkpoint-*/trainer_state.json")):
         command += ["--resume", "latest"]
@@ -422,11 +424,11 @@ def evaluate(work: Path, settings: Settings, model: Path, tag: str, nih: Path,
     real, synth = det / "real.jsonl", det / "synth.jsonl"
     if not real.exists():
         run(["cxrkit", "detect", "--model", str(model), str(work / "nih" / "test"),
-             "--nih-labels", str(nih / "labels.csv"), "--device", "cpu", "--overwrite",
+             "--nih-labels", str(nih / "labels.csv"), "--device", settings.device, "--overwrite",
              "-o", str(det / "real")], stdout=real)
     if not synth.exists():
         run(["cxrkit", "detect", "--model", str(model), str(synth_test_records), "--device",
-             "cpu", "--overwrite", "-o", str(det / "synth")], stdout=synth)
+             settings.device, "--overwrite", "-o", str(det / "synth")], stdout=synth)
     result = {}
     for name, records in (("real", real), ("synth", synth)):
         out = det / f"eval-{name}.json"
@@ -693,7 +695,7 @@ def settings_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             parser.error(f"--engines: use {', '.join(ENGINES)}")
         changes["engines"] = engines
     for name in ("image_px", "background_px", "steps", "batch_size", "lr", "arch",
-                 "synth_test_n", "bootstrap"):
+                 "synth_test_n", "bootstrap", "device"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     return replace(s, **changes)
@@ -727,6 +729,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synth-test-n", type=int, default=None,
                         help="held-out synthetic nodules per test background")
     parser.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples")
+    parser.add_argument("--device", default=None,
+                        help="train-detect and detect --device: auto (CUDA when present), cpu, "
+                             "cuda, cuda:N (default auto)")
     parser.add_argument("--nih", type=Path, default=DATA / "nih-cxr14",
                         help="NIH folder: labels.csv and images/")
     parser.add_argument("--luna16", type=Path, default=DATA / "luna16-nodules",

@@ -235,7 +235,8 @@ def test_options_parse_into_settings(recipe: ModuleType) -> None:
     parser = argparse.ArgumentParser()
     args = argparse.Namespace(quick=True, k="0,8,8,4", seeds=None, engines="blend,diffusion",
                               image_px=None, background_px=None, steps=12, batch_size=None,
-                              lr=None, arch=None, synth_test_n=None, bootstrap=None)
+                              lr=None, arch=None, synth_test_n=None, bootstrap=None,
+                              device=None)
     s = recipe.settings_from(args, parser)
     assert s.ks == (0, 8, 4) and s.engines == ("blend", "diffusion") and s.steps == 12
     assert s.image_px == recipe.QUICK.image_px
