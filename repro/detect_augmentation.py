@@ -571,6 +571,16 @@ def markdown(table: dict[str, Any]) -> str:
             _f(r["real_auc"]) + _ci(r["real_auc_ci95"]),
             _f(r["synth_auc"]) + _ci(r["synth_auc_ci95"]), _f(r["iou"]),
             *(_f(r["characteristics"].get(c)) for c in CHARACTERISTICS)]) + " |")
+    arms = per_arm(table["rows"])
+    if any(a["n_seeds"] > 1 for a in arms.values()):
+        lines += ["", "Mean over seeds:", "",
+                  "| " + " | ".join(["arm", "seeds", "real AUC", "synthetic AUC", "IoU",
+                                     *(f"{c} AUC" for c in CHARACTERISTICS)]) + " |",
+                  "|" + "---|" * (5 + len(CHARACTERISTICS))]
+        lines += ["| " + " | ".join([name, str(a["n_seeds"]), _f(a["real_auc"]),
+                                     _f(a["synth_auc"]), _f(a["iou"]),
+                                     *(_f(a["characteristics"][c]) for c in CHARACTERISTICS)])
+                  + " |" for name, a in arms.items()]
     gains = {k: v for k, v in table["gates"].items() if k.endswith("_gain")}
     if gains:
         lines += ["", "Best synthetic arm minus real-only: "
@@ -621,12 +631,20 @@ def html_report(table: dict[str, Any], png: bytes) -> str:
     import html
 
     md = markdown(table).splitlines()
-    intro = html.escape(md[2])
-    rows = [line for line in md if line.startswith("| ")]
-    cells = [[html.escape(c.strip()) for c in line.strip("|").split("|")] for line in rows]
-    head = "".join(f"<th>{c}</th>" for c in cells[0])
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>"
-                   for row in cells[1:])
+    parts, block = [], []  # the markdown's paragraphs and tables, in order
+    for line in [*md[2:], ""]:
+        if line.startswith("|"):
+            if not line.startswith("|---"):
+                block.append([html.escape(c.strip()) for c in line.strip("|").split("|")])
+            continue
+        if block:
+            head = "".join(f"<th>{c}</th>" for c in block[0])
+            body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>"
+                           for row in block[1:])
+            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            block = []
+        if line.strip():
+            parts.append(f"<p>{html.escape(line)}</p>")
     links = "".join(
         f"<li>{html.escape(r['arm'])} (seed {r['seed']}): "
         + ", ".join(f"<a href=\"reports/{html.escape(r['arm'])}-seed{r['seed']}-{side}.html\">"
@@ -638,7 +656,7 @@ def html_report(table: dict[str, Any], png: bytes) -> str:
             "</title><style>body{font-family:sans-serif;max-width:1200px;margin:auto}"
             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;"
             "font-size:13px}</style></head><body><h1>Detector augmentation table</h1>"
-            f"<p>{intro}</p><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+            + "".join(parts) +
             f"<h2>AUC and IoU against the number of synthetic nodules</h2>"
             f"<img alt=\"AUC against K\" src=\"{uri}\"><h2>Per-arm reports (cxrkit eval "
             f"--report: ROC/FROC, gallery, breakdown)</h2><ul>{links}</ul></body></html>\n")

@@ -200,11 +200,12 @@ def test_table_markdown_json_and_html_with_the_curve(recipe: ModuleType) -> None
     md = recipe.markdown(table)
     assert "| blend-500 | blend | 500 | 0 | 0.580 [0.400, 0.800] | 0.900 [0.800, 1.000] |" in md
     assert "11 with 'Nodule'" in md and "real_auc_gain +0.040" in md
+    assert "| blend-200 | 2 | 0.640 | 0.820 | 0.320 |" in md  # the mean over seeds
     png = recipe.curve_png(ROWS)
     assert png.startswith(b"\x89PNG")
     page = recipe.html_report(table, png)
     assert "data:image/png;base64," in page and 'href="reports/blend-200-seed1-synth.html"' in page
-    assert page.count("<tr>") == len(ROWS) + 1
+    assert page.count("<tr>") == len(ROWS) + 1 + 1 + 3 and page.count("<table>") == 2
     json.dumps(table)  # serialisable
 
 
