@@ -63,7 +63,8 @@ Example::
     python repro/detect_augmentation.py --work /tmp/detaug --jobs 2 \\
         --fail-under real_auc=0.55 --fail-under synth_auc=0.8
     python repro/detect_augmentation.py --quick --work /tmp/detaug-quick
-    python repro/detect_augmentation.py --engines blend,diffusion --k 0,200,500 --seeds 0,1
+    python repro/detect_augmentation.py --engines blend,diffusion --diffusion-model DIT_DIR \
+        --k 0,200,500 --seeds 0,1
 """
 
 from __future__ import annotations
@@ -713,7 +714,8 @@ def settings_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             parser.error(f"--engines: use {', '.join(ENGINES)}")
         changes["engines"] = engines
     for name in ("image_px", "background_px", "steps", "batch_size", "lr", "arch",
-                 "synth_test_n", "bootstrap", "device"):
+                 "synth_test_n", "bootstrap", "device", "test_fraction",
+                 "test_positive_fraction", "luna_test_fraction"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     return replace(s, **changes)
@@ -737,12 +739,25 @@ def main(argv: list[str] | None = None) -> int:
                         help="training seeds; one training per (arm, seed) (default 0)")
     parser.add_argument("--split-seed", type=int, default=0,
                         help="seed of the patient splits and of the synthetic data")
-    parser.add_argument("--image-px", type=int, default=None)
+    parser.add_argument("--test-fraction", type=float, default=None,
+                        help="share of the NIH patients without a Nodule image held out "
+                             "(default 0.35)")
+    parser.add_argument("--test-positive-fraction", type=float, default=None,
+                        help="share of the NIH patients with a Nodule image held out "
+                             "(default 0.5; at least one stays in training)")
+    parser.add_argument("--luna-test-fraction", type=float, default=None,
+                        help="share of the LUNA16 patients held out (default 0.3)")
+    parser.add_argument("--image-px", type=int, default=None,
+                        help="train-detect --image-px of every arm (default 256; quick 64)")
     parser.add_argument("--background-px", type=int, default=None,
-                        help="side of the resized backgrounds synth draws into")
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=None)
+                        help="side of the resized backgrounds synth draws into (default 512; "
+                             "quick 128)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="optimizer steps of every arm (default 500; quick 30)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="batch of every arm (default 8; quick 4)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="peak learning rate of every arm (default 5e-4)")
     parser.add_argument("--arch", default=None, help="train-detect --arch (default, swin-t)")
     parser.add_argument("--synth-test-n", type=int, default=None,
                         help="held-out synthetic nodules per test background")

@@ -237,10 +237,11 @@ def test_options_parse_into_settings(recipe: ModuleType) -> None:
     args = argparse.Namespace(quick=True, k="0,8,8,4", seeds=None, engines="blend,diffusion",
                               image_px=None, background_px=None, steps=12, batch_size=None,
                               lr=None, arch=None, synth_test_n=None, bootstrap=None,
-                              device=None)
+                              device=None, test_fraction=None, test_positive_fraction=0.4,
+                              luna_test_fraction=None)
     s = recipe.settings_from(args, parser)
     assert s.ks == (0, 8, 4) and s.engines == ("blend", "diffusion") and s.steps == 12
-    assert s.image_px == recipe.QUICK.image_px
+    assert s.image_px == recipe.QUICK.image_px and s.test_positive_fraction == 0.4
     with pytest.raises(SystemExit):
         recipe.settings_from(argparse.Namespace(**{**vars(args), "engines": "ct"}), parser)
     with pytest.raises(SystemExit):
