@@ -17,14 +17,18 @@ from cxrkit.cli._options import (
     Resume,
     Seed,
     exit_with,
+    from_stdin,
     input_name,
     iter_inputs,
+    keep_input,
     read_display,
     run_items,
 )
 from cxrkit.errors import InputError, ModelError
 from cxrkit.pipe import Record
 
+SHIPPED = Path(__file__).resolve().parent.parent / "models" / "detector"
+"""The shipped detector (:func:`cxrkit.detector.default_model_dir`, kept torch-free here)."""
 TAG = "nodule"
 """The probability map of input ``<id>`` is ``<out>/<id>_nodule.png``."""
 
@@ -39,6 +43,11 @@ def detect(
     threshold: Annotated[float, typer.Option(
         min=0.0, max=1.0, help="Mask probability at or above which a pixel belongs to a box's "
                                "connected component.")] = 0.5,
+    peak_box: Annotated[bool, typer.Option(
+        "--peak-box/--no-peak-box",
+        help="Where no pixel reaches --threshold, still give the image one box: the component "
+             "of half the map's peak around it, with its low score (so eval ranks every image "
+             "by its evidence, as NODE21 keeps every box).")] = True,
     nih_labels: Annotated[Path | None, typer.Option(
         "--nih-labels", help="NIH ChestX-ray14 labels.csv: an input whose file name it lists "
                              "gets 'label' (1: 'Nodule' among its findings, else 0), so cxrkit "
@@ -62,8 +71,9 @@ def detect(
     pixels (half-open), prediction_mask and pred_mask (the map's path; eval reads pred_mask)
     and detect (version, options, model sha256, device).
 
-    Boxes are the connected components of the mask probability at --threshold; a box's score
-    is the geometric mean of the image's nodule probability and the component's peak mask
+    Boxes are the connected components of the mask probability at --threshold (an image with
+    none gets the one around its peak, --no-peak-box to drop it); a box's score is the
+    geometric mean of the image's nodule probability and the component's peak mask
     probability. The model is deterministic: --seed is recorded only.
 
     Example:
@@ -76,13 +86,16 @@ def detect(
         cxrkit detect nih/images/ --nih-labels nih/labels.csv -o det/ > det.jsonl
     """
     labels = _nih_labels(nih_labels) if nih_labels is not None else None
-    options = {"threshold": threshold, "device": device,
+    options = {"threshold": threshold, "peak_box": peak_box, "device": device,
                "nih_labels": str(nih_labels) if nih_labels else None}
     outputs = Outputs(out, ".png", overwrite, tool="detect",
                       request={**options, "model": str(model) if model else None, "seed": seed})
     if outputs.single_file:
         raise typer.BadParameter("-o names the folder of the probability maps; end it with /",
                                  param_hint="'--out' / '-o'")
+    if model is None and not (SHIPPED / "config.json").is_file():
+        raise ModelError("no detector is shipped in this install", path=str(SHIPPED),
+                         hint="train one with cxrkit train-detect and pass --model DIR")
     job = DetectJob(options, outputs, model=model, seed=seed, labels=labels)
     code = run_items(iter_inputs(inputs), job, done=job.done if resume else None,
                      keep_going=keep_going, label="images")
@@ -142,16 +155,21 @@ class DetectJob:
         image = read_display(record, "detect")
         model = self._load()
         found = run_detector(model, np.clip(image.pixels, 0, 1),
-                             threshold=self.options["threshold"])
+                             threshold=self.options["threshold"],
+                             peak_box=self.options["peak_box"])
         target = self.outputs.path(record["id"], TAG)
         new = {**record, "nodule_probability": found.nodule_probability,
                "characteristics_probability": found.characteristics,
                "detections": found.detections,
                "prediction_mask": str(target), "pred_mask": str(target)}
+        if from_stdin(record):  # the spooled file goes when the process ends: keep a copy
+            new["path"] = keep_input(self.outputs, record, target)
         if self.labels is not None:
-            name = Path(input_name(record)).name
-            source = Path(str(record.get("source") or "")).name
-            label = self.labels.get(name, self.labels.get(source))
+            # by the file's name, else by its source's (a degraded copy keeps its label) unless
+            # the record has boxes: a synth image's content is no longer its source's
+            label = self.labels.get(Path(input_name(record)).name)
+            if label is None and "boxes" not in record:
+                label = self.labels.get(Path(str(record.get("source") or "")).name)
             if label is not None:
                 new["label"] = label
         resolved = {**self.options, "model": str(self.model_dir),
@@ -168,9 +186,6 @@ class DetectJob:
             from cxrkit.device import resolve_device
 
             folder = self.model_dir or default_model_dir()
-            if self.model_dir is None and not (folder / "config.json").is_file():
-                raise ModelError("no detector is shipped in this install", path=str(folder),
-                                 hint="train one with cxrkit train-detect and pass --model DIR")
             self._model = Detector.load(folder, device=resolve_device(self.options["device"]))
             self.model_dir = folder
             self._sha256 = model_sha256(folder)

@@ -95,10 +95,6 @@ def train_detect(
             --nih-labels nih/labels.csv --steps 3000 -o detector/
         cxrkit detect --model detector/ nih/images/ -o det/ | cxrkit eval
     """
-    from cxrkit.detector import ARCHS, HeldOut, items_from_nih, items_from_records
-    from cxrkit.detector import train_detect as train
-    from cxrkit.errors import InputError
-
     if arch not in ARCH_NAMES:
         raise typer.BadParameter(f"'{arch}' is not one of {', '.join(ARCH_NAMES)}",
                                  param_hint="--arch")
@@ -119,6 +115,10 @@ def train_detect(
     if init is not None and (given or arch != "default"):
         raise typer.BadParameter("--init keeps its model's architecture; drop --arch and the "
                                  "architecture options", param_hint="--init")
+    from cxrkit.detector import ARCHS, HeldOut, items_from_nih, items_from_records
+    from cxrkit.detector import train_detect as train
+    from cxrkit.errors import InputError
+
     try:
         from dataclasses import replace
 
@@ -127,16 +127,26 @@ def train_detect(
         raise typer.BadParameter(str(exc), param_hint="architecture") from None
     items: list[Any] = []
     info: dict[str, Any] = {}
-    if records:
-        recs = _read_records(records)
-        items += items_from_records(recs)
-        info["records"] = {str(p): _sha(p) for p in records}
+    entries: list[Any] = []
     if images is not None and nih_labels is not None:
         from cxrkit.data.nih import read_labels
 
         if not images.is_dir():
             raise typer.BadParameter(f"'{images}' is not a folder", param_hint="--images")
-        found = items_from_nih(read_labels(nih_labels), images)
+        entries = read_labels(nih_labels)
+    if records:
+        recs = _read_records(records)
+        # a synth image made from a radiograph with a real nodule has a mask (or boxes: [])
+        # that misses that nodule: such records are left out when the labels say so
+        real = {e.image for e in entries if e.nodule}
+        kept = [r for r in recs if Path(str(r.get("source") or "")).name not in real]
+        items += items_from_records(kept)
+        info["records"] = {str(p): _sha(p) for p in records}
+        info["records_left_out"] = {
+            "count": len(recs) - len(kept),
+            "why": "made from a radiograph whose NIH label is Nodule (its mask misses it)"}
+    if images is not None:
+        found = items_from_nih(entries, images)
         if not found:
             raise InputError("no image of the label file is in the folder", path=str(images),
                              hint="--images must hold the files 'Image Index' names")

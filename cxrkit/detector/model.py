@@ -212,7 +212,7 @@ class SwinBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` ``(B, H, W, C)`` → same shape."""
-        B, H, W, C = x.shape
+        B, H, W, _ = x.shape
         w = self.w
         shift = self.shift if max(H, W) > w else 0
         y = self.norm1(x)
@@ -232,7 +232,8 @@ class SwinBlock(nn.Module):
 
 
 class PatchMerging(nn.Module):
-    """2×2 neighbours → one token of twice the width: ``(B, H, W, C)`` → ``(B, ⌈H/2⌉, ⌈W/2⌉, 2C)``."""
+    """2×2 neighbours → one token of twice the width:
+    ``(B, H, W, C)`` → ``(B, ⌈H/2⌉, ⌈W/2⌉, 2C)``."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()

@@ -1,15 +1,18 @@
 """Training of the detector (wired to :func:`cxrkit.train.train` by ``cxrkit train-detect``):
 the multi-task loss, validation on held-out patients, and :func:`train_detect`.
 
-**Loss** (per batch, each part a mean over the samples it applies to):
+**Loss**: the batch mean of each sample's weighted sum of three parts (a mean of per-sample
+losses, so ``accelerate launch`` over several processes trains exactly as one process):
 
 - presence: binary cross-entropy of the presence logit against the image label (every sample:
   synthetic and real);
-- characteristics: binary cross-entropy of the five characteristic logits, counted only where
-  the characteristic is known (a synthetic positive with that label; never a negative or a
+- characteristics: binary cross-entropy of the five characteristic logits, averaged over the
+  characteristics known for that sample (a synthetic positive's labels; 0 for a negative or a
   real image with an image-level label only);
-- segmentation, only on samples with a mask (synth records; never images with an image-level
-  label only): pixel BCE over the whole image (negatives teach "nothing here") plus the soft
+- segmentation, only on samples with a mask (synth records; 0 for images with an image-level
+  label only): class-balanced pixel BCE over the whole image (a nodule's pixels weigh as much in
+  total as the background's, at most :data:`MAX_POS_WEIGHT` each; negatives teach "nothing
+  here") plus the soft
   Dice loss ``1 − (2Σpg + 1)/(Σp + Σg + 1)`` on images that contain a nodule (Dice is what
   lets a few-pixel nodule outweigh a quarter million background pixels).
 
@@ -49,38 +52,44 @@ if TYPE_CHECKING:
 
 WEIGHTS = {"presence": 1.0, "characteristics": 0.5, "segmentation": 1.0}
 """Weights of the loss parts."""
+MAX_POS_WEIGHT = 100.0
+"""Cap of the weight of a nodule pixel in the class-balanced pixel BCE (background: 1)."""
 
 
 def loss_parts(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
                ) -> dict[str, torch.Tensor]:
-    """The three loss parts (module docstring) of a forward pass on a batch."""
-    zero = outputs["presence"].sum() * 0
-    presence = F.binary_cross_entropy_with_logits(outputs["presence"], batch["label"])
+    """The three loss parts (module docstring) of a forward pass, per sample: ``(B,)`` each,
+    0 where a part does not apply (no known characteristic, no mask)."""
+    presence = F.binary_cross_entropy_with_logits(outputs["presence"], batch["label"],
+                                                  reduction="none")
     known = batch["known"]
     char = F.binary_cross_entropy_with_logits(outputs["characteristics"],
                                               batch["characteristics"], reduction="none")
-    characteristics = (char * known).sum() / known.sum() if known.sum() > 0 else zero
-    has = batch["has_mask"] > 0
-    segmentation = zero
-    if has.any():
-        logits, truth = outputs["mask"][has], batch["mask"][has]
-        segmentation = F.binary_cross_entropy_with_logits(logits, truth)
-        lesion = truth.flatten(1).sum(1) > 0
-        if lesion.any():
-            p = torch.sigmoid(logits[lesion]).flatten(1)
-            g = truth[lesion].flatten(1)
-            dice = (2 * (p * g).sum(1) + 1) / (p.sum(1) + g.sum(1) + 1)
-            segmentation = segmentation + (1 - dice).mean()
+    characteristics = (char * known).sum(1) / known.sum(1).clamp(min=1)
+    logits, truth = outputs["mask"].flatten(1), batch["mask"].flatten(1)
+    # class-balanced pixel BCE: a nodule's pixels weigh as much as the background's, so a
+    # 100-pixel nodule in a 512² image is not lost in the mean
+    area = truth.sum(1, keepdim=True)
+    balance = ((truth.shape[1] - area) / area.clamp(min=1)).clamp(1, MAX_POS_WEIGHT)
+    weight = 1 + (balance - 1) * truth
+    pixel = F.binary_cross_entropy_with_logits(logits, truth, reduction="none")
+    bce = (weight * pixel).sum(1) / weight.sum(1)
+    p = torch.sigmoid(logits)
+    dice = 1 - (2 * (p * truth).sum(1) + 1) / (p.sum(1) + truth.sum(1) + 1)
+    lesion = (truth.sum(1) > 0).float()
+    segmentation = batch["has_mask"] * (bce + lesion * dice)
     return {"presence": presence, "characteristics": characteristics,
             "segmentation": segmentation}
 
 
 def detect_loss(model: nn.Module, batch: dict[str, torch.Tensor],
                 generators: Sequence[torch.Generator]) -> torch.Tensor:
-    """The weighted sum of :func:`loss_parts` (the :data:`cxrkit.train.LossFn` of the loop; the
-    generators are unused: the augmentation happened when the sample was drawn)."""
+    """The mean over the batch of each sample's weighted sum of :func:`loss_parts` (the
+    :data:`cxrkit.train.LossFn` of the loop; the generators are unused: the augmentation
+    happened when the sample was drawn). A mean of per-sample losses, so DDP's averaged
+    gradients over processes equal the one-process gradient of the whole batch."""
     parts = loss_parts(model(batch["image"]), batch)
-    return sum(WEIGHTS[k] * v for k, v in parts.items())  # type: ignore[return-value]
+    return sum(WEIGHTS[k] * v for k, v in parts.items()).mean()  # type: ignore[union-attr]
 
 
 @dataclass(frozen=True)
@@ -138,11 +147,11 @@ def evaluate_detector(model: Detector, data: DetectionData) -> dict[str, float]:
         probs = predict(inner, batch["image"])
         with torch.no_grad():
             device = next(inner.parameters()).device
-            parts = {k: 0.0 for k in WEIGHTS}
+            parts = dict.fromkeys(WEIGHTS, 0.0)
             for i in range(0, len(samples), 4):
                 chunk = {k: v[i:i + 4].to(device) for k, v in batch.items()}
                 for k, v in loss_parts(inner(chunk["image"]), chunk).items():
-                    parts[k] += float(v) * len(chunk["image"]) / len(samples)
+                    parts[k] += float(v.sum()) / len(samples)
     finally:
         inner.train(was_training)
     labels = batch["label"].numpy()
@@ -219,13 +228,15 @@ def train_detect(settings: DetectorSettings, config: TrainConfig, items: Sequenc
         "init": None if init is None else {"path": str(init), "sha256": file_sha256(
             Path(init) / "diffusion_pytorch_model.safetensors")},
         "loss": {"weights": WEIGHTS, "presence": "BCE", "characteristics": "BCE where known",
-                 "segmentation": "pixel BCE where a mask exists + soft Dice on masks with a "
-                                 "nodule"},
+                 "segmentation": "class-balanced pixel BCE where a mask exists + soft Dice "
+                                 "on masks with a nodule",
+                 "max_pos_weight": MAX_POS_WEIGHT},
         "held_out": asdict(held_out),
         "data": {**(data_info or {}), "train": count([items[i] for i in train_idx]),
                  "validation": count(val_items),
                  "split": "by patient (NIH Patient ID; a synth record by its source image's)",
                  "validation_on_training_data": not val_idx,
+                 "validation_patients": sorted({items[i].group for i in val_idx}),
                  "sampling": "positives and negatives with probability 1/2 each",
                  "augmentation": "hflip p=0.5, rotation ±7°, scale 0.9-1.1, shift ±4 %, gamma "
                                  "0.7-1.4, contrast 0.9-1.1, offset ±0.05"}}
