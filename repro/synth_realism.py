@@ -84,19 +84,41 @@ def main() -> int:
     groups = [p.group for p in chosen]
     print(f"synth_realism: {len(chosen)} nodules in {len(held_out)} held-out patients' "
           "radiographs", file=sys.stderr)
-    fake = []
-    gen = torch.Generator().manual_seed(args.seed)
-    for start in range(0, len(real), 32):
-        fake.append(inpaint_patches(model, real[start:start + 32], masks[start:start + 32],
-                                    steps=args.steps, generator=gen))
-        print(f"synth_realism: painted {min(start + 32, len(real))}/{len(real)}",
-              file=sys.stderr)
-    generated = torch.cat(fake)
+    cache = args.out / "patches.safetensors"  # the painted patches, reused when rerun
+    model_sha = file_sha256(args.model / WEIGHTS_NAME)
+    generated = None
+    if cache.is_file():
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(str(cache), "pt") as f:
+            meta = f.metadata() or {}
+        stored = load_file(cache)
+        if (meta.get("model_sha256") == model_sha and meta.get("groups") == json.dumps(groups)
+                and torch.equal(stored["real"], real) and torch.equal(stored["masks"], masks)):
+            generated = stored["generated"]
+            print("synth_realism: painted patches from the cache", file=sys.stderr)
+    if generated is None:
+        fake = []
+        gen = torch.Generator().manual_seed(args.seed)
+        for start in range(0, len(real), 32):
+            fake.append(inpaint_patches(model, real[start:start + 32], masks[start:start + 32],
+                                        steps=args.steps, generator=gen))
+            print(f"synth_realism: painted {min(start + 32, len(real))}/{len(real)}",
+                  file=sys.stderr)
+        generated = torch.cat(fake)
+        from safetensors.torch import save_file
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        save_file({"real": real.contiguous(), "masks": masks.contiguous(),
+                   "generated": generated.contiguous()}, str(cache),
+                  metadata={"model_sha256": model_sha, "groups": json.dumps(groups),
+                            "steps": str(args.steps or s.default_steps)})
     blurred = blur_fill(real, masks)
     test = {"folds": args.folds, "steps": args.classifier_steps, "seed": args.seed}
     print("synth_realism: classifier two-sample tests", file=sys.stderr)
     result = {
-        "model": {"path": str(args.model), "sha256": file_sha256(args.model / WEIGHTS_NAME)},
+        "model": {"path": str(args.model), "sha256": model_sha},
         "records": {"path": str(args.records), "sha256": file_sha256(args.records)},
         "eval_records": [{"path": str(p), "sha256": file_sha256(p)} for p in args.eval_records],
         "held_out_patients": len(held_out), "nodules": len(chosen),

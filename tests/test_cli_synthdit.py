@@ -272,3 +272,31 @@ def test_synth_diffusion_bad_nodule_masks(model_dir: Path, cxr: Path,  # noqa: F
     blend = run_cli("synth", "-e", "blend", str(cxr), "--nodule-mask",
                     str(tmp_path / "small.png"), "-o", str(tmp_path / "b"))
     assert blend.returncode == 2 and b"-e diffusion" in blend.stderr
+
+
+def test_the_shipped_model_paints_without_model_option(cxr: Path, tmp_path: Path  # noqa: F811
+                                                       ) -> None:
+    """What a new user runs: the shipped model, no --model; records eval reads, context
+    untouched, and the shipped run.json's validation beats the fill baselines."""
+    from cxrkit.files import file_sha256
+    from cxrkit.synth.diffusion import default_model_dir
+
+    shipped = default_model_dir()
+    run = json.loads((shipped / "run.json").read_text())
+    check = run["validation"]
+    assert check["mse_1step"] < check["mse_blur_fill"] < check["mse_mean_fill"]
+    assert run["stage"] == "finetune" and run["realism"]["nodules"] > 0
+    assert (shipped / "diffusion_pytorch_model.safetensors").stat().st_size <= 20 * 2**20
+    result = run_cli("synth", "-e", "diffusion", str(cxr), "--diameter-mm", "8:14", "-n", "2",
+                     "-o", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr.decode()
+    original = read_radiograph(cxr).pixels
+    for rec in records(result.stdout):
+        image = read_radiograph(rec["path"]).pixels
+        mask = read_radiograph(rec["mask"]).pixels > 0.5
+        assert np.array_equal(image[~mask], original[~mask])
+        assert not np.array_equal(image[mask], original[mask])
+        options = rec["synth"]["options"]
+        assert options["model"] == "default"
+        assert options["model_sha256"] == file_sha256(
+            shipped / "diffusion_pytorch_model.safetensors")

@@ -28,7 +28,9 @@ from cxrkit.errors import InputError
 from cxrkit.synthdit.data import support
 
 CLASSIFIER_DEFINITION = (
-    "classifier two-sample test: a 3-layer CNN (inputs: the patch and its mask) trained to tell "
+    "classifier two-sample test: a 3-stage CNN (inputs: the patch minus the smooth interpolation "
+    "of its surroundings into the mask, its fine texture, both over the texture's SD outside "
+    "the mask, and the mask) trained to tell "
     "generated from real nodule patches; k folds split by background patient (a real patch and "
     "its generated twin are always in the same fold); accuracy at p = 0.5 and AUC of the "
     "out-of-fold probabilities, AUC CI by bootstrap over pairs; 0.5 = indistinguishable")
@@ -62,7 +64,7 @@ def nodule_contrast(patches: torch.Tensor, masks: torch.Tensor, ring: tuple[int,
 
 def _classifier(generator: torch.Generator) -> nn.Module:
     layers: list[nn.Module] = []
-    channels = 2
+    channels = 3
     for width in (16, 32, 64):
         layers += [nn.Conv2d(channels, width, 3, padding=1), nn.GELU(),
                    nn.Conv2d(width, width, 3, padding=1, stride=2), nn.GELU()]
@@ -78,7 +80,27 @@ def _classifier(generator: torch.Generator) -> nn.Module:
 
 
 def _inputs(patches: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    return torch.cat([2 * patches.float() - 1, masks.float()], dim=1)
+    """What the classifier sees: the nodule's own signal, amplified. Channel 0: the patch minus
+    the smooth interpolation of its surroundings into the mask (:func:`blur_fill`; 0 outside
+    the mask), channel 1: the patch's fine texture (minus a 2 px Gaussian blur), both divided
+    by the texture's standard deviation outside the mask; channel 2: the mask. Blended
+    nodules are a few grey levels deep, so the raw pixels would hide them under the anatomy."""
+    from scipy import ndimage
+
+    from cxrkit.synthdit.training import blur_fill
+
+    residual = patches.float() - blur_fill(patches.float(), masks)
+    out = torch.empty((len(patches), 3, *patches.shape[-2:]))
+    outside = ~support(masks)
+    for i in range(len(patches)):
+        image = patches[i, 0].double().numpy()
+        fine = torch.from_numpy(image - ndimage.gaussian_filter(image, 2.0, mode="nearest"))
+        scale = float(fine[outside[i, 0]].std()) if outside[i].any() else 1.0
+        scale = max(scale, 1e-4)
+        out[i, 0] = residual[i, 0] / scale
+        out[i, 1] = fine.float() / scale
+        out[i, 2] = masks[i, 0].float()
+    return out
 
 
 def _fold_of(groups: Sequence[Hashable], folds: int, seed: int) -> np.ndarray:
