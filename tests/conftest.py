@@ -8,8 +8,16 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
+import signal
+
 import numpy as np
 import pytest
+
+# A suite started in the background of a non-interactive shell (`nohup … &`, some CI runners)
+# inherits SIGINT ignored, and so would every command the tests start; cxrkit rightly keeps an
+# ignored SIGINT ignored, so the Ctrl-C tests need the ordinary disposition back.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -17,6 +17,7 @@ from cxrkit.cli._options import (
     Resume,
     Seed,
     exit_with,
+    format_suffix,
     from_stdin,
     input_name,
     iter_inputs,
@@ -88,7 +89,7 @@ def detect(
     labels = _nih_labels(nih_labels) if nih_labels is not None else None
     options = {"threshold": threshold, "peak_box": peak_box, "device": device,
                "nih_labels": str(nih_labels) if nih_labels else None}
-    outputs = Outputs(out, ".png", overwrite, tool="detect",
+    outputs = Outputs(out, format_suffix("png"), overwrite, tool="detect",
                       request={**options, "model": str(model) if model else None, "seed": seed})
     if outputs.single_file:
         raise typer.BadParameter("-o names the folder of the probability maps; end it with /",
