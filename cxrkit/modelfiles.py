@@ -1,18 +1,27 @@
 """The ``config.json`` of a cxrkit model folder: read it, check its ``kind``, and pick the
-fields of a settings dataclass from it (used by MUNIT-LQ and DDPM-LQ ``from_pretrained``); and
-:func:`load_weights`, the one strict safetensors loader of cxrkit's own modules."""
+fields of a settings dataclass from it (used by MUNIT-LQ and DDPM-LQ ``from_pretrained``);
+:func:`load_weights`, the one strict safetensors loader of cxrkit's own modules; and what every
+family's model class shares: :func:`settings_from_config`, :func:`seeded_init` (fresh weights
+from a generator, the caller's global RNG untouched) and :func:`parts_sha256` (one hash of a
+model folder's files)."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cxrkit.errors import InputError, ModelError
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
+
+S = TypeVar("S")
 
 CONFIG_NAME = "config.json"
 
@@ -86,3 +95,37 @@ def load_weights(module: nn.Module, path: Path, *, what: str) -> None:
         module.load_state_dict(load_file(path), strict=True)
     except (OSError, RuntimeError, ValueError) as exc:
         raise ModelError(f"cannot load the {what} weights: {exc}"[:300], path=str(path)) from exc
+
+
+def settings_from_config(config: Mapping[str, Any], cls: type[S]) -> S:
+    """The settings dataclass ``cls`` built from the entries of a model's ``config`` that are
+    its fields (diffusers adds others, e.g. ``_class_name``)."""
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in config.items() if k in names})
+
+
+@contextlib.contextmanager
+def seeded_init(generator: torch.Generator) -> Iterator[None]:
+    """Inside the block, torch's global RNG (which layers initialise from) is seeded from
+    ``generator``; afterwards it is as it was, so the caller's RNG state is untouched."""
+    import torch
+
+    state = torch.random.get_rng_state()
+    torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    try:
+        yield
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def parts_sha256(folder: str | Path, parts: Sequence[str]) -> str:
+    """One sha256 over the files of a model folder that decide its output (each part present
+    hashed with :func:`cxrkit.files.file_sha256`, named, in the order given)."""
+    from cxrkit.files import file_sha256
+
+    digest = hashlib.sha256()
+    for name in parts:
+        part = Path(folder) / name
+        if part.exists():
+            digest.update(f"{name}:{file_sha256(part)};".encode())
+    return digest.hexdigest()

@@ -44,8 +44,7 @@ Heads:
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -316,19 +315,18 @@ class Detector(ModelMixin, ConfigMixin):
     @property
     def settings(self) -> DetectorSettings:
         """The model's settings (from its config)."""
-        names = {f.name for f in fields(DetectorSettings)}
-        return DetectorSettings(**{k: v for k, v in self.config.items() if k in names})
+        from cxrkit.modelfiles import settings_from_config
+
+        return settings_from_config(self.config, DetectorSettings)
 
     @classmethod
     def new(cls, settings: DetectorSettings, *, generator: torch.Generator) -> Detector:
         """A freshly initialised model, weights drawn from ``generator`` (the global RNG is
         seeded from it for the call only and restored afterwards)."""
-        state = torch.random.get_rng_state()
-        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
-        try:
+        from cxrkit.modelfiles import seeded_init
+
+        with seeded_init(generator):
             return cls(**asdict(settings))
-        finally:
-            torch.random.set_rng_state(state)
 
     def features(self, image: torch.Tensor) -> list[torch.Tensor]:
         """The stages' normalised feature maps, finest first."""
@@ -386,14 +384,9 @@ class Detector(ModelMixin, ConfigMixin):
 
 def model_sha256(folder: str | Path) -> str:
     """One sha256 over the files that decide a detector's output (:data:`MODEL_PARTS`)."""
-    from cxrkit.files import file_sha256
+    from cxrkit.modelfiles import parts_sha256
 
-    digest = hashlib.sha256()
-    for name in MODEL_PARTS:
-        part = Path(folder) / name
-        if part.exists():
-            digest.update(f"{name}:{file_sha256(part)};".encode())
-    return digest.hexdigest()
+    return parts_sha256(folder, MODEL_PARTS)
 
 
 def parameter_count(settings: DetectorSettings) -> int:

@@ -80,18 +80,16 @@ def new_unet(
     """
     from diffusers import DDPMScheduler, UNet2DModel
 
+    from cxrkit.modelfiles import seeded_init
+
     levels = len(block_out_channels)
-    state = torch.random.get_rng_state()
-    torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
-    try:
+    with seeded_init(generator):
         unet = UNet2DModel(
             sample_size=64, in_channels=in_channels, out_channels=out_channels,
             block_out_channels=block_out_channels, layers_per_block=layers_per_block,
             down_block_types=("DownBlock2D",) * levels, up_block_types=("UpBlock2D",) * levels,
             norm_num_groups=min(8, block_out_channels[0]), add_attention=False,
             class_embed_type="identity" if embedding else None)
-    finally:
-        torch.random.set_rng_state(state)
     scheduler = DDPMScheduler(
         num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2",
         prediction_type=prediction_type, clip_sample=False, timestep_spacing="trailing")

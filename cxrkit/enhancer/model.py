@@ -30,7 +30,6 @@ with the same image-wide estimate (DASR-style blind restoration).
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -303,12 +302,10 @@ class DegradationEncoder(nn.Module):
     def new(cls, channels: tuple[int, ...], out_dim: int, *,
             generator: torch.Generator) -> DegradationEncoder:
         """A fresh encoder, weights from ``generator``, the output layer zero."""
-        state = torch.random.get_rng_state()
-        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
-        try:
+        from cxrkit.modelfiles import seeded_init
+
+        with seeded_init(generator):
             encoder = cls(channels, out_dim)
-        finally:
-            torch.random.set_rng_state(state)
         last = encoder.head[-1]
         assert isinstance(last, nn.Linear)
         nn.init.zeros_(last.weight)
@@ -369,14 +366,9 @@ MODEL_PARTS = ("enhancer.json", "scheduler", "unet", "context")
 def model_sha256(folder: str | Path) -> str:
     """One sha256 over everything that decides an enhancer's output: its settings, schedule,
     UNet and degradation encoder (each part hashed with :func:`cxrkit.files.file_sha256`)."""
-    from cxrkit.files import file_sha256
+    from cxrkit.modelfiles import parts_sha256
 
-    digest = hashlib.sha256()
-    for name in MODEL_PARTS:
-        part = Path(folder) / name
-        if part.exists():
-            digest.update(f"{name}:{file_sha256(part)};".encode())
-    return digest.hexdigest()
+    return parts_sha256(folder, MODEL_PARTS)
 
 
 def read_settings(folder: Path) -> EnhancerSettings:

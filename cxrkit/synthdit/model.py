@@ -45,7 +45,7 @@ one token. Radiographs are resampled to this pitch around the nodule and back (s
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -261,19 +261,18 @@ class SynthDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
     @property
     def settings(self) -> SynthDiTSettings:
         """The model's settings (from its config)."""
-        names = {f.name for f in fields(SynthDiTSettings)}
-        return SynthDiTSettings(**{k: v for k, v in self.config.items() if k in names})
+        from cxrkit.modelfiles import settings_from_config
+
+        return settings_from_config(self.config, SynthDiTSettings)
 
     @classmethod
     def new(cls, settings: SynthDiTSettings, *, generator: torch.Generator) -> SynthDiT:
         """A freshly initialised model, weights drawn from ``generator`` (the global RNG is
         seeded from it for the call only and restored afterwards)."""
-        state = torch.random.get_rng_state()
-        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
-        try:
+        from cxrkit.modelfiles import seeded_init
+
+        with seeded_init(generator):
             return cls(**asdict(settings))
-        finally:
-            torch.random.set_rng_state(state)
 
     def forward(self, x_t: torch.Tensor, context: torch.Tensor, mask: torch.Tensor,
                 t: torch.Tensor) -> torch.Tensor:
