@@ -117,6 +117,7 @@ def main() -> int:
     blurred = blur_fill(real, masks)
     test = {"folds": args.folds, "steps": args.classifier_steps, "seed": args.seed}
     print("synth_realism: classifier two-sample tests", file=sys.stderr)
+    real_contrast = nodule_contrast(real, masks)
     result = {
         "model": {"path": str(args.model), "sha256": model_sha},
         "records": {"path": str(args.records), "sha256": file_sha256(args.records)},
@@ -125,10 +126,8 @@ def main() -> int:
         "sampler_steps": args.steps or s.default_steps,
         "classifier_generated_vs_real": two_sample_test(real, generated, masks, groups, **test),
         "classifier_blur_fill_vs_real": two_sample_test(real, blurred, masks, groups, **test),
-        "contrast": contrast_summary(nodule_contrast(real, masks),
-                                     nodule_contrast(generated, masks)),
-        "contrast_blur_fill": contrast_summary(nodule_contrast(real, masks),
-                                               nodule_contrast(blurred, masks)),
+        "contrast": contrast_summary(real_contrast, nodule_contrast(generated, masks)),
+        "contrast_blur_fill": contrast_summary(real_contrast, nodule_contrast(blurred, masks)),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     contact_sheet([("real", real), ("generated", generated), ("blur-fill", blurred)], masks,

@@ -252,9 +252,7 @@ def _run(argv: list[str] | None) -> int:
     """Run the app; the exit code of every way it can end."""
     try:
         code = app(args=argv, prog_name="cxrkit", standalone_mode=False)
-        # typer turns Ctrl-C into Exit(130); a KeyboardInterrupt raised where Python ignores
-        # exceptions (a finaliser, a weakref callback) is lost, but the signal still counts
-        if state["signal"] and code in (None, ExitCode.OK, ExitCode.INTERRUPTED):
+        if code == ExitCode.INTERRUPTED and state["signal"]:  # typer turns Ctrl-C into Exit(130)
             code = _fail(f"interrupted ({state['signal']})", ExitCode.INTERRUPTED)
     except KeyboardInterrupt:
         code = _fail(f"interrupted ({state['signal'] or 'SIGINT'})", ExitCode.INTERRUPTED)

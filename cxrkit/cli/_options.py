@@ -306,8 +306,6 @@ def run_items(
     Returns:
         The exit code: OK, or PARTIAL when some items failed under ``keep_going``.
     """
-    from cxrkit.cli import state
-
     writer = RecordWriter()
     rank, world = shard()
     if world > 1:
@@ -316,8 +314,6 @@ def run_items(
     failed = 0
     with _Progress(label) as advance:
         for record in take_shard((unique(r) for r in records), rank, world):
-            if state.get("signal"):  # a Ctrl-C that Python swallowed (raised in a finaliser)
-                raise KeyboardInterrupt
             try:
                 result = done(record) if done else None
                 if result is None:
@@ -403,6 +399,25 @@ def parse_duration(text: str | None, name: str = "--time-limit") -> float:
                                  param_hint=name)
     h, m, sec = (float(g) if g else 0.0 for g in match.groups())
     return 3600 * h + 60 * m + sec
+
+
+def training_progress(tool: str) -> Callable[[dict[str, Any]], None]:
+    """The ``on_log`` of a training command: one line per report on stderr
+    (``cxrkit train-x: step 100 loss 0.0123 …``)."""
+
+    def report(entry: dict[str, Any]) -> None:
+        text = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                        for k, v in entry.items())
+        typer.echo(f"cxrkit {tool}: {text}", err=True)
+
+    return report
+
+
+def read_record_files(files: list[Path]) -> list[Record]:
+    """Every record of the JSONL files given to a training command's ``--records``, in order."""
+    from cxrkit.pipe import read_record_file
+
+    return [record for f in files for record in read_record_file(f)]
 
 
 def finish_training(result: Any, out: Path | str, tool: str) -> None:

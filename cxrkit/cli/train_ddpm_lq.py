@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from cxrkit.cli._groups import TRAINING, TrainOptions
-from cxrkit.cli._options import channel_list, finish_training
+from cxrkit.cli._options import channel_list, finish_training, training_progress
 from cxrkit.cli.train_munit import domain_paths
 
 ROUTES = ("img2img", "two-stage")
@@ -104,7 +104,8 @@ def train_ddpm_lq(
     result = train(domain_paths(lq, "--lq"), settings, config, crop=crop, stage_two=stage_two,
                    hq_paths=domain_paths(hq, "--hq") if hq and stage_two is None else None,
                    held_out=HeldOut(fraction=val_fraction),
-                   command=shlex.join(["cxrkit", *sys.argv[1:]]), on_log=_progress)
+                   command=shlex.join(["cxrkit", *sys.argv[1:]]),
+                   on_log=training_progress("train-ddpm-lq"))
     finish_training(result, out, "train-ddpm-lq")
 
 
@@ -129,9 +130,3 @@ def _stage_two(route: str, hq: list[str] | None, pairs: Path | None, preset: str
         raise typer.BadParameter("--route two-stage needs --hq (or --pairs)", param_hint="--hq")
     return StageTwo(domain_paths(hq, "--hq"), None, steps, preset)
 
-
-def _progress(entry: dict[str, Any]) -> None:
-    """One line per report on stderr (``step 100 loss 0.0123 …``)."""
-    text = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                    for k, v in entry.items())
-    typer.echo(f"cxrkit train-ddpm-lq: {text}", err=True)

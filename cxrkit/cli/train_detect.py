@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from cxrkit.cli._groups import TRAINING, TrainOptions
-from cxrkit.cli._options import channel_list, finish_training
+from cxrkit.cli._options import channel_list, finish_training, read_record_files, training_progress
 
 ARCH_NAMES = ("default", "swin-t")  # cxrkit.detector.ARCHS, kept torch-free here
 
@@ -134,14 +134,16 @@ def train_detect(
         if not images.is_dir():
             raise typer.BadParameter(f"'{images}' is not a folder", param_hint="--images")
         entries = read_labels(nih_labels)
+    from cxrkit.files import file_sha256
+
     if records:
-        recs = _read_records(records)
+        recs = read_record_files(records)
         # a synth image made from a radiograph with a real nodule has a mask (or boxes: [])
         # that misses that nodule: such records are left out when the labels say so
         real = {e.image for e in entries if e.nodule}
         kept = [r for r in recs if Path(str(r.get("source") or "")).name not in real]
         items += items_from_records(kept)
-        info["records"] = {str(p): _sha(p) for p in records}
+        info["records"] = {str(p): file_sha256(p) for p in records}
         info["records_left_out"] = {
             "count": len(recs) - len(kept),
             "why": "made from a radiograph whose NIH label is Nodule (its mask misses it)"}
@@ -151,32 +153,13 @@ def train_detect(
             raise InputError("no image of the label file is in the folder", path=str(images),
                              hint="--images must hold the files 'Image Index' names")
         items += found
-        info["nih_labels"] = {"path": str(nih_labels), "sha256": _sha(nih_labels),
+        info["nih_labels"] = {"path": str(nih_labels), "sha256": file_sha256(nih_labels),
                               "images": len(found)}
     result = train(settings, training.config(str(out)), items,
                    held_out=HeldOut(fraction=val_fraction, max_images=val_max), init=init,
                    command=shlex.join(["cxrkit", *sys.argv[1:]]), data_info=info,
-                   on_log=_progress)
+                   on_log=training_progress("train-detect"))
     finish_training(result, out, "train-detect")
 
 
-def _sha(path: Path) -> str:
-    from cxrkit.files import file_sha256
 
-    return file_sha256(path)
-
-
-def _read_records(files: list[Path]) -> list[dict[str, Any]]:
-    from cxrkit.pipe import read_record_file
-
-    out: list[dict[str, Any]] = []
-    for f in files:
-        out += list(read_record_file(f))
-    return out
-
-
-def _progress(entry: dict[str, Any]) -> None:
-    """One line per report on stderr (``step 100 loss 0.0123 …``)."""
-    text = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                    for k, v in entry.items())
-    typer.echo(f"cxrkit train-detect: {text}", err=True)

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from cxrkit.cli._groups import TRAINING, TrainOptions
-from cxrkit.cli._options import finish_training
+from cxrkit.cli._options import finish_training, training_progress
 from cxrkit.cli.train_munit import domain_paths
 
 
@@ -90,7 +90,7 @@ def train_domain(
     result = train(settings, training.config(str(out)),
                    real=[real_images[i] for i in real_train],
                    drr=[drr_images[i] for i in drr_train], held_out=held_out, run_info=info,
-                   on_log=_progress)
+                   on_log=training_progress("train-domain"))
     finish_training(result, out, "train-domain")
 
 
@@ -108,9 +108,3 @@ def _drr_items(inputs: list[str]) -> list[dict[str, Any]]:
         raise typer.BadParameter("no DRRs found", param_hint="--drr")
     return items
 
-
-def _progress(entry: dict[str, Any]) -> None:
-    """One line per report on stderr (``step 100 loss 0.0123 …``)."""
-    text = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                    for k, v in entry.items())
-    typer.echo(f"cxrkit train-domain: {text}", err=True)

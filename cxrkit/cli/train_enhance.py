@@ -5,12 +5,18 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from cxrkit.cli._groups import TRAINING, TrainOptions
-from cxrkit.cli._options import Inputs, channel_list, finish_training, iter_inputs
+from cxrkit.cli._options import (
+    Inputs,
+    channel_list,
+    finish_training,
+    iter_inputs,
+    training_progress,
+)
 from cxrkit.io import RADIOGRAPH_PATTERNS
 
 
@@ -98,12 +104,6 @@ def train_enhance(
         hq, settings, config, pairs=pair_settings, ssim_weight=ssim_weight, init=init,
         sampler_steps=sampler_steps, zero_start=zero_start, add_context=context,
         lq_paths=[r["path"] for r in records] if pairs else None,
-        command=shlex.join(["cxrkit", *sys.argv[1:]]), on_log=_progress)
+        command=shlex.join(["cxrkit", *sys.argv[1:]]), on_log=training_progress("train-enhance"))
     finish_training(result, out, "train-enhance")  # one line from the main process
 
-
-def _progress(entry: dict[str, Any]) -> None:
-    """One line per report on stderr (``step 100 loss 0.0123 …``)."""
-    text = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                    for k, v in entry.items())
-    typer.echo(f"cxrkit train-enhance: {text}", err=True)

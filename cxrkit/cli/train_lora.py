@@ -12,8 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from cxrkit.cli._groups import TRAINING, TrainOptions
-from cxrkit.cli._options import finish_training
-from cxrkit.cli.train_synth import _read_records
+from cxrkit.cli._options import finish_training, read_record_files, training_progress
 
 CHARACTERISTIC_NAMES = ("calcified", "border_regular", "border_irregular",
                         "texture_homogeneous", "texture_inhomogeneous", "subtlety")
@@ -117,7 +116,7 @@ def train_lora(
                                  param_hint="--records")
     if not 0 <= val_fraction < 1:
         raise typer.BadParameter("must be in [0, 1)", param_hint="--val-fraction")
-    recs = _read_records(records)
+    recs = read_record_files(records)
     command = shlex.join(["cxrkit", *sys.argv[1:]])
     config = training.config(str(out))
     if ziplora:
@@ -143,7 +142,7 @@ def train_lora(
                    targets=[t.strip() for t in targets.split(",") if t.strip()],
                    ortho_weight=ortho_weight, alpha_map_expr=alpha_map,
                    held_out=HeldOut(fraction=val_fraction, samples=val_samples),
-                   command=command, on_log=_progress)
+                   command=command, on_log=training_progress("train-lora"))
     finish_training(result, out, "train-lora")
 
 
@@ -195,9 +194,3 @@ def _ziplora(model_dir: Path, files: list[Path], records: list[dict[str, Any]], 
         "data": merged.meta["data"], "output": {"path": str(out / f"{name}.safetensors"),
                                                 "sha256": digest}}, indent=2) + "\n")
 
-
-def _progress(entry: dict[str, Any]) -> None:
-    """One line per report on stderr."""
-    text = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                    for k, v in entry.items())
-    typer.echo(f"cxrkit train-lora: {text}", err=True)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from cxrkit.cli._groups import TRAINING, TrainOptions
-from cxrkit.cli._options import finish_training, iter_inputs
+from cxrkit.cli._options import finish_training, iter_inputs, training_progress
 from cxrkit.io import RADIOGRAPH_PATTERNS
 
 IMAGE_PATTERNS = RADIOGRAPH_PATTERNS
@@ -99,7 +99,8 @@ def train_munit(
                              tone_pool=tone_pool, image_size=image_size)
     config = training.config(str(out))
     result = train(hq_paths, lq_paths, settings, config, crop=crop,
-                   command=shlex.join(["cxrkit", *sys.argv[1:]]), on_log=_progress)
+                   command=shlex.join(["cxrkit", *sys.argv[1:]]),
+                   on_log=training_progress("train-munit"))
     finish_training(result, out, "train-munit")
 
 
@@ -117,9 +118,3 @@ def domain_paths(inputs: list[str], hint: str) -> list[str]:
         raise typer.BadParameter("no images found", param_hint=hint)
     return paths
 
-
-def _progress(entry: dict[str, Any]) -> None:
-    """One line per report on stderr (``step 100 loss 0.0123 …``)."""
-    text = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                    for k, v in entry.items())
-    typer.echo(f"cxrkit train-munit: {text}", err=True)

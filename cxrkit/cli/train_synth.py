@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from cxrkit.cli._groups import TRAINING, TrainOptions
-from cxrkit.cli._options import finish_training
+from cxrkit.cli._options import finish_training, read_record_files, training_progress
 from cxrkit.cli.train_munit import domain_paths
 
 STAGES = ("pretrain", "finetune")
@@ -114,11 +114,12 @@ def train_synth(
         if not records:
             raise typer.BadParameter("--stage finetune needs --records (cxrkit synth output)",
                                      param_hint="--records")
-        recs = _read_records(records)
+        recs = read_record_files(records)
     settings = _settings(SynthDiTSettings, given)
     result = train(stage, settings, training.config(str(out)), images=paths, records=recs,
                    init=init, held_out=HeldOut(fraction=val_fraction, samples=val_samples),
-                   command=shlex.join(["cxrkit", *sys.argv[1:]]), on_log=_progress)
+                   command=shlex.join(["cxrkit", *sys.argv[1:]]),
+                   on_log=training_progress("train-synth"))
     finish_training(result, out, "train-synth")
 
 
@@ -133,17 +134,3 @@ def _settings(cls: Any, given: dict[str, Any]) -> Any:
         raise typer.BadParameter(str(exc), param_hint="architecture") from None
 
 
-def _read_records(files: list[Path]) -> list[dict[str, Any]]:
-    from cxrkit.pipe import read_record_file
-
-    out: list[dict[str, Any]] = []
-    for f in files:
-        out += list(read_record_file(f))
-    return out
-
-
-def _progress(entry: dict[str, Any]) -> None:
-    """One line per report on stderr (``step 100 loss 0.0123 …``)."""
-    text = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                    for k, v in entry.items())
-    typer.echo(f"cxrkit train-synth: {text}", err=True)
