@@ -30,6 +30,9 @@ class _Group(TyperGroup):
     """The root group: ``-v``/``-q`` work after the subcommand too (moved in front of it)."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        from cxrkit.cli import _options
+
+        _options.INVOCATION[:] = args
         return super().parse_args(ctx, hoist_global_flags(self, ctx, list(args)))
 
 

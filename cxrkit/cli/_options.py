@@ -401,6 +401,18 @@ def parse_duration(text: str | None, name: str = "--time-limit") -> float:
     return 3600 * h + 60 * m + sec
 
 
+INVOCATION: list[str] = []
+"""The arguments of the running ``cxrkit`` invocation (set by the root group as it parses them)."""
+
+
+def command_line() -> str:
+    """The running command as a shell line, ``cxrkit train-x --steps 10 …``, for run records
+    (the arguments click parsed, so in-process callers record their own, not the host's argv)."""
+    import shlex
+
+    return shlex.join(["cxrkit", *INVOCATION])
+
+
 def training_progress(tool: str) -> Callable[[dict[str, Any]], None]:
     """The ``on_log`` of a training command: one line per report on stderr
     (``cxrkit train-x: step 100 loss 0.0123 …``)."""

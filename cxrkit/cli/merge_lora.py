@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cxrkit.cli._groups import device_name
+from cxrkit.cli._options import command_line
 from cxrkit.errors import InputError, OutputError
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ def merge_lora(
     weights = [w for _, w in parsed]
     merged = merge_adapters(sources, weights, method=method, rank=rank, density=density,
                             seed=seed, majority=majority, device=resolve_device(device))
-    merged.meta["command"] = shlex.join(["cxrkit", *sys.argv[1:]])
+    merged.meta["command"] = command_line()
     merged.meta["sources"] = [dict(s, path=str(p)) for s, (p, _) in
                               zip(merged.meta["sources"], parsed, strict=True)]
     error = relative_error(merged, weighted_sum(sources, weights))

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from cxrkit.cli._groups import TRAINING, TrainOptions
-from cxrkit.cli._options import channel_list, finish_training, training_progress
+from cxrkit.cli._options import channel_list, command_line, finish_training, training_progress
 from cxrkit.cli.train_munit import domain_paths
 
 ROUTES = ("img2img", "two-stage")
@@ -104,7 +102,7 @@ def train_ddpm_lq(
     result = train(domain_paths(lq, "--lq"), settings, config, crop=crop, stage_two=stage_two,
                    hq_paths=domain_paths(hq, "--hq") if hq and stage_two is None else None,
                    held_out=HeldOut(fraction=val_fraction),
-                   command=shlex.join(["cxrkit", *sys.argv[1:]]),
+                   command=command_line(),
                    on_log=training_progress("train-ddpm-lq"))
     finish_training(result, out, "train-ddpm-lq")
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from cxrkit.cli._groups import TRAINING, TrainOptions
-from cxrkit.cli._options import channel_list, finish_training, read_record_files, training_progress
+from cxrkit.cli._options import (
+    channel_list,
+    command_line,
+    finish_training,
+    read_record_files,
+    training_progress,
+)
 
 ARCH_NAMES = ("default", "swin-t")  # cxrkit.detector.ARCHS, kept torch-free here
 
@@ -157,7 +161,7 @@ def train_detect(
                               "images": len(found)}
     result = train(settings, training.config(str(out)), items,
                    held_out=HeldOut(fraction=val_fraction, max_images=val_max), init=init,
-                   command=shlex.join(["cxrkit", *sys.argv[1:]]), data_info=info,
+                   command=command_line(), data_info=info,
                    on_log=training_progress("train-detect"))
     finish_training(result, out, "train-detect")
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from cxrkit.cli._groups import TRAINING, TrainOptions
-from cxrkit.cli._options import finish_training, training_progress
+from cxrkit.cli._options import command_line, finish_training, training_progress
 from cxrkit.cli.train_munit import domain_paths
 
 
@@ -81,7 +79,7 @@ def train_domain(
                                      [drr_images[i] for i in drr_val], patch_px,
                                      seed=training.seed)
     drr_paths = [str(item["path"]) for item in drr_items]
-    info = {"command": shlex.join(["cxrkit", *sys.argv[1:]]),
+    info = {"command": command_line(),
             "data": {"real": files_sha256([real_paths[i] for i in real_train]),
                      "real_validation": files_sha256([real_paths[i] for i in real_val]),
                      "drr": files_sha256([drr_paths[i] for i in drr_train]),

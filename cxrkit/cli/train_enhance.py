@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +11,7 @@ from cxrkit.cli._groups import TRAINING, TrainOptions
 from cxrkit.cli._options import (
     Inputs,
     channel_list,
+    command_line,
     finish_training,
     iter_inputs,
     training_progress,
@@ -104,6 +103,6 @@ def train_enhance(
         hq, settings, config, pairs=pair_settings, ssim_weight=ssim_weight, init=init,
         sampler_steps=sampler_steps, zero_start=zero_start, add_context=context,
         lq_paths=[r["path"] for r in records] if pairs else None,
-        command=shlex.join(["cxrkit", *sys.argv[1:]]), on_log=training_progress("train-enhance"))
+        command=command_line(), on_log=training_progress("train-enhance"))
     finish_training(result, out, "train-enhance")  # one line from the main process
 

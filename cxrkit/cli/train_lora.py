@@ -4,15 +4,13 @@ orthogonality penalty, or a ZipLoRA merge of two)."""
 from __future__ import annotations
 
 import json
-import shlex
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from cxrkit.cli._groups import TRAINING, TrainOptions
-from cxrkit.cli._options import finish_training, read_record_files, training_progress
+from cxrkit.cli._options import command_line, finish_training, read_record_files, training_progress
 
 CHARACTERISTIC_NAMES = ("calcified", "border_regular", "border_irregular",
                         "texture_homogeneous", "texture_inhomogeneous", "subtlety")
@@ -117,7 +115,7 @@ def train_lora(
     if not 0 <= val_fraction < 1:
         raise typer.BadParameter("must be in [0, 1)", param_hint="--val-fraction")
     recs = read_record_files(records)
-    command = shlex.join(["cxrkit", *sys.argv[1:]])
+    command = command_line()
     config = training.config(str(out))
     if ziplora:
         if characteristic:

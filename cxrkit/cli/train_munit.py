@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from cxrkit.cli._groups import TRAINING, TrainOptions
-from cxrkit.cli._options import finish_training, iter_inputs, training_progress
+from cxrkit.cli._options import command_line, finish_training, iter_inputs, training_progress
 from cxrkit.io import RADIOGRAPH_PATTERNS
 
 IMAGE_PATTERNS = RADIOGRAPH_PATTERNS
@@ -99,7 +97,7 @@ def train_munit(
                              tone_pool=tone_pool, image_size=image_size)
     config = training.config(str(out))
     result = train(hq_paths, lq_paths, settings, config, crop=crop,
-                   command=shlex.join(["cxrkit", *sys.argv[1:]]),
+                   command=command_line(),
                    on_log=training_progress("train-munit"))
     finish_training(result, out, "train-munit")
 

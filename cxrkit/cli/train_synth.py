@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from cxrkit.cli._groups import TRAINING, TrainOptions
-from cxrkit.cli._options import finish_training, read_record_files, training_progress
+from cxrkit.cli._options import command_line, finish_training, read_record_files, training_progress
 from cxrkit.cli.train_munit import domain_paths
 
 STAGES = ("pretrain", "finetune")
@@ -118,7 +116,7 @@ def train_synth(
     settings = _settings(SynthDiTSettings, given)
     result = train(stage, settings, training.config(str(out)), images=paths, records=recs,
                    init=init, held_out=HeldOut(fraction=val_fraction, samples=val_samples),
-                   command=shlex.join(["cxrkit", *sys.argv[1:]]),
+                   command=command_line(),
                    on_log=training_progress("train-synth"))
     finish_training(result, out, "train-synth")
 
