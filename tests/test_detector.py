@@ -249,6 +249,37 @@ def test_augmentation_keeps_the_mask_on_the_nodule(blobs: tuple[Path, list[dict]
     assert torch.equal(again["image"], data.sample(np.random.default_rng(3))["image"])
 
 
+def test_windows_hold_their_nodule_and_negatives_none(blobs: tuple[Path, list[dict]]) -> None:
+    from cxrkit.detector import DetectionData
+
+    data = DetectionData(items_from_records(blobs[1][:8]), 64, crop=32)
+    labels = []
+    for seed in range(40):
+        s = data.sample(np.random.default_rng(seed))
+        assert s["image"].shape == s["mask"].shape == (1, 32, 32)
+        assert bool(s["label"]) == bool(s["mask"].sum() > 0.5)
+        if s["label"] == 1:  # the nodule's disk is in the window, brighter than around it
+            assert s["image"][s["mask"] > 0.5].mean() > s["image"][s["mask"] == 0].mean() + 0.2
+        else:
+            assert not s["known"].any()
+        labels.append(int(s["label"]))
+    assert 10 <= sum(labels) <= 30  # balanced
+
+
+def test_presence_is_the_top_k_mask_logits() -> None:
+    from dataclasses import replace
+
+    model = Detector.new(replace(TINY, presence_topk=1), generator=torch.Generator().manual_seed(0))
+    seen = {}
+    model.mask_out.register_forward_hook(lambda m, i, o: seen.setdefault("coarse", o))
+    image = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        out = model(image)
+    coarse = seen["coarse"].flatten(1)
+    assert torch.allclose(out["presence"], coarse.amax(1))  # scale 1, bias 0 at the start
+    assert torch.allclose(out["mask"].amax((1, 2, 3)), coarse.amax(1), atol=0.05)
+
+
 # ---- learning -------------------------------------------------------------------------------
 
 def test_the_loss_falls_and_heldout_auc_beats_chance(blobs: tuple[Path, list[dict]],
@@ -266,8 +297,21 @@ def test_the_loss_falls_and_heldout_auc_beats_chance(blobs: tuple[Path, list[dic
     assert m["dice"] > 0.2  # an all-empty mask scores 0
     run = json.loads((tmp_path / "m" / "run.json").read_text())
     assert run["kind"] == "nodule-detector" and run["validation"]["auc"] == m["auc"]
+    assert run["crop_px"] is None
     assert run["data"]["validation"]["patients"] == 12
     assert not run["data"]["validation_on_training_data"]
+
+
+def test_windows_train_a_whole_image_detector(blobs: tuple[Path, list[dict]],
+                                              tmp_path: Path) -> None:
+    config = TrainConfig(output_dir=str(tmp_path / "m"), steps=60, batch_size=8, lr=2e-3,
+                         warmup_steps=5, ema_decay=0.0, checkpoint_every=0, validate_every=0,
+                         device="cpu")
+    result = train_detect(TINY, config, items_from_records(blobs[1]),
+                          held_out=HeldOut(fraction=0.3), crop=32)
+    assert result.metrics["auc"] >= 0.8  # measured on whole held-out images; chance 0.5
+    run = json.loads((tmp_path / "m" / "run.json").read_text())
+    assert run["crop_px"] == 32 and "windows" in run["data"]["sampling"]
 
 
 # ---- model folders --------------------------------------------------------------------------

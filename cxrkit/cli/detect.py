@@ -61,7 +61,7 @@ def detect(
 ) -> None:
     """Detect lung nodules: probability, characteristics, segmentation and boxes.
 
-    The detector (a Swin Transformer with presence, characteristic and segmentation heads)
+    The detector (a Swin Transformer and a segmentation decoder; presence read from the mask)
     sees each radiograph resized with its aspect kept and padded to its square; every output
     is mapped back to the input's pixels. Reads display radiographs of any size (8/16-bit PNG,
     TIFF, DICOM) or records; writes one probability map per input (<id>_nodule.png: uint8,

@@ -62,6 +62,15 @@ def train_detect(
         min=1, max=32, help="Patch embedding stride (px).", show_default=False)] = None,
     decoder_dim: Annotated[int | None, typer.Option(
         min=4, max=1024, help="Segmentation decoder channels.", show_default=False)] = None,
+    presence_topk: Annotated[int | None, typer.Option(
+        min=1, max=4096, help="Mask cells (at the patch stride) whose mean logit is the "
+                              "presence score. Default 4.", show_default=False)] = None,
+    crop_px: Annotated[int | None, typer.Option(
+        min=32, max=4096, help="Train on windows of this side cut from the model's square "
+                               "(positives around their nodule, negatives in the lungs or "
+                               "anywhere): many times faster than whole images; validation "
+                               "stays on whole images. Image-level-only positives are left "
+                               "out.", show_default=False)] = None,
     val_fraction: Annotated[float, typer.Option(
         help="Share of patients held out for validation (a synth record belongs to the "
              "patient of its source radiograph).")] = 0.15,
@@ -72,13 +81,16 @@ def train_detect(
     """Train the nodule detector; writes a model folder for cxrkit detect --model.
 
     A Swin Transformer encoder (own plain-torch implementation: window attention with a
-    relative position bias, shifted windows, patch merging) with three heads: nodule
-    presence, five characteristics (calcified, border regular/irregular, texture
-    homogeneous/inhomogeneous) and an FPN segmentation decoder. Loss: BCE of presence on
-    every image; BCE of each characteristic where it is known (synthetic positives); pixel
-    BCE + soft Dice of the mask where a mask exists (synth records, negatives included).
-    Real radiographs with image-level labels (--images with --nih-labels) train the presence
-    head only.
+    relative position bias, shifted windows, patch merging), an FPN segmentation decoder, a
+    presence score read from the mask (the mean of its top-k logits: is there a nodule
+    anywhere) and five characteristics (calcified, border regular/irregular, texture
+    homogeneous/inhomogeneous) from the decoder's features where the mask points. Loss: BCE of
+    presence on every image; BCE of each characteristic where it is known (synthetic
+    positives); pixel BCE + soft Dice of the mask where a mask exists (synth records,
+    negatives included). Real radiographs with image-level labels (--images with
+    --nih-labels) train the presence only (through the mask's top-k: multiple-instance
+    learning). --crop-px 128 trains on windows (much faster on a CPU); the model then reads
+    whole radiographs.
 
     Every batch holds positives and negatives with probability 1/2 each; augmentations keep
     masks aligned (flip, rotation, scale, shift, gamma and contrast), seeded by --seed.
@@ -96,7 +108,7 @@ def train_detect(
         cxrkit synth -e blend nih/images/ --source luna16 -n 4 -o pos/ > pos.jsonl
         cxrkit synth -e blend nih/images/ --negatives -n 1 -o neg/ > neg.jsonl
         cxrkit train-detect --records pos.jsonl --records neg.jsonl --images nih/images \\
-            --nih-labels nih/labels.csv --steps 3000 -o detector/
+            --nih-labels nih/labels.csv --crop-px 128 --steps 3000 -o detector/
         cxrkit detect --model detector/ nih/images/ -o det/ | cxrkit eval
     """
     if arch not in ARCH_NAMES:
@@ -112,7 +124,7 @@ def train_detect(
                                  "--nih-labels", param_hint="--records")
     given = {k: v for k, v in {
         "image_px": image_px, "embed_dim": embed_dim, "window": window,
-        "patch_size": patch_size, "decoder_dim": decoder_dim,
+        "patch_size": patch_size, "decoder_dim": decoder_dim, "presence_topk": presence_topk,
         "depths": channel_list(depths, "--depths") if depths else None,
         "num_heads": channel_list(heads, "--heads") if heads else None}.items()
         if v is not None}
@@ -161,6 +173,7 @@ def train_detect(
                               "images": len(found)}
     result = train(settings, training.config(str(out)), items,
                    held_out=HeldOut(fraction=val_fraction, max_images=val_max), init=init,
+                   crop=crop_px,
                    command=command_line(), data_info=info,
                    on_log=training_progress("train-detect"))
     finish_training(result, out, "train-detect")

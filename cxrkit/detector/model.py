@@ -15,7 +15,14 @@ Own code also lets every size be configuration and any input size work (padding 
 Architecture (Liu et al. 2021, https://arxiv.org/abs/2103.14030):
 
 - patch embedding: a ``p × p`` stride-``p`` convolution of the 1-channel image to ``embed_dim``
-  channels, then LayerNorm; the image is zero-padded to a multiple of ``p``;
+  channels, then LayerNorm; the image is zero-padded to a multiple of ``p``. Before it, a
+  convolutional stem (``stem_channels`` > 0, the default): a 3×3 convolution to that many
+  channels and GELU at full resolution. Without it a grey-level image loses its brightness at
+  the first LayerNorm: a flat patch of brightness ``c`` embeds as ``c·u + b`` (``u`` = the
+  kernel's sum), which LayerNorm maps to nearly the same token for every ``c`` — and a nodule
+  is a smooth brightness bump. (The plain embedding, ``stem_channels`` 0, trained to chance on
+  blended nodules; see ``repro/detector_overfit_probe.py``.) The nonlinearity makes brightness
+  a direction of the token, which normalisation keeps;
 - stages ``i = 0..S-1`` of ``depths[i]`` blocks at width ``embed_dim·2^i`` with ``heads[i]``
   heads; blocks alternate regular and shifted windows (shift ``window // 2``). A feature map
   whose sides are not multiples of ``window`` is zero-padded before partitioning (padded tokens
@@ -30,12 +37,19 @@ Architecture (Liu et al. 2021, https://arxiv.org/abs/2103.14030):
 
 Heads:
 
-- presence and characteristics: the last map pooled by average and by maximum (a small nodule
-  moves the maximum, not the mean), concatenated, LayerNorm, one linear to ``1 + 5`` logits:
-  nodule presence, then :data:`CHARACTERISTICS`;
 - segmentation: an FPN-style decoder (1×1 lateral convolutions to ``decoder_dim`` channels,
   top-down nearest upsampling and addition, a 3×3 convolution + GELU on the finest map at stride
-  ``p``, a 1×1 convolution to one logit), bilinearly upsampled to the input size.
+  ``p``, a 1×1 convolution to one logit), bilinearly upsampled to the input size;
+- presence, read from the segmentation: ``a · mean(top-k mask logits) + b`` over the stride-``p``
+  map (``k`` = ``presence_topk``; ``a``, ``b`` learned, starting at 1 and 0), so "is there a
+  nodule" is "is there a nodule *somewhere*", the same question on a 128² training crop and on
+  a whole radiograph. (A head on globally pooled features, tried first, stayed at chance: an 11
+  px nodule barely moves a pooled 512² map, and the pooled answer does not carry from crops to
+  whole images.) An image-level label alone (a real radiograph) trains the mask through this
+  top-k pooling, as multiple-instance learning;
+- characteristics: the decoder's finest features averaged with weights ``softmax(mask logits)``
+  (where the model sees the nodule), LayerNorm, one linear to the five logits of
+  :data:`CHARACTERISTICS`.
 
 :class:`Detector` is a diffusers ``ModelMixin``/``ConfigMixin``: ``save_pretrained`` writes
 ``config.json`` (``"kind": "nodule-detector"``) and ``diffusion_pytorch_model.safetensors``;
@@ -82,6 +96,9 @@ class DetectorSettings:
         window: attention window side in tokens.
         mlp_ratio: MLP width over the block width.
         decoder_dim: channels of the segmentation decoder.
+        presence_topk: the stride-``p`` mask cells whose mean logit gives the presence.
+        stem_channels: channels of the 3×3 convolution + GELU before the patch embedding (0:
+            Swin's plain linear patch embedding).
         kind: always ``nodule-detector``; loading checks it.
     """
 
@@ -93,6 +110,8 @@ class DetectorSettings:
     window: int = 7
     mlp_ratio: float = 4.0
     decoder_dim: int = 32
+    presence_topk: int = 4
+    stem_channels: int = 16
     kind: str = field(default=DETECTOR_KIND)
 
     def __post_init__(self) -> None:
@@ -112,6 +131,10 @@ class DetectorSettings:
             raise InputError(f"image_px must be in 32..4096, got {self.image_px}")
         if self.embed_dim < 4 or self.decoder_dim < 4 or self.mlp_ratio <= 0:
             raise InputError("embed_dim and decoder_dim ≥ 4, mlp_ratio > 0")
+        if not 1 <= self.presence_topk <= 4096:
+            raise InputError("presence_topk must be in 1..4096")
+        if not 0 <= self.stem_channels <= 1024:
+            raise InputError("stem_channels must be in 0..1024")
         if self.kind != DETECTOR_KIND:
             raise InputError(f"detector settings must have kind {DETECTOR_KIND!r}")
 
@@ -282,25 +305,30 @@ class Detector(ModelMixin, ConfigMixin):
     def __init__(self, image_px: int = 512, patch_size: int = 4, embed_dim: int = 32,
                  depths: tuple[int, ...] = (2, 2, 2, 2), num_heads: tuple[int, ...] = (1, 2, 4, 8),
                  window: int = 7, mlp_ratio: float = 4.0, decoder_dim: int = 32,
+                 presence_topk: int = 4, stem_channels: int = 16,
                  kind: str = DETECTOR_KIND) -> None:
         super().__init__()
         s = DetectorSettings(image_px, patch_size, embed_dim, tuple(depths), tuple(num_heads),
-                             window, mlp_ratio, decoder_dim, kind)
+                             window, mlp_ratio, decoder_dim, presence_topk, stem_channels, kind)
         C, D = s.embed_dim, s.decoder_dim
         widths = [C * 2 ** i for i in range(len(s.depths))]
-        self.patch_embed = nn.Conv2d(1, C, kernel_size=s.patch_size, stride=s.patch_size)
+        self.stem = (nn.Sequential(nn.Conv2d(1, s.stem_channels, 3, padding=1), nn.GELU())
+                     if s.stem_channels else nn.Identity())
+        self.patch_embed = nn.Conv2d(s.stem_channels or 1, C, kernel_size=s.patch_size,
+                                     stride=s.patch_size)
         self.embed_norm = nn.LayerNorm(C)
         self.stages = nn.ModuleList([
             SwinStage(widths[i], s.depths[i], s.num_heads[i], s.window, s.mlp_ratio,
                       widths[i - 1] if i else None) for i in range(len(widths))])
-        self.head_norm = nn.LayerNorm(2 * widths[-1])
-        self.head = nn.Linear(2 * widths[-1], 1 + len(CHARACTERISTICS))
         self.laterals = nn.ModuleList([nn.Conv2d(c, D, 1) for c in widths])
         self.smooth = nn.Conv2d(D, D, 3, padding=1)
         self.mask_out = nn.Conv2d(D, 1, 1)
+        self.presence_scale = nn.Parameter(torch.ones(1))
+        self.presence_bias = nn.Parameter(torch.zeros(1))
+        self.head_norm = nn.LayerNorm(D)
+        self.head = nn.Linear(D, len(CHARACTERISTICS))
         self.apply(self._init)
         nn.init.constant_(self.mask_out.bias, -4.0)  # start near "no nodule anywhere" (p ≈ 0.02)
-        nn.init.zeros_(self.head.bias)
 
     @staticmethod
     def _init(module: nn.Module) -> None:
@@ -335,7 +363,7 @@ class Detector(ModelMixin, ConfigMixin):
         x = image.to(self.patch_embed.weight.dtype)
         if H % p or W % p:
             x = F.pad(x, (0, (-W) % p, 0, (-H) % p))
-        x = self.embed_norm(self.patch_embed(x).permute(0, 2, 3, 1))  # (B, h, w, C)
+        x = self.embed_norm(self.patch_embed(self.stem(x)).permute(0, 2, 3, 1))  # (B, h, w, C)
         maps = []
         for stage in self.stages:
             x, fmap = stage(x)
@@ -347,18 +375,22 @@ class Detector(ModelMixin, ConfigMixin):
             raise InputError(f"the detector takes (B, 1, H, W) images, got {tuple(image.shape)}")
         H, W = image.shape[-2:]
         maps = self.features(image)
-        last = maps[-1]
-        pooled = torch.cat([last.mean(dim=(2, 3)), last.amax(dim=(2, 3))], dim=1)
-        logits = self.head(self.head_norm(pooled)).float()
         top = self.laterals[-1](maps[-1])
         for fmap, lateral in zip(reversed(maps[:-1]), reversed(self.laterals[:-1]), strict=True):
             top = lateral(fmap) + F.interpolate(top, size=fmap.shape[-2:], mode="nearest")
-        mask = self.mask_out(F.gelu(self.smooth(top)))
+        fine = F.gelu(self.smooth(top))  # (B, D, h, w) at stride p
+        coarse = self.mask_out(fine).float()  # (B, 1, h, w) mask logits
+        cells = coarse.flatten(1)
+        k = min(self.config.presence_topk, cells.shape[1])
+        presence = self.presence_scale * cells.topk(k, dim=1).values.mean(1) + self.presence_bias
+        where = torch.softmax(cells, dim=1).to(fine.dtype)  # (B, h·w): where the nodule is
+        pooled = torch.einsum("bdn,bn->bd", fine.flatten(2), where)
+        characteristics = self.head(self.head_norm(pooled)).float()
         p = self.config.patch_size
         h, w = -(-H // p) * p, -(-W // p) * p  # the padded input's size, then cropped
-        mask = F.interpolate(mask, size=(h, w), mode="bilinear", align_corners=False)
-        return {"presence": logits[:, 0], "characteristics": logits[:, 1:],
-                "mask": mask[:, :, :H, :W].float()}
+        mask = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+        return {"presence": presence.float(), "characteristics": characteristics,
+                "mask": mask[:, :, :H, :W]}
 
     @classmethod
     def load(cls, directory: str | Path, *, device: str | torch.device = "cpu") -> Detector:

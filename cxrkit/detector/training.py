@@ -179,7 +179,8 @@ def evaluate_detector(model: Detector, data: DetectionData) -> dict[str, float]:
 
 def train_detect(settings: DetectorSettings, config: TrainConfig, items: Sequence[Item], *,
                  held_out: HeldOut | None = None, init: str | Path | None = None,
-                 command: str = "", data_info: dict[str, Any] | None = None,
+                 crop: int | None = None, command: str = "",
+                 data_info: dict[str, Any] | None = None,
                  on_log: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
     """Train a detector with :func:`cxrkit.train.train` and write its model folder
     (``config.json``, ``diffusion_pytorch_model.safetensors``, ``run.json``).
@@ -191,6 +192,8 @@ def train_detect(settings: DetectorSettings, config: TrainConfig, items: Sequenc
             :func:`~cxrkit.detector.data.items_from_nih`); split by patient here.
         held_out: the validation split (defaults of :class:`HeldOut`).
         init: a detector folder to start from, or None for fresh weights.
+        crop: train on windows of this side cut from the model's square (see
+            :class:`~cxrkit.detector.data.DetectionData`); validation stays on whole images.
         command: the exact command line (for ``run.json``).
         data_info: extra ``run.json`` data fields (the inputs' hashes).
         on_log: progress callback.
@@ -214,7 +217,7 @@ def train_detect(settings: DetectorSettings, config: TrainConfig, items: Sequenc
                                       seed=config.seed, keep_one=True)
     val_order = np.random.default_rng([config.seed, 11]).permutation(val_idx or train_idx)
     val_items = [items[i] for i in sorted(val_order[: held_out.max_images])]
-    data = DetectionData([items[i] for i in train_idx], settings.image_px)
+    data = DetectionData([items[i] for i in train_idx], settings.image_px, crop=crop)
     check = DetectionData(val_items, settings.image_px, augment=False)
 
     def count(chosen: Sequence[Item]) -> dict[str, int]:
@@ -227,7 +230,9 @@ def train_detect(settings: DetectorSettings, config: TrainConfig, items: Sequenc
         "command": command, "kind": DETECTOR_KIND, "detector": describe(settings),
         "init": None if init is None else {"path": str(init), "sha256": file_sha256(
             Path(init) / "diffusion_pytorch_model.safetensors")},
-        "loss": {"weights": WEIGHTS, "presence": "BCE", "characteristics": "BCE where known",
+        "crop_px": data.crop,
+        "loss": {"weights": WEIGHTS, "presence": "BCE of the top-k pooled mask logits",
+                 "characteristics": "BCE where known",
                  "segmentation": "class-balanced pixel BCE where a mask exists + soft Dice "
                                  "on masks with a nodule",
                  "max_pos_weight": MAX_POS_WEIGHT},
@@ -237,7 +242,9 @@ def train_detect(settings: DetectorSettings, config: TrainConfig, items: Sequenc
                  "split": "by patient (NIH Patient ID; a synth record by its source image's)",
                  "validation_on_training_data": not val_idx,
                  "validation_patients": sorted({items[i].group for i in val_idx}),
-                 "sampling": "positives and negatives with probability 1/2 each",
+                 "sampling": "positives and negatives with probability 1/2 each" + (
+                     f"; {data.crop}-px windows (positives around their nodule, negatives "
+                     "half at other positives' nodule sites)" if data.crop else ""),
                  "augmentation": "hflip p=0.5, rotation ±7°, scale 0.9-1.1, shift ±4 %, gamma "
                                  "0.7-1.4, contrast 0.9-1.1, offset ±0.05"}}
 
