@@ -17,12 +17,12 @@ Architecture (Liu et al. 2021, https://arxiv.org/abs/2103.14030):
 - patch embedding: a ``p × p`` stride-``p`` convolution of the 1-channel image to ``embed_dim``
   channels, then LayerNorm; the image is zero-padded to a multiple of ``p``. Before it, a
   convolutional stem (``stem_channels`` > 0, the default): a 3×3 convolution to that many
-  channels and GELU at full resolution. Without it a grey-level image loses its brightness at
-  the first LayerNorm: a flat patch of brightness ``c`` embeds as ``c·u + b`` (``u`` = the
-  kernel's sum), which LayerNorm maps to nearly the same token for every ``c`` — and a nodule
-  is a smooth brightness bump. (The plain embedding, ``stem_channels`` 0, trained to chance on
-  blended nodules; see ``repro/detector_overfit_probe.py``.) The nonlinearity makes brightness
-  a direction of the token, which normalisation keeps;
+  channels and GELU at full resolution. Why: with one grey channel, a flat patch of brightness
+  ``c`` embeds as ``c·u + b`` (``u`` = the kernel's sum), and the LayerNorm that follows maps
+  that to nearly the same token for every ``c`` once ``c·u`` outweighs ``b`` — while a nodule
+  is mostly a smooth brightness bump. The nonlinearity makes brightness a direction of the
+  token, which normalisation keeps ("early convolutions", Xiao et al. 2021, also ease
+  optimisation). ``stem_channels`` 0 gives Swin's plain embedding;
 - stages ``i = 0..S-1`` of ``depths[i]`` blocks at width ``embed_dim·2^i`` with ``heads[i]``
   heads; blocks alternate regular and shifted windows (shift ``window // 2``). A feature map
   whose sides are not multiples of ``window`` is zero-padded before partitioning (padded tokens
