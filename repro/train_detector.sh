@@ -3,36 +3,30 @@
 #
 #   1. backgrounds: the NIH ChestX-ray14 radiographs whose labels.csv findings do not include
 #      "Nodule" (a synthetic image made from a radiograph with a real nodule would have a mask
-#      that misses it; train-detect also leaves such records out by itself);
-#   2. synthetic positives: real LUNA16 nodules projected and blended into them by
-#      `cxrkit synth -e blend` (N_SYNTH per radiograph, exact masks and LIDC characteristics),
-#      with --negatives: each background once without a nodule (boxes [], an empty mask);
-#   3. train-detect on those records plus every NIH radiograph with its image-level "Nodule"
-#      label (presence loss only), patients split 85/15, positives and negatives balanced.
+#      that misses it). The radiographs labelled "Nodule" are never trained on: they are the
+#      real check of step 4;
+#   2. synthetic positives: real LUNA16 nodules projected and blended into the backgrounds by
+#      `cxrkit synth -e blend` (N_SYNTH per radiograph, exact masks and LIDC characteristics) at
+#      three display gains, --intensity-scale 0.6, 0.45 and 0.3 display units per unit line
+#      integral (GAINS). synth's own estimate for these processed PNGs is 0.15, at which a 20 mm
+#      nodule brightens its pixels by 0.02 on average against a local SD of 0.06: fainter than
+#      the ribs, and fainter than the nodules radiologists report; the range shows the detector
+#      nodules from subtle to plain. The first gain's run adds --negatives (each background once
+#      without a nodule);
+#   3. train-detect on 128-px windows of the 512-px square (--crop-px 128: positives around
+#      their nodule, negatives half at other nodules' sites), patients split 85/15, whole-image
+#      validation (run.json: auc, iou, dice, auc_<characteristic> on held-out patients);
+#   4. checks, `cxrkit detect | cxrkit eval`: the held-out patients' synthetic records
+#      (check-synth-eval.json), and real radiographs (check-real-eval.json): every NIH
+#      radiograph labelled "Nodule" (never trained on) against the nodule-free radiographs of
+#      the held-out patients (never trained on either); image-level AUC with a bootstrap CI.
 #
-# run.json holds the held-out validation: auc (presence, all held-out images), auc_real (the
-# held-out real radiographs against the NIH label: few images here, so a wide interval),
-# auc_synth, iou/dice of the mask, auc_<characteristic>. Then a check: `cxrkit detect` on the
-# held-out synthetic records, read by `cxrkit eval` (AUC, FROC, IoU).
-#
-# A finished run is skipped when rerun; a run stopped by TIME_LIMIT continues with
-# --resume latest. SHIP=1 copies the model (config.json, weights, run.json: about 9 MB) into
+# A finished step is skipped when rerun; a run stopped by TIME_LIMIT continues with
+# --resume latest. SHIP=1 copies the model (config.json, weights, run.json) into
 # cxrkit/models/detector, the default of `cxrkit detect`.
 #
-# Time on this 2-core CPU (2026-12-06, default model, 512², batch 8, 2 threads): 2.7 s per
-# optimizer step at load average 3 (forward, backward, AdamW), 9.3 s measured while the machine
-# was saturated (load 7-8); so the default 2000 steps take 1.5-5 h (TIME_LIMIT=3h stops
-# cleanly, a rerun continues), or minutes with `--device cuda` (edit the train-detect line).
-# N_SYNTH=4 makes 488 synthetic positives and 122 negatives from the 122 nodule-free NIH
-# radiographs (about 2 min).
-#
-# What to expect (measured 2026-12-06, CPU, 256² to save time, batch 8): 300 steps (2,400
-# samples) leave the held-out presence AUC at chance (0.49-0.51) both on these LUNA16 nodules and
-# on 15-30 mm parametric ones, and the training-set AUC too (0.52): the blended nodules are
-# subtle (mean excess over their surroundings 0.00-0.06 of the display range, about one local
-# standard deviation), and a Swin trained from scratch needs far more than that; the mask head
-# starts to move (Dice 0.02). Budget thousands of steps at 512² (a GPU: minutes), and read
-# auc_synth, dice and auc_real in run.json before shipping.
+# Time on this 2-core CPU (2026-12-07, default model, batch 16 of 128-px windows, 2 threads):
+# 0.5 s per step on an idle machine, 1-2.6 s at load 4-6; synth about 45 s per gain.
 #
 # Usage (repository root): repro/train_detector.sh [WORK_DIR] [NIH_DIR] [LUNA16_DIR]
 set -euo pipefail
@@ -40,7 +34,9 @@ cd "$(dirname "$0")/.."
 WORK="${1:-detector-work}"
 NIH="${2:-../shared/data/nih-cxr14}"
 LUNA="${3:-../shared/data/luna16-nodules}"
-STEPS="${STEPS:-2000}"
+STEPS="${STEPS:-5000}"
+GAINS="${GAINS:-0.6 0.45 0.3}"
+CROP="${CROP:-128}"
 N_SYNTH="${N_SYNTH:-4}"
 TIME_LIMIT="${TIME_LIMIT:-0}"
 ARCH="${ARCH:-default}"
@@ -64,42 +60,60 @@ for e in read_labels(root / "labels.csv"):
         print(root / "images" / e.image)
 EOF
 fi
-if [[ ! -s "$WORK/synth.jsonl" ]]; then
-  # shellcheck disable=SC2046
-  "${CXRKIT[@]}" synth -e blend $(cat "$WORK/backgrounds.txt") --source luna16 \
-      --luna16-dir "$LUNA" -n "$N_SYNTH" --negatives --seed 0 --keep-going \
-      -o "$WORK/synth" > "$WORK/synth.jsonl.part" || [[ $? -eq 3 ]]  # 3: some failed
-  mv "$WORK/synth.jsonl.part" "$WORK/synth.jsonl"
-fi
+records=()
+first=1
+for gain in $GAINS; do
+  out="$WORK/synth-$gain.jsonl"
+  if [[ ! -s "$out" ]]; then
+    # shellcheck disable=SC2046
+    "${CXRKIT[@]}" synth -e blend $(cat "$WORK/backgrounds.txt") --source luna16 \
+        --luna16-dir "$LUNA" -n "$N_SYNTH" $( ((first)) && echo --negatives ) \
+        --intensity-scale "$gain" --seed "$(awk "BEGIN{print int($gain*100)}")" --keep-going \
+        -o "$WORK/synth-$gain/" > "$out.part" || [[ $? -eq 3 ]]  # 3: some failed
+    mv "$out.part" "$out"
+  fi
+  records+=(--records "$out")
+  first=0
+done
 if ! finished "$WORK/detector"; then
   # shellcheck disable=SC2046
-  "${CXRKIT[@]}" train-detect --records "$WORK/synth.jsonl" --images "$NIH/images" \
-      --nih-labels "$NIH/labels.csv" --arch "$ARCH" --steps "$STEPS" --batch-size 8 \
-      --lr 5e-4 --warmup-steps 100 --lr-schedule cosine --weight-decay 0.05 --ema 0.999 \
-      --checkpoint-every 250 --validate-every 500 --val-fraction 0.15 --seed 0 \
-      --time-limit "$TIME_LIMIT" $(resume "$WORK/detector") -o "$WORK/detector" \
+  "${CXRKIT[@]}" train-detect "${records[@]}" --arch "$ARCH" --crop-px "$CROP" \
+      --steps "$STEPS" --batch-size 16 --lr 1e-3 --warmup-steps 100 --lr-schedule cosine \
+      --weight-decay 0.05 --ema 0.999 --checkpoint-every 250 --validate-every 1000 \
+      --val-max 96 --val-fraction 0.15 --seed 0 --time-limit "$TIME_LIMIT" \
+      $(resume "$WORK/detector") -o "$WORK/detector" \
       || [[ $? -eq 3 ]]  # 3: stopped at the time limit; rerun to continue
 fi
 finished "$WORK/detector" || { echo "repro/train_detector.sh: stopped early; rerun to resume" >&2; exit 3; }
 
-# the check: detect on the held-out synthetic records (validation patients), then eval
-"$PY" - "$WORK" > "$WORK/heldout.jsonl" <<'EOF'
-import json, sys
+# the checks: held-out patients' synthetic records, and real radiographs never trained on
+"$PY" - "$WORK" "$NIH" > "$WORK/heldout.jsonl" 3> "$WORK/real.txt" <<'EOF'
+import json, os, sys
 from pathlib import Path
+from cxrkit.data.nih import read_labels
 from cxrkit.detector.data import record_patient
-work = Path(sys.argv[1])
+work, nih = Path(sys.argv[1]), Path(sys.argv[2])
 held = set(json.loads((work / "detector" / "run.json").read_text())["data"]["validation_patients"])
-for line in (work / "synth.jsonl").read_text().splitlines():
-    if line.strip() and record_patient(json.loads(line)) in held:
-        print(line)
+for f in sorted(work.glob("synth-*.jsonl")):
+    for line in f.read_text().splitlines():
+        if line.strip() and record_patient(json.loads(line)) in held:
+            print(line)
+with os.fdopen(3, "w") as real:
+    for e in read_labels(nih / "labels.csv"):
+        if (e.nodule or e.patient_id in held) and (nih / "images" / e.image).is_file():
+            print(nih / "images" / e.image, file=real)
 EOF
 "${CXRKIT[@]}" detect --model "$WORK/detector" "$WORK/heldout.jsonl" --overwrite \
-    -o "$WORK/check/" > "$WORK/check.jsonl"
-"${CXRKIT[@]}" eval "$WORK/check.jsonl" --json > "$WORK/check-eval.json"
+    -o "$WORK/check-synth/" > "$WORK/check-synth.jsonl"
+"${CXRKIT[@]}" eval "$WORK/check-synth.jsonl" --json > "$WORK/check-synth-eval.json"
+# shellcheck disable=SC2046
+"${CXRKIT[@]}" detect --model "$WORK/detector" $(cat "$WORK/real.txt") --nih-labels \
+    "$NIH/labels.csv" --overwrite -o "$WORK/check-real/" > "$WORK/check-real.jsonl"
+"${CXRKIT[@]}" eval "$WORK/check-real.jsonl" --json > "$WORK/check-real-eval.json"
 if [[ "${SHIP:-0}" == 1 ]]; then
   mkdir -p cxrkit/models/detector
   cp "$WORK/detector/config.json" "$WORK/detector/diffusion_pytorch_model.safetensors" \
      "$WORK/detector/run.json" cxrkit/models/detector/
 fi
-echo "repro/train_detector.sh: model in $WORK/detector (validation in run.json); held-out" \
-     "synthetic check in $WORK/check-eval.json" >&2
+echo "repro/train_detector.sh: model in $WORK/detector (validation in run.json); checks in" \
+     "$WORK/check-synth-eval.json (held-out synthetic) and $WORK/check-real-eval.json (real)" >&2
