@@ -54,9 +54,13 @@ and ``<characteristic>_auc`` take the best arm (mean over seeds); ``real_auc_gai
 ``synth_auc_gain`` the best synthetic arm minus the ``real`` arm; ``GATE@ARM`` one arm
 (``real_auc@blend-1000``).
 
-Sizes: the default (``--image-px 256``, 500 steps per arm, K = 0, 200, 500, 1000) takes about an
-hour on a 2-core CPU (``--jobs 2`` trains two arms at once on one core each); ``--quick``
-(64 px, 30 steps, K = 0, 16, a handful of test images) is a smoke run of a few minutes.
+Sizes: the default (``--image-px 512``, synthetic arms on 128-px windows, the real arm on whole
+images, 500 steps per arm, K = 0, 200, 500, 1000) takes one to two hours on a 2-core CPU (the
+real arm's whole 512² images cost about 16× a window; ``--jobs 2`` trains two arms at once on
+one core each); ``--quick`` (64 px, 32-px windows, 30 steps, K = 0, 16, a handful of test
+images) is a smoke run of a few minutes. Blend nodules are drawn at ``--intensity-scale 0.45``
+(three times synth's estimate for these PNGs, at which most LUNA16 nodules are fainter than the
+ribs; see ``repro/train_detector.sh``).
 
 Example::
 
@@ -104,8 +108,10 @@ class Settings:
     ks: tuple[int, ...] = (0, 200, 500, 1000)
     engines: tuple[str, ...] = ("blend",)
     seeds: tuple[int, ...] = (0,)
-    image_px: int = 256
+    image_px: int = 512
     background_px: int = 512
+    crop_px: int = 128
+    intensity_scale: float = 0.45
     steps: int = 500
     batch_size: int = 8
     lr: float = 5e-4
@@ -123,7 +129,7 @@ class Settings:
     device: str = "auto"
 
 
-QUICK = Settings(ks=(0, 16), image_px=64, background_px=128, steps=30, batch_size=4,
+QUICK = Settings(ks=(0, 16), image_px=64, background_px=128, crop_px=32, steps=30, batch_size=4,
                  warmup_steps=5, synth_test_n=1, max_test_backgrounds=12, bootstrap=200)
 """``--quick``: a smoke run of the whole recipe in a few minutes (numbers mean nothing)."""
 
@@ -317,8 +323,13 @@ def prepare(work: Path, settings: Settings, split_seed: int, nih: Path, luna: Pa
 # -- synthetic data ---------------------------------------------------------------------------
 
 
+def gain(engine: str, settings: Settings) -> list[str]:
+    """``--intensity-scale`` of a blend synth (the diffusion engine paints, it has no gain)."""
+    return ["--intensity-scale", str(settings.intensity_scale)] if engine == "blend" else []
+
+
 def synth_pool(work: Path, engine: str, count: int, splits: dict[str, Any], luna: Path,
-               seed: int, diffusion_model: Path | None) -> Path:
+               seed: int, diffusion_model: Path | None, settings: Settings) -> Path:
     """``count`` positives per train background by ``engine`` (round-robin order is applied
     when an arm takes its K), or an existing pool with more per background: synth's samples
     are seeded per (input, sample), so a pool's first samples are those of a smaller one and
@@ -336,7 +347,8 @@ def synth_pool(work: Path, engine: str, count: int, splits: dict[str, Any], luna
         run(["cxrkit", "synth", "-e", engine, str(work / "backgrounds" / "train"), "--source",
              "luna16", "--luna16-dir", str(luna), "--where",
              where_patients(splits["luna16"]["train"]["patients"]), "-n", str(count),
-             "--seed", str(seed), *extra, "-o", str(out.with_suffix(""))], stdout=out)
+             "--seed", str(seed), *extra, *gain(engine, settings), "-o",
+             str(out.with_suffix(""))], stdout=out)
     return out
 
 
@@ -357,8 +369,8 @@ def synth_test(work: Path, settings: Settings, splits: dict[str, Any], luna: Pat
         run(["cxrkit", "synth", "-e", "blend", str(work / "backgrounds" / "test"), "--source",
              "luna16", "--luna16-dir", str(luna), "--where",
              where_patients(splits["luna16"]["test"]["patients"]), "-n",
-             str(settings.synth_test_n), "--negatives", "--seed", str(seed + 1000), "-o",
-             str(out.with_suffix(""))], stdout=out)
+             str(settings.synth_test_n), "--negatives", "--seed", str(seed + 1000),
+             *gain("blend", settings), "-o", str(out.with_suffix(""))], stdout=out)
     return out
 
 
@@ -413,6 +425,8 @@ def train_command(work: Path, settings: Settings, arm: Arm, seed: int, nih: Path
                 str(max(50, settings.steps // 4)), "--seed", str(seed), "--device",
                 settings.device,
                 "-o", str(out)]
+    if arm.engine is not None and settings.crop_px:  # the real arm has no masks to cut around
+        command += ["--crop-px", str(settings.crop_px)]
     if any(out.glob("**/checkpoint-*/trainer_state.json")):
         command += ["--resume", "latest"]
     return command
@@ -556,7 +570,9 @@ def markdown(table: dict[str, Any]) -> str:
     lines = [
         "# Detector augmentation table reproduced", "",
         f"Detector: `--arch {s['arch']}` at {s['image_px']} px, {s['steps']} steps of batch "
-        f"{s['batch_size']} per arm. Real test: {nih['test']['images']} NIH radiographs of "
+        f"{s['batch_size']} per arm (synthetic arms on {s.get('crop_px') or 'whole'}-px windows, "
+        f"the real arm on whole images; blend gain {s.get('intensity_scale')}). "
+        f"Real test: {nih['test']['images']} NIH radiographs of "
         f"{nih['test']['patients']} held-out patients, {nih['test']['nodule_images']} with "
         f"'Nodule' (training: {nih['train']['images']} images, {nih['train']['nodule_images']} "
         f"with 'Nodule'). Synthetic test: blend nodules of {len(luna['test']['patients'])} "
@@ -663,8 +679,8 @@ def html_report(table: dict[str, Any], png: bytes) -> str:
             f"--report: ROC/FROC, gallery, breakdown)</h2><ul>{links}</ul></body></html>\n")
 
 
-FIXED = ("image_px", "background_px", "steps", "batch_size", "lr", "warmup_steps",
-         "lr_schedule", "weight_decay", "arch", "val_fraction",
+FIXED = ("image_px", "background_px", "crop_px", "intensity_scale", "steps", "batch_size", "lr",
+         "warmup_steps", "lr_schedule", "weight_decay", "arch", "val_fraction",
          "synth_test_n", "test_fraction", "test_positive_fraction", "luna_test_fraction",
          "max_test_backgrounds", "bootstrap")
 """Settings a work folder is bound to (its finished steps were made with them); the K, engines
@@ -713,7 +729,8 @@ def settings_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         if unknown or not engines:
             parser.error(f"--engines: use {', '.join(ENGINES)}")
         changes["engines"] = engines
-    for name in ("image_px", "background_px", "steps", "batch_size", "lr", "arch",
+    for name in ("image_px", "background_px", "crop_px", "intensity_scale", "steps",
+                 "batch_size", "lr", "arch",
                  "synth_test_n", "bootstrap", "device", "test_fraction",
                  "test_positive_fraction", "luna_test_fraction"):
         if getattr(args, name) is not None:
@@ -748,7 +765,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--luna-test-fraction", type=float, default=None,
                         help="share of the LUNA16 patients held out (default 0.3)")
     parser.add_argument("--image-px", type=int, default=None,
-                        help="train-detect --image-px of every arm (default 256; quick 64)")
+                        help="train-detect --image-px of every arm (default 512; quick 64)")
+    parser.add_argument("--crop-px", type=int, default=None,
+                        help="train-detect --crop-px of the synthetic arms (default 128; quick "
+                             "32; 0: whole images); the real arm has no masks and trains on "
+                             "whole images")
+    parser.add_argument("--intensity-scale", type=float, default=None,
+                        help="synth -e blend --intensity-scale of the training and test nodules "
+                             "(default 0.45; synth's own estimate for the NIH PNGs is about "
+                             "0.15, at which most nodules are fainter than the ribs)")
     parser.add_argument("--background-px", type=int, default=None,
                         help="side of the resized backgrounds synth draws into (default 512; "
                              "quick 128)")
@@ -815,7 +840,7 @@ def main(argv: list[str] | None = None) -> int:
         negatives = train_negatives(work)
         for engine in settings.engines:
             pool = synth_pool(work, engine, math.ceil(kmax / backgrounds), splits, args.luna16,
-                              split_seed, args.diffusion_model)
+                              split_seed, args.diffusion_model, settings)
             for arm in arms:
                 if arm.engine == engine:
                     records[arm.name] = [arm_records(work, engine, arm.k, pool), negatives]

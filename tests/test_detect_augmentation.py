@@ -112,6 +112,8 @@ def test_every_arm_gets_the_same_budget(recipe: ModuleType, tmp_path: Path) -> N
 
     assert options(real) == options(blend)
     assert options(real)["--steps"] == str(s.steps) and "--resume" not in real
+    # windows need masks: the synthetic arms train on them, the real arm on whole images
+    assert blend[blend.index("--crop-px") + 1] == str(s.crop_px) and "--crop-px" not in real
     (tmp_path / "a" / "checkpoint-50").mkdir(parents=True)
     (tmp_path / "a" / "checkpoint-50" / "trainer_state.json").write_text("{}")
     again = recipe.train_command(tmp_path, s, recipe.Arm(None, 0), 0, nih, [], tmp_path / "a")
@@ -124,7 +126,8 @@ def test_train_and_test_nodules_come_from_disjoint_patients(
     monkeypatch.setattr(recipe, "run", lambda command, **_: seen.append(command) or "")
     splits = {"luna16": {"train": {"patients": ["LIDC-IDRI-0001", "LIDC-IDRI-0002"]},
                          "test": {"patients": ["LIDC-IDRI-0003"]}}}
-    recipe.synth_pool(tmp_path, "diffusion", 3, splits, tmp_path / "luna", 0, tmp_path / "dit")
+    recipe.synth_pool(tmp_path, "diffusion", 3, splits, tmp_path / "luna", 0, tmp_path / "dit",
+                      recipe.Settings())
     recipe.synth_test(tmp_path, recipe.Settings(), splits, tmp_path / "luna", 0)
     pool, test = seen
 
@@ -136,6 +139,9 @@ def test_train_and_test_nodules_come_from_disjoint_patients(
     assert value(test, "-e") == "blend" and "--negatives" in test
     assert value(pool, "--seed") != value(test, "--seed")
     assert "0003" not in value(pool, "--where") and "0001" not in value(test, "--where")
+    # the blend test nodules get the recipe's display gain; the diffusion engine has none
+    assert value(test, "--intensity-scale") == str(recipe.Settings().intensity_scale)
+    assert "--intensity-scale" not in pool
 
 
 def test_a_larger_pool_serves_smaller_k(recipe: ModuleType, tmp_path: Path,
@@ -147,9 +153,10 @@ def test_a_larger_pool_serves_smaller_k(recipe: ModuleType, tmp_path: Path,
     splits = {"luna16": {"train": {"patients": ["LIDC-IDRI-0001"]}}}
     (tmp_path / "synth").mkdir()
     (tmp_path / "synth" / "blend-train-n3.jsonl").write_text("")
-    assert recipe.synth_pool(tmp_path, "blend", 2, splits, tmp_path, 0, None).name \
+    s = recipe.Settings()
+    assert recipe.synth_pool(tmp_path, "blend", 2, splits, tmp_path, 0, None, s).name \
         == "blend-train-n3.jsonl" and not seen
-    made = recipe.synth_pool(tmp_path, "blend", 13, splits, tmp_path, 0, None)
+    made = recipe.synth_pool(tmp_path, "blend", 13, splits, tmp_path, 0, None, s)
     assert made.name == "blend-train-n13.jsonl" and seen[0][seen[0].index("-n") + 1] == "13"
 
 
@@ -238,8 +245,9 @@ def test_options_parse_into_settings(recipe: ModuleType) -> None:
                               image_px=None, background_px=None, steps=12, batch_size=None,
                               lr=None, arch=None, synth_test_n=None, bootstrap=None,
                               device=None, test_fraction=None, test_positive_fraction=0.4,
-                              luna_test_fraction=None)
+                              luna_test_fraction=None, crop_px=None, intensity_scale=0.3)
     s = recipe.settings_from(args, parser)
+    assert s.crop_px == recipe.QUICK.crop_px and s.intensity_scale == 0.3
     assert s.ks == (0, 8, 4) and s.engines == ("blend", "diffusion") and s.steps == 12
     assert s.image_px == recipe.QUICK.image_px and s.test_positive_fraction == 0.4
     with pytest.raises(SystemExit):

@@ -406,7 +406,8 @@ def test_train_lora_command_on_synth_records(model_dir: Path, tmp_path: Path) ->
                                  "--ortho-weight", "0.1", "-o", str(out)])
     assert result.exit_code == 0, result.stderr
     run = json.loads((out / "run.json").read_text())
-    assert run["command"].startswith("cxrkit train-lora --model ") and run["joint"] and run["ortho_weight"] == 0.1
+    assert run["command"].startswith("cxrkit train-lora --model ")  # this call's, not pytest's
+    assert run["joint"] and run["ortho_weight"] == 0.1
     counts = run["data"]["adapters"]["calcified"]
     assert counts["train"] + counts["validation"] >= 1
     assert set(counts["train_by_source"]) <= {"parametric/blend", "other/blend"}
