@@ -388,8 +388,12 @@ def train(
     result.phase_losses = {p.name: [] for p in phases}
     began = time.monotonic()
     model.train()
+    end = config.steps
+    if config.stop_at_step and start >= config.stop_at_step and start < config.steps:
+        end = start  # resumed at (or past) the quota: no step; the model is the checkpoint's
+        result.stopped = f"step {config.stop_at_step}"
     with _StopSignals() as signals:
-        for step in range(start, config.steps):
+        for step in range(start, end):
             warm = config.lr_factor(step)
             micro_batches = []  # this step's micro-batches, seen by every phase
             for _ in range(config.grad_accum):

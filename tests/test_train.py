@@ -124,6 +124,11 @@ def test_a_time_limit_or_sigterm_stops_cleanly_and_resume_finishes_the_run(
     assert (quota.stopped, quota.steps_done) == ("step 4", 4)
     np.testing.assert_allclose(quota.losses, whole.losses[:4], rtol=1e-6)
     assert not run_finished(tmp_path / "quota")
+    again = train(_tiny(), diffusion_loss, ToyPairs(), config(tmp_path / "quota", stop_at_step=4,
+                                                              resume="latest"), save_model=save)
+    assert (again.stopped, again.steps_done, again.losses) == ("step 4", 4, [])  # no step past
+    for name, value in _weights(quota.model).items():
+        torch.testing.assert_close(_weights(again.model)[name], value, atol=0, rtol=0)
     rest = train(_tiny(), diffusion_loss, ToyPairs(), config(tmp_path / "quota", resume="latest"))
     assert (rest.stopped, rest.steps_done) == (None, 6)
     for name, value in _weights(whole.model).items():
