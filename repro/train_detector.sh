@@ -15,7 +15,12 @@
 #      without a nodule);
 #   3. train-detect on 128-px windows of the 512-px square (--crop-px 128: positives around
 #      their nodule, negatives half at other nodules' sites), patients split 85/15, whole-image
-#      validation (run.json: auc, iou, dice, auc_<characteristic> on held-out patients);
+#      validation (run.json: auc, iou, dice, auc_<characteristic> on held-out patients), in two
+#      stages: (a) every nodule at the three gains, the first 1000 steps of a 5000-step cosine
+#      schedule at lr 1e-3 (--stop-at-step 1000); (b) from (a), nodules of 8 mm or more only
+#      (LUNA16 --where 'diameter_mm>=8', gains 0.6 and 0.45: most smaller nodules do not show
+#      on a radiograph, and as positives they teach noise) plus each background once as a
+#      negative, 2000 steps at lr 5e-4 (the same --seed, so the same patients are held out);
 #   4. checks, `cxrkit detect | cxrkit eval`: the held-out patients' synthetic records
 #      (check-synth-eval.json), and real radiographs (check-real-eval.json): every NIH
 #      radiograph labelled "Nodule" (never trained on) against the nodule-free radiographs of
@@ -34,8 +39,9 @@ cd "$(dirname "$0")/.."
 WORK="${1:-detector-work}"
 NIH="${2:-../shared/data/nih-cxr14}"
 LUNA="${3:-../shared/data/luna16-nodules}"
-STEPS="${STEPS:-5000}"
+STEPS="${STEPS:-2000}"
 GAINS="${GAINS:-0.6 0.45 0.3}"
+GAINS8="${GAINS8:-0.6 0.45}"
 CROP="${CROP:-128}"
 N_SYNTH="${N_SYNTH:-4}"
 TIME_LIMIT="${TIME_LIMIT:-0}"
@@ -75,13 +81,43 @@ for gain in $GAINS; do
   records+=(--records "$out")
   first=0
 done
-if ! finished "$WORK/detector"; then
+if [[ ! -f "$WORK/stage1/run.json" ]] || ! grep -q '"stopped": "step 1000"' "$WORK/stage1/run.json"; then
   # shellcheck disable=SC2046
   "${CXRKIT[@]}" train-detect "${records[@]}" --arch "$ARCH" --crop-px "$CROP" \
-      --steps "$STEPS" --batch-size 16 --lr 1e-3 --warmup-steps 100 --lr-schedule cosine \
-      --weight-decay 0.05 --ema 0.999 --checkpoint-every 250 --validate-every 1000 \
-      --val-max 96 --val-fraction 0.15 --seed 0 --time-limit "$TIME_LIMIT" \
-      $(resume "$WORK/detector") -o "$WORK/detector" \
+      --steps 5000 --stop-at-step 1000 --batch-size 16 --lr 1e-3 --warmup-steps 100 \
+      --lr-schedule cosine --weight-decay 0.05 --ema 0.999 --checkpoint-every 250 \
+      --validate-every 1000 --val-max 96 --val-fraction 0.15 --seed 0 \
+      --time-limit "$TIME_LIMIT" $(resume "$WORK/stage1") -o "$WORK/stage1" \
+      || [[ $? -eq 3 ]]  # 3: stopped at step 1000 (by design) or at the time limit
+fi
+grep -q '"stopped": "step 1000"' "$WORK/stage1/run.json" \
+  || { echo "repro/train_detector.sh: stage 1 stopped early; rerun to resume" >&2; exit 3; }
+visible=()
+for gain in $GAINS8; do
+  out="$WORK/synth8-$gain.jsonl"
+  if [[ ! -s "$out" ]]; then
+    # shellcheck disable=SC2046
+    "${CXRKIT[@]}" synth -e blend $(cat "$WORK/backgrounds.txt") --source luna16 \
+        --luna16-dir "$LUNA" --where 'diameter_mm>=8' -n "$N_SYNTH" --intensity-scale "$gain" \
+        --seed "$(awk "BEGIN{s=\"$gain\"; sub(/^0\./, \"\", s); print s + 100}")" --keep-going \
+        -o "$WORK/synth8-$gain/" > "$out.part" || [[ $? -eq 3 ]]
+    mv "$out.part" "$out"
+  fi
+  visible+=(--records "$out")
+done
+if [[ ! -s "$WORK/negatives.jsonl" ]]; then
+  # shellcheck disable=SC2046
+  "${CXRKIT[@]}" synth -e blend $(cat "$WORK/backgrounds.txt") --negatives -n 0 \
+      -o "$WORK/negatives/" > "$WORK/negatives.jsonl.part"
+  mv "$WORK/negatives.jsonl.part" "$WORK/negatives.jsonl"
+fi
+if ! finished "$WORK/detector"; then
+  # shellcheck disable=SC2046
+  "${CXRKIT[@]}" train-detect --init "$WORK/stage1" "${visible[@]}" \
+      --records "$WORK/negatives.jsonl" --crop-px "$CROP" --steps "$STEPS" --batch-size 16 \
+      --lr 5e-4 --warmup-steps 50 --lr-schedule cosine --weight-decay 0.05 --ema 0.999 \
+      --checkpoint-every 250 --validate-every 500 --val-max 128 --val-fraction 0.15 --seed 0 \
+      --time-limit "$TIME_LIMIT" $(resume "$WORK/detector") -o "$WORK/detector" \
       || [[ $? -eq 3 ]]  # 3: stopped at the time limit; rerun to continue
 fi
 finished "$WORK/detector" || { echo "repro/train_detector.sh: stopped early; rerun to resume" >&2; exit 3; }
@@ -94,7 +130,7 @@ from cxrkit.data.nih import read_labels
 from cxrkit.detector.data import record_patient
 work, nih = Path(sys.argv[1]), Path(sys.argv[2])
 held = set(json.loads((work / "detector" / "run.json").read_text())["data"]["validation_patients"])
-for f in sorted(work.glob("synth-*.jsonl")):
+for f in sorted(work.glob("synth*.jsonl")):
     for line in f.read_text().splitlines():
         if line.strip() and record_patient(json.loads(line)) in held:
             print(line)
