@@ -9,6 +9,7 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -282,13 +283,18 @@ def test_presence_is_the_top_k_mask_logits() -> None:
 
 # ---- learning -------------------------------------------------------------------------------
 
-def test_the_loss_falls_and_heldout_auc_beats_chance(blobs: tuple[Path, list[dict]],
-                                                     tmp_path: Path) -> None:
+def _train_blobs(records: list[dict], tmp_path: Path, crop: int | None = None) -> Any:
+    """60 steps of the tiny detector on the blob set, 30 % of the patients held out."""
     config = TrainConfig(output_dir=str(tmp_path / "m"), steps=60, batch_size=8, lr=2e-3,
                          warmup_steps=5, ema_decay=0.0, checkpoint_every=0, validate_every=0,
                          device="cpu")
-    result = train_detect(TINY, config, items_from_records(blobs[1]),
-                          held_out=HeldOut(fraction=0.3))
+    return train_detect(TINY, config, items_from_records(records),
+                        held_out=HeldOut(fraction=0.3), crop=crop)
+
+
+def test_the_loss_falls_and_heldout_auc_beats_chance(blobs: tuple[Path, list[dict]],
+                                                     tmp_path: Path) -> None:
+    result = _train_blobs(blobs[1], tmp_path)
     first, last = np.mean(result.losses[:5]), np.mean(result.losses[-5:])
     assert last < 0.8 * first
     m = result.metrics
@@ -304,11 +310,7 @@ def test_the_loss_falls_and_heldout_auc_beats_chance(blobs: tuple[Path, list[dic
 
 def test_windows_train_a_whole_image_detector(blobs: tuple[Path, list[dict]],
                                               tmp_path: Path) -> None:
-    config = TrainConfig(output_dir=str(tmp_path / "m"), steps=60, batch_size=8, lr=2e-3,
-                         warmup_steps=5, ema_decay=0.0, checkpoint_every=0, validate_every=0,
-                         device="cpu")
-    result = train_detect(TINY, config, items_from_records(blobs[1]),
-                          held_out=HeldOut(fraction=0.3), crop=32)
+    result = _train_blobs(blobs[1], tmp_path, crop=32)
     assert result.metrics["auc"] >= 0.8  # measured on whole held-out images; chance 0.5
     run = json.loads((tmp_path / "m" / "run.json").read_text())
     assert run["crop_px"] == 32 and "windows" in run["data"]["sampling"]
