@@ -20,7 +20,10 @@
 #      schedule at lr 1e-3 (--stop-at-step 1000); (b) from (a), nodules of 8 mm or more only
 #      (LUNA16 --where 'diameter_mm>=8', gains 0.6 and 0.45: most smaller nodules do not show
 #      on a radiograph, and as positives they teach noise) plus each background once as a
-#      negative, 2000 steps at lr 5e-4 (the same --seed, so the same patients are held out);
+#      negative, on 256-px windows (batch 8: a negative window covers a quarter of the chest,
+#      so the top-k presence meets, and learns to silence, the most nodule-like spot of a larger
+#      region; stage (a)'s model fired over the whole lung fields of real radiographs), 2000
+#      steps at lr 5e-4 (the same --seed, so the same patients are held out);
 #   4. checks, `cxrkit detect | cxrkit eval`: the held-out patients' synthetic records
 #      (check-synth-eval.json), and real radiographs (check-real-eval.json): every NIH
 #      radiograph labelled "Nodule" (never trained on) against the nodule-free radiographs of
@@ -114,7 +117,7 @@ fi
 if ! finished "$WORK/detector"; then
   # shellcheck disable=SC2046
   "${CXRKIT[@]}" train-detect --init "$WORK/stage1" "${visible[@]}" \
-      --records "$WORK/negatives.jsonl" --crop-px "$CROP" --steps "$STEPS" --batch-size 16 \
+      --records "$WORK/negatives.jsonl" --crop-px 256 --steps "$STEPS" --batch-size 8 \
       --lr 5e-4 --warmup-steps 50 --lr-schedule cosine --weight-decay 0.05 --ema 0.999 \
       --checkpoint-every 250 --validate-every 500 --val-max 128 --val-fraction 0.15 --seed 0 \
       --time-limit "$TIME_LIMIT" $(resume "$WORK/detector") -o "$WORK/detector" \
