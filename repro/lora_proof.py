@@ -128,7 +128,7 @@ def finished(folder: Path) -> bool:
     return run.is_file() and json.loads(run.read_text()).get("stopped") is None
 
 
-def train_adapters(args: argparse.Namespace, records: Path) -> None:
+def train_adapters(args: argparse.Namespace, records: Path, *, joint: bool = True) -> None:
     param = args.param
     if args.quick:  # a few records, so each smoke run loads quickly
         param = args.work / "param-quick.jsonl"
@@ -144,7 +144,7 @@ def train_adapters(args: argparse.Namespace, records: Path) -> None:
         if not finished(out):
             resume = ["--resume", "latest"] if (out / "checkpoints").is_dir() else []
             cxrkit("train-lora", *common, "-c", c, *resume, "-o", str(out))
-    for a, b in PAIRS:
+    for a, b in PAIRS if joint else ():
         out = args.work / "adapters" / f"joint-{a}+{b}"
         if not finished(out):
             resume = ["--resume", "latest"] if (out / "checkpoints").is_dir() else []
@@ -268,6 +268,7 @@ def attribute_classifier(args: argparse.Namespace, real: list[list[dict[str, Any
         AttributeJudge,
         attribute_inputs,
         attribute_labels,
+        classifier_network,
         cross_validate,
         held_out_summary,
         youden_thresholds,
@@ -298,9 +299,28 @@ def attribute_classifier(args: argparse.Namespace, real: list[list[dict[str, Any
     x = attribute_inputs(patches, masks)
     steps = 30 if args.quick else args.classifier_steps
     folds = 2 if args.quick else 5
-    log(f"attribute classifier: {len(x)} real nodules of {len(set(groups))} patients, "
-        f"{folds} folds of {steps} steps")
-    prob, nets = cross_validate(x, y, groups, folds=folds, steps=steps, seed=0)
+    saved, saved_info = args.work / "classifier.safetensors", args.work / "classifier.json"
+    settings = {"folds": folds, "steps": steps, "nodules": len(x)}
+    if saved.is_file() and saved_info.is_file() and \
+            json.loads(saved_info.read_text()).get("settings") == settings:
+        stored = load_file(saved)
+        prob = stored.pop("oof_probabilities").double().numpy()
+        nets = []
+        for k in range(folds):
+            net = classifier_network(torch.Generator().manual_seed(0), x.shape[1])
+            net.load_state_dict({key.split(".", 1)[1]: v for key, v in stored.items()
+                                 if key.startswith(f"fold{k}.")})
+            nets.append(net.eval())
+        log(f"attribute classifier: {folds} fold models from {saved}")
+    else:
+        log(f"attribute classifier: {len(x)} real nodules of {len(set(groups))} patients, "
+            f"{folds} folds of {steps} steps")
+        prob, nets = cross_validate(x, y, groups, folds=folds, steps=steps, seed=0)
+        tensors = {f"fold{k}.{key}": v.contiguous() for k, net in enumerate(nets)
+                   for key, v in net.state_dict().items()}
+        tensors["oof_probabilities"] = torch.from_numpy(prob)
+        save_file(tensors, str(saved))
+        saved_info.write_text(json.dumps({"settings": settings}) + "\n")
     thresholds = youden_thresholds(prob, y)
     summary = held_out_summary(prob, y, thresholds, groups, seed=0,
                                n_boot=100 if args.quick else 1000)
@@ -391,6 +411,7 @@ def study(args: argparse.Namespace, judge: Any, masks_file: Path,
     from cxrkit.synthdit.adapters import alpha_map
     from cxrkit.synthdit.data import support
     from cxrkit.synthdit.lora_training import CHARACTERISTICS
+    from cxrkit.synthdit.realism import nodule_contrast
 
     model = load_model(args)
     backbone = sha(args.model / "diffusion_pytorch_model.safetensors")
@@ -401,8 +422,28 @@ def study(args: argparse.Namespace, judge: Any, masks_file: Path,
     background, masks = background[:n], masks[:n]
     log(f"painting {n} nodules per run")
 
+    cache = args.work / "painted"
+    cache.mkdir(exist_ok=True)
+    masks_sha = sha(masks_file)
+
     def paint(adapters: list[tuple[Path, float]]) -> Any:
-        return paint_all(model, backbone, background, masks, adapters, seed=7, steps=None)
+        """The painted windows (cached in ``painted/`` by the adapters' hashes and weights)."""
+        from safetensors import safe_open
+        from safetensors.torch import load_file, save_file
+
+        key = {"model": backbone, "masks": masks_sha, "nodules": n, "seed": 7,
+               "adapters": [[sha(p), w] for p, w in adapters]}
+        name = "base" if not adapters else "+".join(f"{p.parent.name}.{p.stem}:{w:.4g}"
+                                                    for p, w in adapters)
+        path = cache / f"{name}.safetensors"
+        if path.is_file():
+            with safe_open(str(path), "pt") as f:
+                if (f.metadata() or {}).get("key") == json.dumps(key):
+                    return load_file(path)["painted"]
+        painted = paint_all(model, backbone, background, masks, adapters, seed=7, steps=None)
+        save_file({"painted": painted.contiguous()}, str(path),
+                  metadata={"key": json.dumps(key)})
+        return painted
 
     def trait(name: str) -> tuple[str, int]:
         c = CHARACTERISTICS[name]
@@ -427,7 +468,7 @@ def study(args: argparse.Namespace, judge: Any, masks_file: Path,
         log(f"controllability {name}: base {row['base_rate']:.2f} study {row['study_rate']:.2f} "
             f"shipped {row['shipped_rate']:.2f}")
     composition: dict[str, Any] = {}
-    for a, b in PAIRS:
+    for a, b in PAIRS if merges else ():
         ta, tb = trait(a), trait(b)
         both_base = judge.found(base, masks, ta) & judge.found(base, masks, tb)
         row = {"traits": [f"{ta[0]}=={ta[1]}", f"{tb[0]}=={tb[1]}"], "nodules": n,
@@ -458,12 +499,20 @@ def study(args: argparse.Namespace, judge: Any, masks_file: Path,
     means = []
     for level in range(1, 6):
         weight = amap(float(level)) / alpha_train
-        values = cnr(paint([(path, weight)]))
+        painted = paint([(path, weight)])
+        values = cnr(painted)
         means.append(float(np.nanmean(values)))
         subtlety[str(level)] = {"weight": weight, "cnr_mean": means[-1],
                                 "cnr_median": float(np.nanmedian(values)),
+                                "contrast_mean": float(np.nanmean(nodule_contrast(painted, masks))),
                                 "nodules": int(np.isfinite(values).sum())}
         log(f"subtlety {level}: weight {weight:.3f} CNR mean {means[-1]:.3f}")
+    sweep = {}  # the slider's direction itself, at weights beyond its alpha map's range
+    for weight in (0.0, 0.5, 1.0, 2.0, 3.0):
+        painted = base if weight == 0 else paint([(path, weight)])
+        sweep[f"{weight:g}"] = {"cnr_mean": float(np.nanmean(cnr(painted))),
+                                "contrast_mean": float(np.nanmean(nodule_contrast(painted,
+                                                                                   masks)))}
     return {
         "generation": {"masks": str(masks_file), "nodules": n, "seed": 7,
                        "sampler_steps": s.default_steps, "sampler": s.default_sampler,
@@ -476,9 +525,12 @@ def study(args: argparse.Namespace, judge: Any, masks_file: Path,
         "subtlety": {"adapter": str(path), "alpha_train": alpha_train,
                      "alpha_map": str(meta.get("alpha_map") or "22+s"),
                      "levels": subtlety, "base_cnr_mean": float(np.nanmean(base_cnr)),
+                     "weight_sweep": sweep,
                      "monotonic": bool(all(x < y for x, y in itertools.pairwise(means))),
                      "definition": "CNR = |mean(nodule) - mean(5 mm ring)| / std(ring) "
-                                   "(cxrkit.realism.nodule_cnr) on the model's window"},
+                                   "(cxrkit.realism.nodule_cnr) on the model's window; "
+                                   "contrast = mean(nodule) - mean(2-6 px ring), display units "
+                                   "(cxrkit.synthdit.realism.nodule_contrast)"},
     }
 
 
@@ -523,11 +575,16 @@ def markdown(r: dict[str, Any]) -> str:
     lines += ["", "interference: mean over layers of ‖ΔW₁ΔW₂ᵀ‖_F / (‖ΔW₁‖_F‖ΔW₂‖_F).", "",
               f"Subtlety slider (shipped adapter, weight α(s)/α_train, α(s) = "
               f"{sub['alpha_map']}): nodule CNR; without adapter {sub['base_cnr_mean']:.3f}", "",
-              "| s | weight | CNR mean | CNR median |", "|---|---|---|---|"]
+              "| s | weight | CNR mean | CNR median | contrast mean |", "|---|---|---|---|---|"]
     for level, e in sub["levels"].items():
         lines.append(f"| {level} | {e['weight']:.3f} | {e['cnr_mean']:.3f} | "
-                     f"{e['cnr_median']:.3f} |")
-    lines += ["", f"Monotonic rise with s: {'yes' if sub['monotonic'] else 'no'}", ""]
+                     f"{e['cnr_median']:.3f} | {e['contrast_mean']:.4f} |")
+    lines += ["", f"Monotonic rise with s: {'yes' if sub['monotonic'] else 'no'}", "",
+              "The slider's direction at other weights (outside its α map):", "",
+              "| weight | CNR mean | contrast mean |", "|---|---|---|"]
+    for weight, e in sub["weight_sweep"].items():
+        lines.append(f"| {weight} | {e['cnr_mean']:.3f} | {e['contrast_mean']:.4f} |")
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -546,8 +603,10 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=200, help="train-lora steps")
     parser.add_argument("--ortho-weight", type=float, default=0.01)
     parser.add_argument("--split-seed", type=int, default=21)
-    parser.add_argument("--classifier-steps", type=int, default=500)
-    parser.add_argument("--stop-after", choices=("train",), default=None)
+    parser.add_argument("--classifier-steps", type=int, default=400)
+    parser.add_argument("--stop-after", choices=("train", "singles"), default=None,
+                        help="train: only train the adapters; singles: everything that needs "
+                             "no jointly trained adapter (painted windows are cached)")
     parser.add_argument("--quick", action="store_true", help="a smoke run")
     args = parser.parse_args()
     if args.quick:
@@ -570,7 +629,8 @@ def main() -> int:
         "patients")
 
     # 2. the study adapters
-    train_adapters(args, adapter_records)
+    joint = args.stop_after != "singles"
+    train_adapters(args, adapter_records, joint=joint)
     if args.stop_after == "train":
         return 0
 
@@ -578,12 +638,15 @@ def main() -> int:
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     # 3. merges
-    merges = make_merges(args)
+    merges = make_merges(args) if joint else {}
     # 4. the attribute classifier
     judge, classifier = attribute_classifier(args, real, set(split["classifier"]))
     # 5./6. generation and measures
     masks_file = generation_masks(args)
     result = study(args, judge, masks_file, merges)
+    if not joint:
+        log("--stop-after singles: no composition; the painted windows are cached")
+        return 0
     result = {"cxrkit_version": version(), "command": " ".join(sys.argv),
               "model": {"path": str(args.model), "sha256": sha(args.model /
                                                               "diffusion_pytorch_model.safetensors")},

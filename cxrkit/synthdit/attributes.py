@@ -35,13 +35,13 @@ ATTRIBUTES = ("calcified", "border_irregular", "inhomogeneous")
 """The judged traits (keys of a nodule's characteristics, 1 = present)."""
 
 DEFINITION = (
-    "attribute classifier: a 3-stage CNN (16-32-64 channels) on the model's nodule windows "
-    "(inputs: the nodule's residual over the smooth fill of its surroundings and the fine "
-    "texture, both over the texture's SD outside the mask), one logit per attribute "
-    "(calcified, border_irregular, inhomogeneous), BCE with positive weights neg/pos, random "
-    "flips and 90° turns; held-out AUC out of fold (k folds split by patient); a trait is found "
-    "when the fold models' mean probability reaches the attribute's Youden threshold on the "
-    "out-of-fold probabilities")
+    "attribute classifier: a 3-stage CNN (16-32-64 channels) on the central 40 px (30 mm) of "
+    "the model's nodule windows (inputs: the nodule's residual over the smooth fill of its "
+    "surroundings and the fine texture, both over the texture's SD outside the mask), one "
+    "logit per attribute (calcified, border_irregular, inhomogeneous), BCE with positive "
+    "weights neg/pos, batch 32, Adam 1e-3, random flips and 90° turns; held-out AUC out of "
+    "fold (k folds split by patient); a trait is found when the fold models' mean probability "
+    "reaches the attribute's Youden threshold on the out-of-fold probabilities")
 
 
 def attribute_labels(characteristics: Sequence[Mapping[str, Any]]) -> np.ndarray:
@@ -55,18 +55,30 @@ def attribute_labels(characteristics: Sequence[Mapping[str, Any]]) -> np.ndarray
     return out
 
 
-def attribute_inputs(patches: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """``(N, 2, h, w)`` classifier inputs of ``(N, 1, h, w)`` patches and masks (module
-    docstring)."""
+CROP_PX = 40
+"""The classifier sees the central ``CROP_PX`` pixels of each window (30 mm at the model's
+0.75 mm): the nodule and its border; the normalisation uses the whole window."""
+
+
+def attribute_inputs(patches: torch.Tensor, masks: torch.Tensor, *,
+                     crop_px: int = CROP_PX) -> torch.Tensor:
+    """``(N, 2, c, c)`` classifier inputs of ``(N, 1, h, w)`` patches and masks (module
+    docstring), ``c = min(crop_px, h, w)`` central pixels."""
     from cxrkit.synthdit.realism import _inputs
 
     if patches.shape != masks.shape or patches.ndim != 4 or patches.shape[1] != 1:
         raise InputError(f"patches {tuple(patches.shape)} and masks {tuple(masks.shape)} must "
                          "both be (N, 1, h, w)")
-    return _inputs(patches, masks)[:, :2].contiguous()
+    x = _inputs(patches, masks)[:, :2]
+    h, w = x.shape[-2:]
+    ch, cw = min(crop_px, h), min(crop_px, w)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return x[..., top:top + ch, left:left + cw].contiguous()
 
 
-def _network(generator: torch.Generator, channels: int = 2) -> nn.Module:
+def classifier_network(generator: torch.Generator, channels: int = 2) -> nn.Module:
+    """The untrained CNN (weights drawn from ``generator``): inputs ``(N, channels, c, c)``,
+    one logit per :data:`ATTRIBUTES` entry."""
     layers: list[nn.Module] = []
     for width in (16, 32, 64):
         layers += [nn.Conv2d(channels, width, 3, padding=1), nn.GELU(),
@@ -83,7 +95,7 @@ def _network(generator: torch.Generator, channels: int = 2) -> nn.Module:
     return net
 
 
-def train_classifier(x: torch.Tensor, y: np.ndarray, *, steps: int = 500, batch_size: int = 64,
+def train_classifier(x: torch.Tensor, y: np.ndarray, *, steps: int = 400, batch_size: int = 32,
                      lr: float = 1e-3, seed: int = 0) -> nn.Module:
     """Train one classifier on inputs ``x`` (:func:`attribute_inputs`) and labels ``y``
     (:func:`attribute_labels`; NaN entries are left out of the loss).
@@ -104,7 +116,7 @@ def train_classifier(x: torch.Tensor, y: np.ndarray, *, steps: int = 500, batch_
     target = torch.from_numpy(np.nan_to_num(y)).float()
     valid = torch.from_numpy(known).float()
     gen = torch.Generator().manual_seed(seed)
-    net = _network(gen, x.shape[1])
+    net = classifier_network(gen, x.shape[1])
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     for _ in range(steps):
         idx = torch.randint(len(x), (min(batch_size, len(x)),), generator=gen)
@@ -142,7 +154,7 @@ def fold_of(groups: Sequence[Hashable], folds: int, seed: int) -> np.ndarray:
 
 
 def cross_validate(x: torch.Tensor, y: np.ndarray, groups: Sequence[Hashable], *,
-                   folds: int = 5, steps: int = 500, seed: int = 0
+                   folds: int = 5, steps: int = 400, seed: int = 0
                    ) -> tuple[np.ndarray, list[nn.Module]]:
     """Out-of-fold probabilities ``(N, len(ATTRIBUTES))`` (folds split by ``groups``: a patient
     is never in its own model's training set) and the fold models.
