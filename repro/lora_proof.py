@@ -208,11 +208,16 @@ def interference(args: argparse.Namespace) -> dict[str, Any]:
         joint_ = [rows["b_joint_orth"][k].cross_normalised for k in layers]
         cos_sep = [abs(rows["a_separate"][k].cosine) for k in layers]
         cos_joint = [abs(rows["b_joint_orth"][k].cosine) for k in layers]
+        ov_sep = [rows["a_separate"][k].overlap for k in layers]
+        ov_joint = [rows["b_joint_orth"][k].overlap for k in layers]
         out[f"{a}+{b}"] = {
             "layers": len(layers),
             "cross_normalised_mean": {"a_separate": mean(sep), "b_joint_orth": mean(joint_)},
             "cross_normalised_max": {"a_separate": max(sep), "b_joint_orth": max(joint_)},
             "abs_cosine_mean": {"a_separate": mean(cos_sep), "b_joint_orth": mean(cos_joint)},
+            # the A row spaces' overlap: train-lora seeds adapter i's A with seed·1000 + i, so
+            # separately trained adapters (each i = 0) start from the same A
+            "row_space_overlap_mean": {"a_separate": mean(ov_sep), "b_joint_orth": mean(ov_joint)},
             "layers_b_below_a": int(sum(j < s for s, j in zip(sep, joint_, strict=True))),
             "per_layer": {k: {"a_separate": s_, "b_joint_orth": j_}
                           for k, s_, j_ in zip(layers, sep, joint_, strict=True)},
@@ -449,24 +454,43 @@ def study(args: argparse.Namespace, judge: Any, masks_file: Path,
         c = CHARACTERISTICS[name]
         return c.label, int(c.value)
 
+    inside = support(masks)
+
+    def pixels(painted: Any) -> dict[str, float]:
+        """Classifier-free measures of the painted nodules (means over them): contrast against
+        the surroundings, SD and maximum inside the mask (display units)."""
+        return {"contrast": float(np.nanmean(nodule_contrast(painted, masks))),
+                "inside_sd": mean([float(painted[i][inside[i]].std())
+                                   for i in range(len(painted))]),
+                "inside_max": mean([float(painted[i][inside[i]].max())
+                                    for i in range(len(painted))])}
+
     base = paint([])
     base_prob = judge.probabilities(base, masks)
     shipped_dir = ROOT / "cxrkit/models/synthdit/adapters"
     control: dict[str, Any] = {}
+    sheet = [("none", base)]
     for name in SINGLES:
         t = trait(name)
+        j = ("calcified", "border_irregular", "inhomogeneous").index(t[0])
         row: dict[str, Any] = {"trait": f"{t[0]}=={t[1]}", "nodules": n,
-                               "base_rate": rate(judge.found(base, masks, t))}
+                               "base_rate": rate(judge.found(base, masks, t)),
+                               "base_mean_probability": float(base_prob[:, j].mean()),
+                               "base_pixels": pixels(base)}
         for key, path in (("study", adapter_file(args, name)),
                           ("shipped", shipped_dir / f"{name}.safetensors")):
             painted = paint([(path, 1.0)])
             row[f"{key}_rate"] = rate(judge.found(painted, masks, t))
-            j = ("calcified", "border_irregular", "inhomogeneous").index(t[0])
             row[f"{key}_mean_probability"] = float(judge.probabilities(painted, masks)[:, j].mean())
-            row["base_mean_probability"] = float(base_prob[:, j].mean())
+            row[f"{key}_pixels"] = pixels(painted)
+            if key == "study":
+                sheet.append((name[:14], painted))
         control[name] = row
         log(f"controllability {name}: base {row['base_rate']:.2f} study {row['study_rate']:.2f} "
             f"shipped {row['shipped_rate']:.2f}")
+    from cxrkit.synthdit.realism import contact_sheet
+
+    contact_sheet(sheet, masks, args.work / "contact_sheet.png", count=12)
     composition: dict[str, Any] = {}
     for a, b in PAIRS if merges else ():
         ta, tb = trait(a), trait(b)
@@ -486,7 +510,6 @@ def study(args: argparse.Namespace, judge: Any, masks_file: Path,
     meta = dict(load_adapter(path).meta)
     alpha_train = float(meta.get("alpha_train", 25.0))
     amap = alpha_map(str(meta.get("alpha_map") or "22+s"))
-    inside = support(masks)
 
     def cnr(painted: Any) -> list[float]:
         values = []
@@ -555,24 +578,39 @@ def markdown(r: dict[str, Any]) -> str:
     g = r["generation"]
     lines += ["", f"Controllability ({g['nodules']} generated nodules per run, same masks, "
               "backgrounds and seeds): rate at which the classifier finds the intended trait", "",
-              "| adapter | trait | without | study adapter | shipped adapter* |",
-              "|---|---|---|---|---|"]
+              "| adapter | trait | without | study adapter | shipped adapter* | mean P(trait) "
+              "without → study | contrast without → study | SD inside without → study |",
+              "|---|---|---|---|---|---|---|---|"]
     for name, row in r["controllability"].items():
+        b, st = row["base_pixels"], row["study_pixels"]
+        p0, p1 = row["base_mean_probability"], row["study_mean_probability"]
+        if row["trait"].endswith("==0"):
+            p0, p1 = 1 - p0, 1 - p1
         lines.append(f"| {name} | {row['trait']} | {pct(row['base_rate'])} | "
-                     f"{pct(row['study_rate'])} | {pct(row['shipped_rate'])} |")
-    lines += ["", "*the shipped adapters trained on every LUNA16 patient, the classifier's too.",
+                     f"{pct(row['study_rate'])} | {pct(row['shipped_rate'])} | "
+                     f"{p0:.3f} → {p1:.3f} | {b['contrast']:.4f} → {st['contrast']:.4f} | "
+                     f"{b['inside_sd']:.4f} → {st['inside_sd']:.4f} |")
+    lines += ["", "*the shipped adapters trained on every LUNA16 patient, the classifier's too. "
+              "Contrast: mean(nodule) − mean(2–6 px ring); SD inside: the painted pixels' SD "
+              "(display units, means over the nodules).",
               "", "Composition: rate at which both traits are found", "",
               "| pair | without | (a) separate, linear | (b) joint L_orth, linear | "
-              "(c) separate, DO merge | interference (a) → (b) |", "|---|---|---|---|---|---|"]
+              "(c) separate, DO merge | interference (a) → (b) | A overlap (a) → (b) |",
+              "|---|---|---|---|---|---|---|"]
     for pair, row in r["composition"].items():
         i = r["interference"][pair]["cross_normalised_mean"]
+        o = r["interference"][pair]["row_space_overlap_mean"]
         lines.append(f"| {pair} | {pct(row['base_both'])} | "
                      f"{pct(row['a_separate_linear']['both'])} | "
                      f"{pct(row['b_joint_orth_linear']['both'])} | "
                      f"{pct(row['c_separate_do']['both'])} | "
-                     f"{i['a_separate']:.3f} → {i['b_joint_orth']:.3f} |")
+                     f"{i['a_separate']:.3f} → {i['b_joint_orth']:.3f} | "
+                     f"{o['a_separate']:.2f} → {o['b_joint_orth']:.2f} |")
     sub = r["subtlety"]
-    lines += ["", "interference: mean over layers of ‖ΔW₁ΔW₂ᵀ‖_F / (‖ΔW₁‖_F‖ΔW₂‖_F).", "",
+    lines += ["", "interference: mean over layers of ‖ΔW₁ΔW₂ᵀ‖_F / (‖ΔW₁‖_F‖ΔW₂‖_F); A overlap: "
+              "‖Q₁ᵀQ₂‖²_F / r of the A row spaces (1 = the same subspace). train-lora seeds "
+              "adapter i's A with seed·1000 + i, so separately trained adapters share their "
+              "initial A and jointly trained ones do not: (a) → (b) mixes L_orth with that.", "",
               f"Subtlety slider (shipped adapter, weight α(s)/α_train, α(s) = "
               f"{sub['alpha_map']}): nodule CNR; without adapter {sub['base_cnr_mean']:.3f}", "",
               "| s | weight | CNR mean | CNR median | contrast mean |", "|---|---|---|---|---|"]
