@@ -1,7 +1,44 @@
 #!/usr/bin/env python
 """Do the characteristic adapters steer the synthesis DiT? (issue #21's proof)
 
-RESULTS_PLACEHOLDER
+Measured (2026-12-07, the shipped synthesis DiT, this 2-core CPU shared at load 5-8, one
+thread; ``proof.json``/``proof.md`` in the work folder). Patients: 81 LUNA16 patients for the
+study adapters (635 real blend records + 1144 parametric), 79 for the classifier (1017 real
+projected nodules), none in both.
+
+Attribute classifier, held-out AUC (out of fold, 5 folds by patient; 95 % CI over patients):
+calcified 0.59 (0.47-0.69; 68 nodules of 9 patients), border_irregular 0.66 (0.56-0.77),
+inhomogeneous 0.54 (0.47-0.61). Only the border beats chance clearly; a side check (not in
+this recipe) with hand-made features (contrast, inside SD, core-periphery, mask perimeter) and
+logistic regression gave 0.66 / 0.68 / 0.55, so the ceiling is how little of the LIDC traits
+survives projection into a radiograph at 0.75 mm, not the CNN. The controllability rates below
+are therefore weak evidence either way.
+
+Controllability, 64 nodules per run (same masks, backgrounds and noise), rate of the intended
+trait without -> study adapter (shipped adapter, which saw the classifier's patients too):
+calcified 0 % -> 0 % (0 %); border_regular 59 % -> 56 % (58 %); border_irregular 41 % -> 38 %
+(39 %); texture_homogeneous 30 % -> 33 % (27 %); texture_inhomogeneous 70 % -> 78 % (77 %).
+Target (>= 80 % and well above the base): not met by any adapter. Classifier-free: every
+adapter but texture_homogeneous *lowers* the painted nodule's contrast (0.0174 -> 0.0106
+calcified, 0.0128 border_irregular, 0.0114 texture_inhomogeneous; display units), the inside
+SD moves by < 3 %; the contact sheet shows no visible trait.
+
+Composition (both traits found): calcified pairs 0 % for every method (the judge never finds
+calcification); border_irregular + texture_homogeneous: base 19 %, (a) separate + linear 16 %,
+(b) joint with L_orth (lambda 0.01) + linear 16 %, (c) separate + DO merge 16 %: target ((b) or
+(c) above (a)) not met. Interference, mean over the 36 layers of the normalised cross term:
+(a) 0.42-0.46 -> (b) 0.001 on every pair and every layer (36/36 below) -- but the A row spaces
+overlap 0.93-0.94 in (a) and 0.01 in (b): train-lora seeds adapter i's A with seed*1000 + i, so
+separately trained adapters start from the same A; this study did not train the lambda = 0
+joint control that would separate L_orth's share from the initialisation's.
+
+Subtlety (shipped slider, weight alpha(s)/alpha_train = (22 + s)/25 = 0.92..1.08): nodule CNR
+0.447, 0.444, 0.441, 0.438, 0.436 for s = 1..5 (base 0.518): monotonic, but *falling*; the
+alpha map spans only +-8 % of the adapter, and the adapter's direction lowers contrast
+(weight 0, 0.5, 1, 2, 3: CNR 0.518, 0.473, 0.441, 0.380, 0.352). Target not met.
+
+Cost: the 8 train-lora runs 4-17 min each here (about 1 h wall under load; 0.7 s/step alone),
+classifier 5 x 400 steps about 4 min CPU, painting about 10-80 s per run of 64 nodules.
 
 Steps (each writes into ``--work`` and is skipped when its output is there, so a rerun goes on):
 
@@ -18,19 +55,20 @@ Steps (each writes into ``--work`` and is skipped when its output is there, so a
 3. **Merges** (``cxrkit merge-lora``) of each pair: (a) the separately trained adapters, linear;
    (b) the jointly trained ones, linear; (c) the separately trained ones, orthogonalised (``do``);
    and the interference report of (a)'s and (b)'s sources.
-4. **Attribute classifier** (:mod:`cxrkit.synthdit.attributes`): a small CNN on the model's
-   64 px windows (0.75 mm) of the classifier patients' real projected nodules (every ``--real``
-   file), multi-label (calcified, border irregular, texture inhomogeneous); its own held-out AUC
-   per attribute by patient-grouped cross-validation, then one classifier on all of them, with a
-   threshold per attribute at the rate of the training positives' median score... see
-   :func:`cxrkit.synthdit.attributes.fit_thresholds`.
+4. **Attribute classifier** (:mod:`cxrkit.synthdit.attributes`): a small CNN on the central
+   40 px of the model's 64 px windows (0.75 mm) of the classifier patients' real projected
+   nodules (every ``--real`` file), multi-label (calcified, border irregular, texture
+   inhomogeneous); its own held-out AUC per attribute by patient-grouped cross-validation
+   (5 folds); the judge is the mean of the 5 fold models with a Youden threshold per attribute
+   on the out-of-fold probabilities (:func:`cxrkit.synthdit.attributes.youden_thresholds`).
 5. **Generation.** ``--nodules`` parametric nodule masks (``cxrkit synth -e blend --source
-   parametric`` on radiographs of ``--images``: sphere, ellipsoid, lobulated and spiculated
-   shapes, solid, no calcification, 8–20 mm; a seed of their own) are painted by the model
-   (the sampler ``synth -e diffusion`` runs: :func:`cxrkit.synthdit.inpaint_patches` on the
-   model's window, here batched) without an adapter, with each study adapter, with each merge,
-   and with the shipped subtlety slider at s = 1..5; every run uses the same masks, backgrounds
-   and noise seed.
+   parametric`` on the radiographs of the background patients the model and the adapters held
+   out: sphere, ellipsoid, lobulated and spiculated shapes, solid, no calcification, 8–20 mm;
+   seed 5) are painted by the model (the sampler ``synth -e diffusion`` runs:
+   :func:`cxrkit.synthdit.inpaint_patches` on the model's window, here batched) without an
+   adapter, with each study adapter and each shipped one, with each merge, and with the shipped
+   subtlety slider at s = 1..5 (and at weights 0.5..3); every run uses the same masks,
+   backgrounds and noise seed.
 6. **Measures.** Controllability: the classifier's rate of the intended trait (a polarity ``0``
    adapter's trait is the attribute's absence) with and without the adapter. Composition: the
    rate at which both traits are found, per method. Subtlety: the nodule's CNR
@@ -635,8 +673,6 @@ def main() -> int:
                              "train on the first file's)")
     parser.add_argument("--param", type=Path, required=True,
                         help="parametric blend records the adapters also train on")
-    parser.add_argument("--images", default="../shared/data/nih-cxr14/images/",
-                        help="radiographs for the generation masks (a folder or glob)")
     parser.add_argument("--nodules", type=int, default=64, help="generated nodules per run")
     parser.add_argument("--steps", type=int, default=200, help="train-lora steps")
     parser.add_argument("--ortho-weight", type=float, default=0.01)
