@@ -183,11 +183,13 @@ def train_adapters(args: argparse.Namespace, records: Path, *, joint: bool = Tru
             resume = ["--resume", "latest"] if (out / "checkpoints").is_dir() else []
             cxrkit("train-lora", *common, "-c", c, *resume, "-o", str(out))
     for a, b in PAIRS if joint else ():
-        out = args.work / "adapters" / f"joint-{a}+{b}"
-        if not finished(out):
-            resume = ["--resume", "latest"] if (out / "checkpoints").is_dir() else []
-            cxrkit("train-lora", *common, "-c", a, "-c", b, "--ortho-weight",
-                   str(args.ortho_weight), *resume, "-o", str(out))
+        runs = [("joint", args.ortho_weight)] + ([("joint0", 0.0)] if args.ortho_control else [])
+        for prefix, weight in runs:  # joint0: the lambda = 0 control of the same pair
+            out = args.work / "adapters" / f"{prefix}-{a}+{b}"
+            if not finished(out):
+                resume = ["--resume", "latest"] if (out / "checkpoints").is_dir() else []
+                cxrkit("train-lora", *common, "-c", a, "-c", b, "--ortho-weight", str(weight),
+                       *resume, "-o", str(out))
 
 
 def version() -> str:
@@ -202,9 +204,9 @@ def sha(path: Path) -> str:
     return file_sha256(path)
 
 
-def adapter_file(args: argparse.Namespace, name: str, joint: tuple[str, str] | None = None
-                 ) -> Path:
-    folder = f"joint-{joint[0]}+{joint[1]}" if joint else name
+def adapter_file(args: argparse.Namespace, name: str, joint: tuple[str, str] | None = None,
+                 prefix: str = "joint") -> Path:
+    folder = f"{prefix}-{joint[0]}+{joint[1]}" if joint else name
     return args.work / "adapters" / folder / f"{name}.safetensors"
 
 
@@ -237,9 +239,12 @@ def interference(args: argparse.Namespace) -> dict[str, Any]:
     out = {}
     for a, b in PAIRS:
         rows = {}
-        for key, joint in (("a_separate", None), ("b_joint_orth", (a, b))):
-            report = interference_report([load_adapter(adapter_file(args, a, joint)),
-                                          load_adapter(adapter_file(args, b, joint))], [a, b])
+        for key, joint, prefix in (("a_separate", None, ""), ("b_joint_orth", (a, b), "joint"),
+                                   ("b0_joint_no_orth", (a, b), "joint0")):
+            files = [adapter_file(args, c, joint, prefix) for c in (a, b)]
+            if not all(f.is_file() for f in files):
+                continue  # the lambda = 0 control is trained with --ortho-control only
+            report = interference_report([load_adapter(f) for f in files], [a, b])
             rows[key] = {r.layer: r for r in report.pairs}
         layers = sorted(rows["a_separate"])
         sep = [rows["a_separate"][k].cross_normalised for k in layers]
@@ -257,6 +262,17 @@ def interference(args: argparse.Namespace) -> dict[str, Any]:
             # separately trained adapters (each i = 0) start from the same A
             "row_space_overlap_mean": {"a_separate": mean(ov_sep), "b_joint_orth": mean(ov_joint)},
             "layers_b_below_a": int(sum(j < s for s, j in zip(sep, joint_, strict=True))),
+            **({"b0_joint_no_orth": {
+                "cross_normalised_mean": mean([rows["b0_joint_no_orth"][k].cross_normalised
+                                               for k in layers]),
+                "abs_cosine_mean": mean([abs(rows["b0_joint_no_orth"][k].cosine)
+                                         for k in layers]),
+                "row_space_overlap_mean": mean([rows["b0_joint_no_orth"][k].overlap
+                                                for k in layers]),
+                "layers_b_below_b0": int(sum(
+                    rows["b_joint_orth"][k].cross_normalised
+                    < rows["b0_joint_no_orth"][k].cross_normalised for k in layers))}}
+               if "b0_joint_no_orth" in rows else {}),
             "per_layer": {k: {"a_separate": s_, "b_joint_orth": j_}
                           for k, s_, j_ in zip(layers, sep, joint_, strict=True)},
         }
@@ -644,6 +660,13 @@ def markdown(r: dict[str, Any]) -> str:
                      f"{pct(row['c_separate_do']['both'])} | "
                      f"{i['a_separate']:.3f} → {i['b_joint_orth']:.3f} | "
                      f"{o['a_separate']:.2f} → {o['b_joint_orth']:.2f} |")
+    controls = {p: v["b0_joint_no_orth"] for p, v in r["interference"].items()
+                if "b0_joint_no_orth" in v}
+    for pair, c0 in controls.items():
+        lines += ["", f"λ = 0 joint control of {pair}: interference "
+                  f"{c0['cross_normalised_mean']:.3f}, A overlap "
+                  f"{c0['row_space_overlap_mean']:.2f}; (b) below it on "
+                  f"{c0['layers_b_below_b0']} of {r['interference'][pair]['layers']} layers."]
     sub = r["subtlety"]
     lines += ["", "interference: mean over layers of ‖ΔW₁ΔW₂ᵀ‖_F / (‖ΔW₁‖_F‖ΔW₂‖_F); A overlap: "
               "‖Q₁ᵀQ₂‖²_F / r of the A row spaces (1 = the same subspace). train-lora seeds "
@@ -677,6 +700,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=200, help="train-lora steps")
     parser.add_argument("--ortho-weight", type=float, default=0.01)
     parser.add_argument("--split-seed", type=int, default=21)
+    parser.add_argument("--ortho-control", action="store_true",
+                        help="also train each pair jointly with lambda = 0 (the control that "
+                             "separates L_orth from the initialisation in the interference)")
     parser.add_argument("--classifier-steps", type=int, default=400)
     parser.add_argument("--stop-after", choices=("train", "singles"), default=None,
                         help="train: only train the adapters; singles: everything that needs "
