@@ -29,16 +29,19 @@ calcification); border_irregular + texture_homogeneous: base 19 %, (a) separate 
 (c) above (a)) not met. Interference, mean over the 36 layers of the normalised cross term:
 (a) 0.42-0.46 -> (b) 0.001 on every pair and every layer (36/36 below) -- but the A row spaces
 overlap 0.93-0.94 in (a) and 0.01 in (b): train-lora seeds adapter i's A with seed*1000 + i, so
-separately trained adapters start from the same A; this study did not train the lambda = 0
-joint control that would separate L_orth's share from the initialisation's.
+separately trained adapters start from the same A. The lambda = 0 joint control
+(``--ortho-control``) separates the two: 0.077-0.096 (A overlap 0.04), so most of the drop is
+the initialisation, and L_orth takes it the rest of the way (0.08-0.10 -> 0.001, below the
+control on 36/36 layers of every pair) -- without changing which traits are painted.
 
 Subtlety (shipped slider, weight alpha(s)/alpha_train = (22 + s)/25 = 0.92..1.08): nodule CNR
 0.447, 0.444, 0.441, 0.438, 0.436 for s = 1..5 (base 0.518): monotonic, but *falling*; the
 alpha map spans only +-8 % of the adapter, and the adapter's direction lowers contrast
 (weight 0, 0.5, 1, 2, 3: CNR 0.518, 0.473, 0.441, 0.380, 0.352). Target not met.
 
-Cost: the 8 train-lora runs 4-17 min each here (about 1 h wall under load; 0.7 s/step alone),
-classifier 5 x 400 steps about 4 min CPU, painting about 10-80 s per run of 64 nodules.
+Cost: the 8 train-lora runs (11 with --ortho-control) 4-17 min each here (about 1 h wall under
+load; 0.7 s/step alone), classifier 5 x 400 steps about 4 min CPU, painting about 10-80 s per
+run of 64 nodules; a rerun with everything cached about 1 min.
 
 Steps (each writes into ``--work`` and is skipped when its output is there, so a rerun goes on):
 
