@@ -330,3 +330,24 @@ def test_zero_start_trains_and_samples_the_first_step_without_noise() -> None:
     assert not np.array_equal(run(0), run(1))
     model.settings = replace(model.settings, zero_start=True)
     assert np.array_equal(run(0), run(1))
+
+
+def test_reference_tone_changes_both_sides_of_a_pair() -> None:
+    from cxrkit.data.images import to_uint16
+    from cxrkit.enhancer import PairData
+
+    y, x = np.mgrid[0:96, 0:96] / 30.0
+    image = to_uint16(0.5 + 0.3 * np.sin(3 * x) * np.cos(2 * y))
+    plain = PairData([image], crop=32, scale=2, preset="bicubic", margin=0)
+    toned = PairData([image], crop=32, scale=2, preset="bicubic", margin=0, reference_tone=1.0)
+    a = plain.pair(0, 32, 32, np.random.default_rng(0))
+    b = toned.pair(0, 32, 32, np.random.default_rng(0))
+    assert np.array_equal(a["hq"][0].numpy(), image[32:64, 32:64] / np.float32(65535))
+    assert (b["hq"] - a["hq"]).abs().mean() > 0.005  # the reference has the new tone
+    for item in (a, b):  # and the LQ is that reference, downsampled: the tone is on both sides
+        assert (bicubic_upsample(item["lq"][0], 2) - item["hq"][0]).abs().mean() < 0.02
+    assert (b["lq"] - a["lq"]).abs().mean() > 0.005
+    never = PairData([image], crop=32, scale=2, preset="bicubic", margin=0, reference_tone=0.0)
+    assert np.array_equal(never.pair(0, 32, 32, np.random.default_rng(0))["hq"], a["hq"])
+    with pytest.raises(InputError):
+        PairData([image], crop=32, reference_tone=1.5)
