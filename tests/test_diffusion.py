@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 from pathlib import Path
@@ -351,3 +352,71 @@ def test_reference_tone_changes_both_sides_of_a_pair() -> None:
     assert np.array_equal(never.pair(0, 32, 32, np.random.default_rng(0))["hq"], a["hq"])
     with pytest.raises(InputError):
         PairData([image], crop=32, reference_tone=1.5)
+
+
+def test_tone_anchor_removes_the_low_frequency_deviation_and_keeps_detail() -> None:
+    from cxrkit.enhancer.inference import anchor_tone
+
+    y, x = torch.meshgrid(torch.arange(128.0), torch.arange(128.0), indexing="ij")
+    up = 0.4 + 0.2 * torch.sin(x / 20)
+    detail = 0.02 * torch.sin(x * 2.5) * torch.sin(y * 2.5)  # period ~2.5 px
+    out = up + 0.06 + detail  # a global brightening plus fine detail
+    anchored = anchor_tone(out, up, 8.0, 1.0)
+    assert (anchored - up - detail).abs().mean() < 0.004  # the offset is gone, the detail kept
+    assert torch.equal(anchor_tone(out, up, 8.0, 0.0), out)
+    half = anchor_tone(out, up, 8.0, 0.5)
+    assert abs(float((half - up - detail).mean()) - 0.03) < 0.003
+
+
+def _textures(count: int, seed: int) -> list[np.ndarray]:
+    from scipy import ndimage
+
+    from cxrkit.data.images import to_uint16
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        field = ndimage.gaussian_filter(rng.standard_normal((128, 128)), rng.uniform(0.7, 2.0))
+        field = 0.5 + 0.15 * field / field.std()
+        out.append(to_uint16(np.clip(field, 0, 1)))
+    return out
+
+
+def test_tone_gate_learns_which_inputs_carry_a_tone_change_and_round_trips(
+        tmp_path: Path) -> None:
+    from scipy import ndimage
+
+    from cxrkit.enhancer import model_sha256
+    from cxrkit.enhancer.model import ToneGate
+    from cxrkit.enhancer.tone import fit_tone_gate
+
+    model = _with_live_encoder(Enhancer.new(CONTEXT, generator=torch.Generator().manual_seed(0)))
+    gated, fit = fit_tone_gate(model, _textures(6, 0), _textures(3, 1), sigma=4.0, samples=160,
+                               held_out_samples=80, seed=0)
+    assert 0.15 < fit.held_out_positive < 0.5
+    assert fit.held_out_accuracy > max(0.9, 1 - fit.held_out_positive + 0.1)  # beats the base
+    assert gated.settings.tone_anchor == 4.0 and gated.unet is model.unet
+    streaky = ndimage.gaussian_filter(_textures(1, 2)[0] / 65535.0, (3, 0.3)).astype(np.float32)
+    assert float(ToneGate.features(torch.from_numpy(streaky)[None, None])[0, 0]) < -0.5
+    model.save_pretrained(tmp_path / "plain")
+    gated.save_pretrained(tmp_path / "gated")
+    assert (tmp_path / "gated" / "context" / "tone_gate.safetensors").is_file()
+    assert model_sha256(tmp_path / "gated") != model_sha256(tmp_path / "plain")
+    loaded = Enhancer.from_pretrained(tmp_path / "gated")
+    assert loaded.tone_gate is not None and loaded.settings.tone_anchor == 4.0
+    assert torch.equal(loaded.tone_gate.linear.weight, gated.tone_gate.linear.weight)
+    lq = _textures(1, 3)[0][:64, :64] / np.float32(65535)
+    gen = functools.partial(torch.Generator().manual_seed, 0)
+    raw = enhance(loaded, lq, generator=gen(), tone_anchor=False)
+    assert np.array_equal(raw, enhance(Enhancer.from_pretrained(tmp_path / "plain"), lq,
+                                       generator=gen()))
+    loaded.tone_gate.linear.bias.data.fill_(-50.0)  # the gate sees no tone change: anchor fully
+    anchored = enhance(loaded, lq, generator=gen())
+    up = bicubic_enhance(lq, 2)
+
+    def low(a: np.ndarray) -> float:
+        return float(np.abs(ndimage.gaussian_filter(a - up, 4.0)).mean())
+
+    assert low(anchored) < 0.5 * low(raw)
+    loaded.tone_gate.linear.bias.data.fill_(50.0)  # a tone change to undo: the raw output
+    assert np.array_equal(enhance(loaded, lq, generator=gen()), raw)

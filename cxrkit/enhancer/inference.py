@@ -16,6 +16,20 @@ from cxrkit.diffusion.sampling import make_scheduler, sample
 from cxrkit.enhancer.model import Enhancer
 from cxrkit.errors import InputError
 
+
+def anchor_tone(out: torch.Tensor, up: torch.Tensor, sigma: float, weight: float
+                ) -> torch.Tensor:
+    """``out - weight·G_σ(out - up)``: the output with ``weight`` of its low-frequency deviation
+    from the upsampled input removed (``G_σ``: Gaussian low-pass, σ in pixels, reflecting
+    borders); ``(H, W)`` tensors."""
+    if weight <= 0 or sigma <= 0:
+        return out
+    from scipy import ndimage
+
+    low = ndimage.gaussian_filter((out - up).double().numpy(), sigma, mode="reflect")
+    return out - weight * torch.from_numpy(low).to(out.dtype)
+
+
 BLACK_LEVEL = 1e-3
 """Default of :func:`enhance`'s ``keep_black``: input at or below this (display range [0, 1],
 about a quarter of an 8-bit step) counts as black."""
@@ -24,7 +38,7 @@ about a quarter of an 8-bit step) counts as black."""
 def enhance(model: Enhancer, lq: np.ndarray, *, sampler: str | None = None,
             steps: int | None = None, generator: torch.Generator, tile: int | None = 1024,
             overlap: int = 128, tile_batch: int = 4,
-            keep_black: float | None = BLACK_LEVEL) -> np.ndarray:
+            keep_black: float | None = BLACK_LEVEL, tone_anchor: bool = True) -> np.ndarray:
     """Restore (×1) or super-resolve (×2) one radiograph with the diffusion enhancer.
 
     Black stays black: where the bicubic-upsampled input is at most ``keep_black`` over a whole
@@ -45,6 +59,11 @@ def enhance(model: Enhancer, lq: np.ndarray, *, sampler: str | None = None,
         overlap: tile overlap in output pixels.
         tile_batch: tiles per model call.
         keep_black: the black level of the rule above (default :data:`BLACK_LEVEL`); None: off.
+        tone_anchor: with a model that has a tone gate (``settings.tone_anchor`` > 0), keep the
+            input's tone unless the gate sees a tone change to undo: the output's deviation from
+            ``up`` low-passed by a Gaussian of σ ``settings.tone_anchor`` output pixels is
+            subtracted, weighted by ``1 - p`` (``p``: the gate's probability of a tone change).
+            False: the raw model output.
 
     Returns:
         ``(h·scale, w·scale)`` float32 in [0, 1].
@@ -78,6 +97,11 @@ def enhance(model: Enhancer, lq: np.ndarray, *, sampler: str | None = None,
                           tile=tile, overlap=overlap, tile_batch=tile_batch,
                           zero_start=settings.zero_start)
     out = up + residual[0, 0, :H, :W].cpu() / settings.residual_scale
+    if tone_anchor and model.tone_gate is not None:
+        with torch.inference_mode():
+            keep = float(model.tone_gate(torch.from_numpy(np.ascontiguousarray(
+                lq, np.float32))[None, None])[0])
+        out = anchor_tone(out, up, settings.tone_anchor, 1.0 - keep)
     if keep_black is not None:
         black = F.max_pool2d(up[None, None], 3, stride=1, padding=1)[0, 0] <= keep_black
         out = torch.where(black, up, out)
