@@ -5,8 +5,10 @@ Loads MODEL (an enhancer with a degradation encoder), draws degraded views of it
 held-out radiographs (the patient split in its ``run.json``; ``--preset broad`` with reference
 tone changes, as ``train-enhance --preset broad --reference-tone`` trains), fits the logistic
 :class:`cxrkit.enhancer.model.ToneGate` on the frozen encoder's embeddings
-(:func:`cxrkit.enhancer.tone.fit_tone_gate`), and writes MODEL with the gate to OUT: the same
-UNet and encoder weights, ``enhancer.json`` with ``tone_anchor`` = ``--sigma``, and ``run.json``
+(:func:`cxrkit.enhancer.tone.fit_tone_gate`), fits the share of the model's high-frequency
+residual kept where the anchor applies (least squares on views without a tone change), and writes
+MODEL with the gate to OUT: the same UNet and encoder weights, ``enhancer.json`` with
+``tone_anchor`` = ``--sigma`` and the fitted ``anchor_detail``, and ``run.json``
 extended by a ``tone_gate`` record (this command, its options, the accuracies). ~2 min on one
 CPU thread.
 
@@ -45,6 +47,9 @@ def main() -> None:
     parser.add_argument("--reference-tone", type=float, default=0.3)
     parser.add_argument("--samples", type=int, default=600, help="views of training images")
     parser.add_argument("--held-out-samples", type=int, default=200)
+    parser.add_argument("--calibration-samples", type=int, default=60,
+                        help="views without a tone change that fit the anchored detail share "
+                             "(and as many held-out ones that measure it); 0: keep it at 1")
     parser.add_argument("--max-images", type=int, default=60,
                         help="training images read (the first, by name)")
     parser.add_argument("--seed", type=int, default=0)
@@ -63,7 +68,8 @@ def main() -> None:
         model, load_images([args.images / n for n in train_names]),
         load_images([args.images / n for n in held_names]), sigma=args.sigma,
         preset=args.preset, reference_tone=args.reference_tone, samples=args.samples,
-        held_out_samples=args.held_out_samples, seed=args.seed)
+        held_out_samples=args.held_out_samples, seed=args.seed,
+        calibration_samples=args.calibration_samples)
     tmp = args.out.with_name(args.out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     gated.save_pretrained(tmp, dtype=args.dtype)

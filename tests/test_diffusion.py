@@ -420,3 +420,20 @@ def test_tone_gate_learns_which_inputs_carry_a_tone_change_and_round_trips(
     assert low(anchored) < 0.5 * low(raw)
     loaded.tone_gate.linear.bias.data.fill_(50.0)  # a tone change to undo: the raw output
     assert np.array_equal(enhance(loaded, lq, generator=gen()), raw)
+
+
+def test_detail_calibration_is_the_least_squares_share_of_the_residual() -> None:
+    from cxrkit.enhancer.tone import _plain_views, calibrate_detail, fit_tone_gate
+
+    model = _with_live_encoder(Enhancer.new(CONTEXT, generator=torch.Generator().manual_seed(0)))
+    views = _plain_views(_textures(3, 4), 4, scale=2, side=128, preset="broad",
+                         reference_tone=0.3, pixel_mm=0.35, generator=np.random.default_rng(0))
+    assert len(views) == 4 and all(lq.shape == (64, 64) for _, lq in views)
+    alpha, errors = calibrate_detail(model, views, sigma=4.0)
+    assert 0.0 <= alpha <= 1.0
+    base, full, fitted = (sum(col) for col in zip(*errors, strict=True))
+    assert fitted <= min(base, full) + 1e-9  # the fitted share beats keeping none or all of it
+    gated, fit = fit_tone_gate(model, _textures(4, 0), _textures(2, 1), sigma=4.0, samples=60,
+                               held_out_samples=20, calibration_samples=3, seed=1)
+    assert gated.settings.anchor_detail == fit.detail and 0.0 <= fit.detail <= 1.0
+    assert set(fit.held_out_gain_db) == {"fitted", "full"}

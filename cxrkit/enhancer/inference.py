@@ -17,17 +17,20 @@ from cxrkit.enhancer.model import Enhancer
 from cxrkit.errors import InputError
 
 
-def anchor_tone(out: torch.Tensor, up: torch.Tensor, sigma: float, weight: float
-                ) -> torch.Tensor:
-    """``out - weight·G_σ(out - up)``: the output with ``weight`` of its low-frequency deviation
-    from the upsampled input removed (``G_σ``: Gaussian low-pass, σ in pixels, reflecting
-    borders); ``(H, W)`` tensors."""
+def anchor_tone(out: torch.Tensor, up: torch.Tensor, sigma: float, weight: float,
+                detail: float = 1.0) -> torch.Tensor:
+    """The output with ``weight`` of its low-frequency deviation from the upsampled input removed
+    and the rest of that deviation scaled by ``detail`` there:
+    ``out - weight·(G_σ(r) + (1 - detail)·(r - G_σ(r)))`` with ``r = out - up`` (``G_σ``: Gaussian
+    low-pass, σ in pixels, reflecting borders); ``(H, W)`` tensors."""
     if weight <= 0 or sigma <= 0:
         return out
     from scipy import ndimage
 
-    low = ndimage.gaussian_filter((out - up).double().numpy(), sigma, mode="reflect")
-    return out - weight * torch.from_numpy(low).to(out.dtype)
+    residual = (out - up).double().numpy()
+    low = ndimage.gaussian_filter(residual, sigma, mode="reflect")
+    removed = low + (1.0 - detail) * (residual - low)
+    return out - weight * torch.from_numpy(removed).to(out.dtype)
 
 
 BLACK_LEVEL = 1e-3
@@ -62,8 +65,9 @@ def enhance(model: Enhancer, lq: np.ndarray, *, sampler: str | None = None,
         tone_anchor: with a model that has a tone gate (``settings.tone_anchor`` > 0), keep the
             input's tone unless the gate sees a tone change to undo: the output's deviation from
             ``up`` low-passed by a Gaussian of σ ``settings.tone_anchor`` output pixels is
-            subtracted, weighted by ``1 - p`` (``p``: the gate's probability of a tone change).
-            False: the raw model output.
+            subtracted, weighted by ``1 - p`` (``p``: the gate's probability of a tone change),
+            and the rest of the residual is scaled by ``settings.anchor_detail`` to the same
+            weight. False: the raw model output.
 
     Returns:
         ``(h·scale, w·scale)`` float32 in [0, 1].
@@ -101,7 +105,7 @@ def enhance(model: Enhancer, lq: np.ndarray, *, sampler: str | None = None,
         with torch.inference_mode():
             keep = float(model.tone_gate(torch.from_numpy(np.ascontiguousarray(
                 lq, np.float32))[None, None])[0])
-        out = anchor_tone(out, up, settings.tone_anchor, 1.0 - keep)
+        out = anchor_tone(out, up, settings.tone_anchor, 1.0 - keep, settings.anchor_detail)
     if keep_black is not None:
         black = F.max_pool2d(up[None, None], 3, stride=1, padding=1)[0, 0] <= keep_black
         out = torch.where(black, up, out)

@@ -85,6 +85,10 @@ class EnhancerSettings:
             output's deviation from the bicubic input below that scale is removed, weighted by
             ``1 - p`` where ``p`` is the :class:`ToneGate`'s probability that the input shows a
             tone change to undo; 0: no anchor (and no gate).
+        anchor_detail: ``α`` in [0, 1], the share of the model's remaining (high-frequency)
+            residual kept where the tone anchor applies, fitted by least squares on degradations
+            without a tone change (:func:`cxrkit.enhancer.tone.calibrate_detail`): a residual
+            the model cannot predict well on such inputs is shrunk towards bicubic. 1: kept.
     """
 
     scale: int = 2
@@ -101,6 +105,7 @@ class EnhancerSettings:
     trained_steps: int = 0
     zero_start: bool = False
     tone_anchor: float = 0.0
+    anchor_detail: float = 1.0
     kind: str = field(default=ENHANCER_KIND)
 
     def __post_init__(self) -> None:
@@ -116,6 +121,8 @@ class EnhancerSettings:
                              f"got {self.context_crop}")
         if self.tone_anchor < 0:
             raise InputError(f"the tone anchor's σ must be ≥ 0, got {self.tone_anchor}")
+        if not 0 <= self.anchor_detail <= 1:
+            raise InputError(f"anchor_detail must be in [0, 1], got {self.anchor_detail}")
 
     @property
     def multiple(self) -> int:
@@ -145,10 +152,10 @@ class Enhancer(UNetDenoiser):
         self.context = context
         self.tone_gate = tone_gate
 
-    def with_tone_gate(self, gate: ToneGate, sigma: float) -> Enhancer:
-        """This enhancer (sharing its modules) with ``gate`` and a tone anchor of σ ``sigma``
-        output pixels (see :attr:`EnhancerSettings.tone_anchor`)."""
-        settings = replace(self.settings, tone_anchor=float(sigma))
+    def with_tone_gate(self, gate: ToneGate, sigma: float, detail: float = 1.0) -> Enhancer:
+        """This enhancer (sharing its modules) with ``gate``, a tone anchor of σ ``sigma``
+        output pixels and detail share ``detail`` (see :class:`EnhancerSettings`)."""
+        settings = replace(self.settings, tone_anchor=float(sigma), anchor_detail=float(detail))
         return Enhancer(self.unet, self.scheduler_config, settings, self.context,
                         gate.to(self.device, self.dtype))
 

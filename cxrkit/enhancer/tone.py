@@ -11,12 +11,19 @@ logistic regression on the directional blur signature of whole LQ views
 (The degradation encoder's embedding was tried first: fitted the same way it told ``drr-like``
 from the rest no better than the base rate, 0.67 held-out accuracy against 0.70, while the
 signature's 9 numbers reach 1.00.)
+
+Where the anchor applies, the model's remaining residual is kept in the share ``α``
+(:attr:`EnhancerSettings.anchor_detail`) that fits such pairs best by least squares
+(:func:`calibrate_detail`): a residual that does not help on inputs without a tone change is
+shrunk towards bicubic rather than trusted.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -38,12 +45,18 @@ class GateFit:
             (probability > 0.5), on the fitting views and on views of held-out images.
         held_out_positive: share of held-out views that carry a tone change to undo.
         samples: views drawn per image set (fitting, held out).
+        detail: the fitted :attr:`EnhancerSettings.anchor_detail` (1.0 when not calibrated).
+        held_out_gain_db: on held-out views without a tone change, the PSNR gain over bicubic
+            (of the pooled MSE) of the anchored output with ``detail`` and with 1.0; empty when
+            not calibrated.
     """
 
     train_accuracy: float
     held_out_accuracy: float
     held_out_positive: float
     samples: tuple[int, int]
+    detail: float = 1.0
+    held_out_gain_db: dict[str, float] = field(default_factory=dict)
 
 
 def tone_views(images: Sequence[np.ndarray], count: int, *, scale: int, side: int, preset: str,
@@ -78,11 +91,70 @@ def tone_views(images: Sequence[np.ndarray], count: int, *, scale: int, side: in
     return torch.stack(features), torch.tensor(labels)
 
 
+def _plain_views(images: Sequence[np.ndarray], count: int, *, scale: int, side: int, preset: str,
+                 reference_tone: float, pixel_mm: float, generator: np.random.Generator,
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``count`` (reference, LQ) views whose degradation has no tone change (as
+    :func:`tone_views` draws them, those with a tone change skipped)."""
+    from cxrkit.degrade import degrade
+
+    views: list[tuple[np.ndarray, np.ndarray]] = []
+    for _ in range(100 * count):
+        if len(views) == count:
+            break
+        image = images[int(generator.integers(len(images)))]
+        H, W = image.shape
+        k = min(side - side % scale, H - H % scale, W - W % scale)
+        y, x = int(generator.integers(0, H - k + 1)), int(generator.integers(0, W - k + 1))
+        region = image[y : y + k, x : x + k].astype(np.float32) / np.float32(65535)
+        if reference_tone and generator.random() < reference_tone:
+            region = retone(region, generator)
+        result = degrade(region, preset, scale=scale, pixel_mm=pixel_mm, generator=generator)
+        if not any(step["name"] in TONE_STEPS for step in result.params):
+            views.append((region, result.image))
+    return views
+
+
+def calibrate_detail(model: Enhancer, views: Sequence[tuple[np.ndarray, np.ndarray]], *,
+                     sigma: float) -> tuple[float, list[tuple[float, float, float]]]:
+    """The least-squares share ``α`` in [0, 1] of the model's high-frequency residual on
+    ``views`` (reference, LQ) whose tone is to be kept.
+
+    With ``r = out - up`` (the raw model output minus bicubic) and ``h = r - G_σ(r)``, the
+    anchored output is ``up + α·h``; ``α = <t, h> / <h, h>`` (``t`` = reference − ``up``, over
+    every view's pixels) minimises its squared error, clipped to [0, 1].
+
+    Returns:
+        ``α`` and, per view, the squared errors summed over pixels of bicubic, of the anchored
+        output with ``α`` = 1 and with the fitted ``α`` (in that order).
+    """
+    from scipy import ndimage
+
+    from cxrkit.enhancer.inference import enhance
+    from cxrkit.enhancer.model import bicubic_enhance
+
+    parts = []
+    for i, (reference, lq) in enumerate(views):
+        out = enhance(model, lq, generator=torch.Generator().manual_seed(i), tone_anchor=False,
+                      keep_black=None).astype(np.float64)
+        up = bicubic_enhance(lq, model.settings.scale).astype(np.float64)
+        r = out - up
+        h = r - ndimage.gaussian_filter(r, sigma, mode="reflect")
+        t = reference.astype(np.float64)[: up.shape[0], : up.shape[1]] - up
+        parts.append((t, h))
+    num = sum(float((t * h).sum()) for t, h in parts)
+    den = sum(float((h * h).sum()) for _, h in parts)
+    alpha = float(np.clip(num / den, 0.0, 1.0)) if den > 0 else 0.0
+    errors = [(float((t * t).sum()), float(((t - h) ** 2).sum()),
+               float(((t - alpha * h) ** 2).sum())) for t, h in parts]
+    return alpha, errors
+
+
 def fit_tone_gate(model: Enhancer, train_images: Sequence[np.ndarray],
                   held_out_images: Sequence[np.ndarray], *, sigma: float, preset: str = "broad",
                   reference_tone: float = 0.3, samples: int = 600, held_out_samples: int = 200,
                   pixel_mm: float = 0.35, weight_decay: float = 1e-3, seed: int = 0,
-                  ) -> tuple[Enhancer, GateFit]:
+                  calibration_samples: int = 0) -> tuple[Enhancer, GateFit]:
     """Fit a :class:`ToneGate`; ``model`` with it and a tone anchor.
 
     Args:
@@ -94,6 +166,9 @@ def fit_tone_gate(model: Enhancer, train_images: Sequence[np.ndarray],
         samples, held_out_samples: views drawn from each image set.
         weight_decay: L2 penalty of the logistic regression (on standardised embeddings).
         seed: the only source of randomness.
+        calibration_samples: views without a tone change from ``train_images`` to fit
+            :attr:`EnhancerSettings.anchor_detail` on (:func:`calibrate_detail`), and as many
+            from ``held_out_images`` to measure it; 0: no calibration (``α`` = 1).
 
     Returns:
         The enhancer with the gate (sharing the other modules with ``model``) and the fit's
@@ -139,4 +214,13 @@ def fit_tone_gate(model: Enhancer, train_images: Sequence[np.ndarray],
         train_acc = float(((gate.logit(x) > 0).float() == y).float().mean())
         held_acc = float(((gate.logit(x_val) > 0).float() == y_val).float().mean())
     fit = GateFit(train_acc, held_acc, float(y_val.mean()), (samples, held_out_samples))
-    return model.with_tone_gate(gate, sigma), fit
+    if calibration_samples:
+        plain = functools.partial(_plain_views, count=calibration_samples, scale=settings.scale,
+                                  side=side, preset=preset, reference_tone=reference_tone,
+                                  pixel_mm=pixel_mm, generator=generator)
+        alpha, _ = calibrate_detail(model, plain(train_images), sigma=sigma)
+        _, errors = calibrate_detail(model, plain(held_out_images), sigma=sigma)
+        base, full, fitted = (sum(col) for col in zip(*errors, strict=True))
+        fit = replace(fit, detail=alpha, held_out_gain_db={
+            "fitted": 10 * math.log10(base / fitted), "full": 10 * math.log10(base / full)})
+    return model.with_tone_gate(gate, sigma, fit.detail), fit
