@@ -8,7 +8,7 @@ tone changes, as ``train-enhance --preset broad --reference-tone`` trains), fits
 (:func:`cxrkit.enhancer.tone.fit_tone_gate`), fits the share of the model's high-frequency
 residual kept where the anchor applies (least squares on views without a tone change), and writes
 MODEL with the gate to OUT: the same UNet and encoder weights, ``enhancer.json`` with
-``tone_anchor`` = ``--sigma`` and the fitted ``anchor_detail``, and ``run.json``
+``tone_anchor`` = ``--sigma``, the gate in ``context/tone_gate.safetensors``, and ``run.json``
 extended by a ``tone_gate`` record (this command, its options, the accuracies). ~2 min on one
 CPU thread.
 

@@ -422,18 +422,39 @@ def test_tone_gate_learns_which_inputs_carry_a_tone_change_and_round_trips(
     assert np.array_equal(enhance(loaded, lq, generator=gen()), raw)
 
 
-def test_detail_calibration_is_the_least_squares_share_of_the_residual() -> None:
-    from cxrkit.enhancer.tone import _plain_views, calibrate_detail, fit_tone_gate
+def test_detail_share_is_fitted_per_image_by_least_squares() -> None:
+    from cxrkit.enhancer.model import ToneGate
+    from cxrkit.enhancer.tone import (
+        _plain_views,
+        calibrate_detail,
+        detail_gain_db,
+        detail_terms,
+        fit_tone_gate,
+    )
+
+    # synthetic terms: where feature 0 is high the residual helps (B = C: α = 1 is exact), where
+    # it is low the residual is noise (B = 0: α = 0 is best); the head must learn the switch
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(200, 9, generator=gen)
+    helps = features[:, 0] > 0
+    terms = torch.stack([torch.full((200,), 4.0), torch.where(helps, 2.0, 0.0),
+                         torch.full((200,), 2.0)], 1).double()
+    gate = ToneGate()
+    assert abs(float(gate.share(torch.rand(1, 1, 32, 32))[0]) - 1.0) < 1e-6  # starts: all kept
+    calibrate_detail(gate, features, terms)
+    share = torch.sigmoid(gate.detail_logit(features)).detach()
+    assert float(share[helps].mean()) > 0.85 and float(share[~helps].mean()) < 0.15
+    assert detail_gain_db(share, terms) > max(detail_gain_db(torch.ones(200), terms),
+                                              detail_gain_db(torch.zeros(200), terms))
 
     model = _with_live_encoder(Enhancer.new(CONTEXT, generator=torch.Generator().manual_seed(0)))
     views = _plain_views(_textures(3, 4), 4, scale=2, side=128, preset="broad",
                          reference_tone=0.3, pixel_mm=0.35, generator=np.random.default_rng(0))
     assert len(views) == 4 and all(lq.shape == (64, 64) for _, lq in views)
-    alpha, errors = calibrate_detail(model, views, sigma=4.0)
-    assert 0.0 <= alpha <= 1.0
-    base, full, fitted = (sum(col) for col in zip(*errors, strict=True))
-    assert fitted <= min(base, full) + 1e-9  # the fitted share beats keeping none or all of it
+    feats, real = detail_terms(model, views, sigma=4.0)
+    assert feats.shape == (4, 9) and real.shape == (4, 3) and bool((real[:, 0] > 0).all())
+    assert abs(detail_gain_db(torch.zeros(4), real)) < 1e-9  # α = 0 is bicubic
     gated, fit = fit_tone_gate(model, _textures(4, 0), _textures(2, 1), sigma=4.0, samples=60,
                                held_out_samples=20, calibration_samples=3, seed=1)
-    assert gated.settings.anchor_detail == fit.detail and 0.0 <= fit.detail <= 1.0
     assert set(fit.held_out_gain_db) == {"fitted", "full"}
+    assert gated.tone_gate is not None and not gated.tone_gate.detail.weight.requires_grad

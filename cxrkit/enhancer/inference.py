@@ -66,8 +66,9 @@ def enhance(model: Enhancer, lq: np.ndarray, *, sampler: str | None = None,
             input's tone unless the gate sees a tone change to undo: the output's deviation from
             ``up`` low-passed by a Gaussian of σ ``settings.tone_anchor`` output pixels is
             subtracted, weighted by ``1 - p`` (``p``: the gate's probability of a tone change),
-            and the rest of the residual is scaled by ``settings.anchor_detail`` to the same
-            weight. False: the raw model output.
+            and the rest of the residual is scaled by the gate's detail share (its
+            :meth:`~cxrkit.enhancer.model.ToneGate.share`) to the same weight. False: the raw
+            model output.
 
     Returns:
         ``(h·scale, w·scale)`` float32 in [0, 1].
@@ -103,9 +104,10 @@ def enhance(model: Enhancer, lq: np.ndarray, *, sampler: str | None = None,
     out = up + residual[0, 0, :H, :W].cpu() / settings.residual_scale
     if tone_anchor and model.tone_gate is not None:
         with torch.inference_mode():
-            keep = float(model.tone_gate(torch.from_numpy(np.ascontiguousarray(
-                lq, np.float32))[None, None])[0])
-        out = anchor_tone(out, up, settings.tone_anchor, 1.0 - keep, settings.anchor_detail)
+            image = torch.from_numpy(np.ascontiguousarray(lq, np.float32))[None, None]
+            keep = float(model.tone_gate(image)[0])
+            share = float(model.tone_gate.share(image)[0])
+        out = anchor_tone(out, up, settings.tone_anchor, 1.0 - keep, share)
     if keep_black is not None:
         black = F.max_pool2d(up[None, None], 3, stride=1, padding=1)[0, 0] <= keep_black
         out = torch.where(black, up, out)

@@ -84,11 +84,8 @@ class EnhancerSettings:
         tone_anchor: σ, in output pixels, of the Gaussian low-pass of the tone anchor: the
             output's deviation from the bicubic input below that scale is removed, weighted by
             ``1 - p`` where ``p`` is the :class:`ToneGate`'s probability that the input shows a
-            tone change to undo; 0: no anchor (and no gate).
-        anchor_detail: ``α`` in [0, 1], the share of the model's remaining (high-frequency)
-            residual kept where the tone anchor applies, fitted by least squares on degradations
-            without a tone change (:func:`cxrkit.enhancer.tone.calibrate_detail`): a residual
-            the model cannot predict well on such inputs is shrunk towards bicubic. 1: kept.
+            tone change to undo, and the rest of the residual scaled there by the gate's detail
+            share; 0: no anchor (and no gate).
     """
 
     scale: int = 2
@@ -105,7 +102,6 @@ class EnhancerSettings:
     trained_steps: int = 0
     zero_start: bool = False
     tone_anchor: float = 0.0
-    anchor_detail: float = 1.0
     kind: str = field(default=ENHANCER_KIND)
 
     def __post_init__(self) -> None:
@@ -121,8 +117,6 @@ class EnhancerSettings:
                              f"got {self.context_crop}")
         if self.tone_anchor < 0:
             raise InputError(f"the tone anchor's σ must be ≥ 0, got {self.tone_anchor}")
-        if not 0 <= self.anchor_detail <= 1:
-            raise InputError(f"anchor_detail must be in [0, 1], got {self.anchor_detail}")
 
     @property
     def multiple(self) -> int:
@@ -152,10 +146,10 @@ class Enhancer(UNetDenoiser):
         self.context = context
         self.tone_gate = tone_gate
 
-    def with_tone_gate(self, gate: ToneGate, sigma: float, detail: float = 1.0) -> Enhancer:
-        """This enhancer (sharing its modules) with ``gate``, a tone anchor of σ ``sigma``
-        output pixels and detail share ``detail`` (see :class:`EnhancerSettings`)."""
-        settings = replace(self.settings, tone_anchor=float(sigma), anchor_detail=float(detail))
+    def with_tone_gate(self, gate: ToneGate, sigma: float) -> Enhancer:
+        """This enhancer (sharing its modules) with ``gate`` and a tone anchor of σ ``sigma``
+        output pixels (see :attr:`EnhancerSettings.tone_anchor`)."""
+        settings = replace(self.settings, tone_anchor=float(sigma))
         return Enhancer(self.unet, self.scheduler_config, settings, self.context,
                         gate.to(self.device, self.dtype))
 
@@ -409,6 +403,11 @@ class ToneGate(nn.Module):
     blurred does: a DRR is blurred along the body axis by the CT's slice thickness. The gate is a
     logistic regression on the image's directional blur signature (:meth:`features`), fitted on
     degradations whose labels are known (:func:`cxrkit.enhancer.tone.fit_tone_gate`).
+
+    Where the tone is kept, a second head (:meth:`share`) says how much of the model's
+    high-frequency residual to keep: on a sharp, mildly degraded input a small model's detail can
+    be worse than none, on a blurred one it is worth keeping; fitted on the same signature by
+    least squares (:func:`cxrkit.enhancer.tone.calibrate_detail`). It starts at 1 (all kept).
     """
 
     SCALES = 3
@@ -418,6 +417,9 @@ class ToneGate(nn.Module):
         super().__init__()
         dim = 3 * self.SCALES
         self.linear = nn.Linear(dim, 1)
+        self.detail = nn.Linear(dim, 1)
+        nn.init.zeros_(self.detail.weight)
+        nn.init.constant_(self.detail.bias, 20.0)  # sigmoid(20) ≈ 1: all of the detail kept
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("scale", torch.ones(dim))
 
@@ -435,10 +437,22 @@ class ToneGate(nn.Module):
                 x = F.avg_pool2d(x, 2)
         return torch.stack(out, 1).float()
 
+    def standardise(self, features: torch.Tensor) -> torch.Tensor:
+        """``(B, F)`` features, centred and scaled by the fitted statistics."""
+        return (features.float() - self.mean.float()) / self.scale.float()
+
     def logit(self, features: torch.Tensor) -> torch.Tensor:
-        """``(B, F)`` features → ``(B,)`` logits (standardised first)."""
-        x = (features.float() - self.mean.float()) / self.scale.float()
-        return self.linear.float()(x)[:, 0]
+        """``(B, F)`` features → ``(B,)`` logits of a tone change to undo."""
+        return self.linear.float()(self.standardise(features))[:, 0]
+
+    def detail_logit(self, features: torch.Tensor) -> torch.Tensor:
+        """``(B, F)`` features → ``(B,)`` logits of the detail share (:meth:`share`)."""
+        return self.detail.float()(self.standardise(features))[:, 0]
+
+    def share(self, lq: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, h, w)`` LQ images → ``(B,)`` shares in (0, 1) of the model's high-frequency
+        residual to keep where the tone anchor applies."""
+        return torch.sigmoid(self.detail_logit(self.features(lq)))
 
     def forward(self, lq: torch.Tensor) -> torch.Tensor:
         """``(B, 1, h, w)`` LQ images → ``(B,)`` probabilities of a tone change to undo."""

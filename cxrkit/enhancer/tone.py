@@ -12,16 +12,15 @@ logistic regression on the directional blur signature of whole LQ views
 from the rest no better than the base rate, 0.67 held-out accuracy against 0.70, while the
 signature's 9 numbers reach 1.00.)
 
-Where the anchor applies, the model's remaining residual is kept in the share ``α``
-(:attr:`EnhancerSettings.anchor_detail`) that fits such pairs best by least squares
-(:func:`calibrate_detail`): a residual that does not help on inputs without a tone change is
-shrunk towards bicubic rather than trusted.
+Where the anchor applies, the model's remaining (high-frequency) residual is kept in a share
+``α`` that the gate's second head predicts from the same signature, fitted by least squares on
+views without a tone change (:func:`calibrate_detail`): on a sharp, mildly degraded input a
+residual that does not help is shrunk towards bicubic rather than trusted.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -45,17 +44,15 @@ class GateFit:
             (probability > 0.5), on the fitting views and on views of held-out images.
         held_out_positive: share of held-out views that carry a tone change to undo.
         samples: views drawn per image set (fitting, held out).
-        detail: the fitted :attr:`EnhancerSettings.anchor_detail` (1.0 when not calibrated).
-        held_out_gain_db: on held-out views without a tone change, the PSNR gain over bicubic
-            (of the pooled MSE) of the anchored output with ``detail`` and with 1.0; empty when
-            not calibrated.
+        held_out_gain_db: on held-out views without a tone change, the mean per-view PSNR gain
+            over bicubic of the anchored output with the fitted detail share (``fitted``) and
+            with all of the detail kept (``full``); empty when not calibrated.
     """
 
     train_accuracy: float
     held_out_accuracy: float
     held_out_positive: float
     samples: tuple[int, int]
-    detail: float = 1.0
     held_out_gain_db: dict[str, float] = field(default_factory=dict)
 
 
@@ -115,25 +112,24 @@ def _plain_views(images: Sequence[np.ndarray], count: int, *, scale: int, side: 
     return views
 
 
-def calibrate_detail(model: Enhancer, views: Sequence[tuple[np.ndarray, np.ndarray]], *,
-                     sigma: float) -> tuple[float, list[tuple[float, float, float]]]:
-    """The least-squares share ``α`` in [0, 1] of the model's high-frequency residual on
-    ``views`` (reference, LQ) whose tone is to be kept.
+def detail_terms(model: Enhancer, views: Sequence[tuple[np.ndarray, np.ndarray]], *,
+                 sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gate features and least-squares terms of ``views`` (reference, LQ) whose tone is kept.
 
-    With ``r = out - up`` (the raw model output minus bicubic) and ``h = r - G_σ(r)``, the
-    anchored output is ``up + α·h``; ``α = <t, h> / <h, h>`` (``t`` = reference − ``up``, over
-    every view's pixels) minimises its squared error, clipped to [0, 1].
+    With ``r = out - up`` (the raw model output minus bicubic), ``h = r - G_σ(r)`` and
+    ``t`` = reference − ``up``, the anchored output ``up + α·h`` has squared error
+    ``A - 2αB + α²C`` with ``A = <t, t>`` (bicubic's), ``B = <t, h>``, ``C = <h, h>``.
 
     Returns:
-        ``α`` and, per view, the squared errors summed over pixels of bicubic, of the anchored
-        output with ``α`` = 1 and with the fitted ``α`` (in that order).
+        ``(N, F)`` features (:meth:`ToneGate.features` of the LQ) and ``(N, 3)`` float64
+        ``A, B, C`` per view.
     """
     from scipy import ndimage
 
     from cxrkit.enhancer.inference import enhance
     from cxrkit.enhancer.model import bicubic_enhance
 
-    parts = []
+    features, terms = [], []
     for i, (reference, lq) in enumerate(views):
         out = enhance(model, lq, generator=torch.Generator().manual_seed(i), tone_anchor=False,
                       keep_black=None).astype(np.float64)
@@ -141,13 +137,44 @@ def calibrate_detail(model: Enhancer, views: Sequence[tuple[np.ndarray, np.ndarr
         r = out - up
         h = r - ndimage.gaussian_filter(r, sigma, mode="reflect")
         t = reference.astype(np.float64)[: up.shape[0], : up.shape[1]] - up
-        parts.append((t, h))
-    num = sum(float((t * h).sum()) for t, h in parts)
-    den = sum(float((h * h).sum()) for _, h in parts)
-    alpha = float(np.clip(num / den, 0.0, 1.0)) if den > 0 else 0.0
-    errors = [(float((t * t).sum()), float(((t - h) ** 2).sum()),
-               float(((t - alpha * h) ** 2).sum())) for t, h in parts]
-    return alpha, errors
+        terms.append([float((t * t).sum()), float((t * h).sum()), float((h * h).sum())])
+        image = torch.from_numpy(np.ascontiguousarray(lq, np.float32))[None, None]
+        features.append(ToneGate.features(image)[0])
+    return torch.stack(features), torch.tensor(terms, dtype=torch.float64)
+
+
+def detail_gain_db(share: torch.Tensor, terms: torch.Tensor) -> float:
+    """Mean per-view PSNR gain over bicubic of ``up + share·h`` (``terms`` from
+    :func:`detail_terms`)."""
+    a, b, c = terms.unbind(1)
+    alpha = share.double()
+    error = (a - 2 * alpha * b + alpha.square() * c).clamp_min(1e-30)
+    return float((10 * torch.log10(a.clamp_min(1e-30) / error)).mean())
+
+
+def calibrate_detail(gate: ToneGate, features: torch.Tensor, terms: torch.Tensor, *,
+                     weight_decay: float = 1e-3) -> None:
+    """Fit ``gate``'s detail head in place: the share ``α(f) = sigmoid(w·f + b)`` minimising the
+    mean over views of the squared error relative to bicubic's, ``(A - 2αB + α²C) / A`` (each
+    view counts alike, as in a mean of per-image gains), plus ``weight_decay·|w|²``."""
+    a, b, c = (v.float() for v in terms.unbind(1))
+    a = a.clamp_min(1e-12)
+    gate.detail.weight.data.zero_()
+    gate.detail.bias.data.zero_()
+    gate.detail.requires_grad_(True)
+    optimizer = torch.optim.LBFGS(gate.detail.parameters(), lr=0.5, max_iter=300,
+                                  line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        alpha = torch.sigmoid(gate.detail_logit(features))
+        loss = ((a - 2 * alpha * b + alpha.square() * c) / a).mean()
+        loss = loss + weight_decay * gate.detail.weight.square().sum()
+        loss.backward()  # type: ignore[no-untyped-call]
+        return loss
+
+    optimizer.step(closure)  # type: ignore[no-untyped-call]
+    gate.detail.requires_grad_(False)
 
 
 def fit_tone_gate(model: Enhancer, train_images: Sequence[np.ndarray],
@@ -166,9 +193,9 @@ def fit_tone_gate(model: Enhancer, train_images: Sequence[np.ndarray],
         samples, held_out_samples: views drawn from each image set.
         weight_decay: L2 penalty of the logistic regression (on standardised embeddings).
         seed: the only source of randomness.
-        calibration_samples: views without a tone change from ``train_images`` to fit
-            :attr:`EnhancerSettings.anchor_detail` on (:func:`calibrate_detail`), and as many
-            from ``held_out_images`` to measure it; 0: no calibration (``α`` = 1).
+        calibration_samples: views without a tone change from ``train_images`` to fit the
+            gate's detail share on (:func:`calibrate_detail`), and as many from
+            ``held_out_images`` to measure it; 0: no calibration (all detail kept).
 
     Returns:
         The enhancer with the gate (sharing the other modules with ``model``) and the fit's
@@ -209,7 +236,7 @@ def fit_tone_gate(model: Enhancer, train_images: Sequence[np.ndarray],
         return loss
 
     optimizer.step(closure)  # type: ignore[no-untyped-call]
-    gate.requires_grad_(False).eval()
+    gate.linear.requires_grad_(False)
     with torch.no_grad():
         train_acc = float(((gate.logit(x) > 0).float() == y).float().mean())
         held_acc = float(((gate.logit(x_val) > 0).float() == y_val).float().mean())
@@ -218,9 +245,12 @@ def fit_tone_gate(model: Enhancer, train_images: Sequence[np.ndarray],
         plain = functools.partial(_plain_views, count=calibration_samples, scale=settings.scale,
                                   side=side, preset=preset, reference_tone=reference_tone,
                                   pixel_mm=pixel_mm, generator=generator)
-        alpha, _ = calibrate_detail(model, plain(train_images), sigma=sigma)
-        _, errors = calibrate_detail(model, plain(held_out_images), sigma=sigma)
-        base, full, fitted = (sum(col) for col in zip(*errors, strict=True))
-        fit = replace(fit, detail=alpha, held_out_gain_db={
-            "fitted": 10 * math.log10(base / fitted), "full": 10 * math.log10(base / full)})
-    return model.with_tone_gate(gate, sigma, fit.detail), fit
+        calibrate_detail(gate, *detail_terms(model, plain(train_images), sigma=sigma))
+        held_features, held_terms = detail_terms(model, plain(held_out_images), sigma=sigma)
+        with torch.no_grad():
+            fitted = torch.sigmoid(gate.detail_logit(held_features))
+        fit = replace(fit, held_out_gain_db={
+            "fitted": detail_gain_db(fitted, held_terms),
+            "full": detail_gain_db(torch.ones(len(held_terms)), held_terms)})
+    gate.requires_grad_(False).eval()
+    return model.with_tone_gate(gate, sigma), fit
