@@ -50,6 +50,8 @@ def main() -> None:
     parser.add_argument("--calibration-samples", type=int, default=60,
                         help="views without a tone change that fit the anchored detail share "
                              "(and as many held-out ones that measure it); 0: keep it at 1")
+    parser.add_argument("--asymmetry", type=float, default=9.0,
+                        help="extra weight of doing worse than bicubic in the detail fit")
     parser.add_argument("--max-images", type=int, default=60,
                         help="training images read (the first, by name)")
     parser.add_argument("--seed", type=int, default=0)
@@ -69,7 +71,7 @@ def main() -> None:
         load_images([args.images / n for n in held_names]), sigma=args.sigma,
         preset=args.preset, reference_tone=args.reference_tone, samples=args.samples,
         held_out_samples=args.held_out_samples, seed=args.seed,
-        calibration_samples=args.calibration_samples)
+        calibration_samples=args.calibration_samples, asymmetry=args.asymmetry)
     tmp = args.out.with_name(args.out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     gated.save_pretrained(tmp, dtype=args.dtype)
@@ -77,6 +79,8 @@ def main() -> None:
         "command": shlex.join(["python", *sys.argv]), "from": str(args.model),
         "from_model_sha256": model_sha256(args.model), "sigma": args.sigma,
         "preset": args.preset, "reference_tone": args.reference_tone, "seed": args.seed,
+        "samples": [args.samples, args.held_out_samples],
+        "calibration_samples": args.calibration_samples, "asymmetry": args.asymmetry,
         "train_images": train_names, "fit": asdict(fit)}
     (tmp / "run.json").write_text(json.dumps(run, indent=2) + "\n")
     tmp.rename(args.out)

@@ -443,7 +443,7 @@ def test_detail_share_is_fitted_per_image_by_least_squares() -> None:
     assert abs(float(gate.share(torch.rand(1, 1, 32, 32))[0]) - 1.0) < 1e-6  # starts: all kept
     calibrate_detail(gate, features, terms)
     share = torch.sigmoid(gate.detail_logit(features)).detach()
-    assert float(share[helps].mean()) > 0.85 and float(share[~helps].mean()) < 0.15
+    assert float(share[helps].mean()) > 0.7 and float(share[~helps].mean()) < 0.1
     assert detail_gain_db(share, terms) > max(detail_gain_db(torch.ones(200), terms),
                                               detail_gain_db(torch.zeros(200), terms))
 
@@ -456,5 +456,5 @@ def test_detail_share_is_fitted_per_image_by_least_squares() -> None:
     assert abs(detail_gain_db(torch.zeros(4), real)) < 1e-9  # α = 0 is bicubic
     gated, fit = fit_tone_gate(model, _textures(4, 0), _textures(2, 1), sigma=4.0, samples=60,
                                held_out_samples=20, calibration_samples=3, seed=1)
-    assert set(fit.held_out_gain_db) == {"fitted", "full"}
+    assert {"fitted", "full", "fitted_worse_share"} <= set(fit.held_out_gain_db)
     assert gated.tone_gate is not None and not gated.tone_gate.detail.weight.requires_grad

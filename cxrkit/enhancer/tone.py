@@ -46,7 +46,8 @@ class GateFit:
         samples: views drawn per image set (fitting, held out).
         held_out_gain_db: on held-out views without a tone change, the mean per-view PSNR gain
             over bicubic of the anchored output with the fitted detail share (``fitted``) and
-            with all of the detail kept (``full``); empty when not calibrated.
+            with all of the detail kept (``full``), and the share of views where each is worse
+            than bicubic (``…_worse_share``); empty when not calibrated.
     """
 
     train_accuracy: float
@@ -143,20 +144,27 @@ def detail_terms(model: Enhancer, views: Sequence[tuple[np.ndarray, np.ndarray]]
     return torch.stack(features), torch.tensor(terms, dtype=torch.float64)
 
 
-def detail_gain_db(share: torch.Tensor, terms: torch.Tensor) -> float:
-    """Mean per-view PSNR gain over bicubic of ``up + share·h`` (``terms`` from
+def detail_gains_db(share: torch.Tensor, terms: torch.Tensor) -> torch.Tensor:
+    """Per-view PSNR gains over bicubic of ``up + share·h`` (``terms`` from
     :func:`detail_terms`)."""
     a, b, c = terms.unbind(1)
     alpha = share.double()
     error = (a - 2 * alpha * b + alpha.square() * c).clamp_min(1e-30)
-    return float((10 * torch.log10(a.clamp_min(1e-30) / error)).mean())
+    return 10 * torch.log10(a.clamp_min(1e-30) / error)
+
+
+def detail_gain_db(share: torch.Tensor, terms: torch.Tensor) -> float:
+    """Mean of :func:`detail_gains_db`."""
+    return float(detail_gains_db(share, terms).mean())
 
 
 def calibrate_detail(gate: ToneGate, features: torch.Tensor, terms: torch.Tensor, *,
-                     weight_decay: float = 1e-3) -> None:
+                     asymmetry: float = 9.0, weight_decay: float = 1e-3) -> None:
     """Fit ``gate``'s detail head in place: the share ``α(f) = sigmoid(w·f + b)`` minimising the
-    mean over views of the squared error relative to bicubic's, ``(A - 2αB + α²C) / A`` (each
-    view counts alike, as in a mean of per-image gains), plus ``weight_decay·|w|²``."""
+    mean over views of ``e + asymmetry·max(0, e - 1)``, where ``e = (A - 2αB + α²C) / A`` is the
+    squared error relative to bicubic's (each view counts alike, as in a mean of per-image
+    gains; with ``asymmetry`` > 0 doing worse than bicubic costs more than doing better gains:
+    the target is never to do worse), plus ``weight_decay·|w|²``."""
     a, b, c = (v.float() for v in terms.unbind(1))
     a = a.clamp_min(1e-12)
     gate.detail.weight.data.zero_()
@@ -168,7 +176,8 @@ def calibrate_detail(gate: ToneGate, features: torch.Tensor, terms: torch.Tensor
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
         alpha = torch.sigmoid(gate.detail_logit(features))
-        loss = ((a - 2 * alpha * b + alpha.square() * c) / a).mean()
+        e = (a - 2 * alpha * b + alpha.square() * c) / a
+        loss = (e + asymmetry * (e - 1).clamp_min(0)).mean()
         loss = loss + weight_decay * gate.detail.weight.square().sum()
         loss.backward()  # type: ignore[no-untyped-call]
         return loss
@@ -181,7 +190,8 @@ def fit_tone_gate(model: Enhancer, train_images: Sequence[np.ndarray],
                   held_out_images: Sequence[np.ndarray], *, sigma: float, preset: str = "broad",
                   reference_tone: float = 0.3, samples: int = 600, held_out_samples: int = 200,
                   pixel_mm: float = 0.35, weight_decay: float = 1e-3, seed: int = 0,
-                  calibration_samples: int = 0) -> tuple[Enhancer, GateFit]:
+                  calibration_samples: int = 0, asymmetry: float = 9.0,
+                  ) -> tuple[Enhancer, GateFit]:
     """Fit a :class:`ToneGate`; ``model`` with it and a tone anchor.
 
     Args:
@@ -196,6 +206,7 @@ def fit_tone_gate(model: Enhancer, train_images: Sequence[np.ndarray],
         calibration_samples: views without a tone change from ``train_images`` to fit the
             gate's detail share on (:func:`calibrate_detail`), and as many from
             ``held_out_images`` to measure it; 0: no calibration (all detail kept).
+        asymmetry: extra cost of doing worse than bicubic in that fit (:func:`calibrate_detail`).
 
     Returns:
         The enhancer with the gate (sharing the other modules with ``model``) and the fit's
@@ -245,12 +256,16 @@ def fit_tone_gate(model: Enhancer, train_images: Sequence[np.ndarray],
         plain = functools.partial(_plain_views, count=calibration_samples, scale=settings.scale,
                                   side=side, preset=preset, reference_tone=reference_tone,
                                   pixel_mm=pixel_mm, generator=generator)
-        calibrate_detail(gate, *detail_terms(model, plain(train_images), sigma=sigma))
+        calibrate_detail(gate, *detail_terms(model, plain(train_images), sigma=sigma),
+                         asymmetry=asymmetry)
         held_features, held_terms = detail_terms(model, plain(held_out_images), sigma=sigma)
         with torch.no_grad():
             fitted = torch.sigmoid(gate.detail_logit(held_features))
+        full = torch.ones(len(held_terms))
         fit = replace(fit, held_out_gain_db={
             "fitted": detail_gain_db(fitted, held_terms),
-            "full": detail_gain_db(torch.ones(len(held_terms)), held_terms)})
+            "full": detail_gain_db(full, held_terms),
+            "fitted_worse_share": float((detail_gains_db(fitted, held_terms) < 0).double().mean()),
+            "full_worse_share": float((detail_gains_db(full, held_terms) < 0).double().mean())})
     gate.requires_grad_(False).eval()
     return model.with_tone_gate(gate, sigma), fit
