@@ -82,10 +82,9 @@ class EnhancerSettings:
             usable), so a one-step model is a deterministic regressor that spends no capacity on
             ignoring noise; its training used the same zero input (``--zero-start``).
         tone_anchor: σ, in output pixels, of the Gaussian low-pass of the tone anchor: the
-            output's deviation from the bicubic input below that scale is removed, weighted by
-            ``1 - p`` where ``p`` is the :class:`ToneGate`'s probability that the input shows a
-            tone change to undo, and the rest of the residual scaled there by the gate's detail
-            share; 0: no anchor (and no gate).
+            output's deviation from the bicubic input below that scale is removed unless the
+            :class:`ToneGate` sees a tone change to undo (probability > 0.5), and the rest of
+            the residual is scaled there by the gate's detail share; 0: no anchor (and no gate).
     """
 
     scale: int = 2
