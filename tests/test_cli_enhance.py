@@ -198,9 +198,11 @@ def test_train_enhance_fine_tunes_from_a_model_and_records_it(tiny_model_dir: Pa
     result = invoke("train-enhance", str(tmp_path / "hq"), "--init", str(tiny_model_dir),
                     "--ssim-weight", "5", "--steps", "2", "--batch-size", "2", "--crop", "32",
                     "--val-fraction", "0.3", "--val-crop", "0", "--validate-every", "0",
-                    "--checkpoint-every", "0", "--seed", "5", "-o", str(model))
+                    "--checkpoint-every", "0", "--seed", "5", "--preset", "broad",
+                    "--reference-tone", "0.5", "-o", str(model))
     assert result.exit_code == 0, result.output
     run = json.loads((model / "run.json").read_text())
+    assert run["pairs"]["preset"] == "broad" and run["pairs"]["reference_tone"] == 0.5
     # the held-out patients follow --split-seed (0), not the training seed
     from cxrkit.data.splits import split_by_patient
 

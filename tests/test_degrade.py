@@ -305,3 +305,58 @@ def test_presets_do_not_touch_the_global_rng(image: np.ndarray) -> None:
     for seed in range(5):
         degrade(image, "realistic", scale=2, generator=np.random.default_rng(seed))
     assert np.array_equal(np.random.get_state()[1], before)  # noqa: NPY002
+
+
+def test_streaks_are_row_offsets_in_bands_plus_a_ripple(image: np.ndarray) -> None:
+    from cxrkit.degrade.operators import Streaks
+
+    flat = np.full((60, 40), 0.5, np.float32)
+    params = {"band_rows": 3, "band_sigma": 0.01, "ripple": 0.0, "period_rows": 20.0,
+              "phase": 0.0}
+    out = Streaks().apply(flat, params, np.random.default_rng(0)) - 0.5
+    assert np.allclose(out, out[:, :1], atol=1e-6)  # one offset per row
+    rows = out[:, 0]
+    assert np.allclose(rows.reshape(20, 3), rows.reshape(20, 3)[:, :1], atol=1e-6)  # bands of 3
+    assert 0.003 < rows.std() < 0.03
+    ripple = {**params, "band_sigma": 0.0, "ripple": 0.02}
+    wave = Streaks().apply(flat, ripple, np.random.default_rng(0))[:, 0] - 0.5
+    assert np.allclose(wave, 0.02 * np.sin(2 * np.pi * np.arange(60) / 20), atol=1e-6)
+    identity = {**params, "band_sigma": 0.0}
+    assert Streaks().apply(image, identity, np.random.default_rng(0)).tobytes() == image.tobytes()
+    with pytest.raises(InputError):
+        Streaks().apply(image, {**params, "band_rows": 0}, np.random.default_rng(0))
+
+
+def test_random_chain_runs_each_operator_with_its_probability(image: np.ndarray) -> None:
+    from cxrkit.degrade.presets import RandomChain
+
+    chain = RandomChain("t", operators=((1.0, Gamma()), (0.0, Contrast())),
+                        after_resize=((0.5, GaussianNoise()),))
+    seen = []
+    for seed in range(40):
+        steps = chain.sample(np.random.default_rng(seed), (SIZE, SIZE), (32, 32), 0.35)
+        names = [op.name for op, _ in steps]
+        assert names[:2] == ["gamma", "resize"] and "contrast" not in names
+        seen.append("gaussian-noise" in names)
+    assert 10 < sum(seen) < 30
+    assert {step[1]["kernel"] for seed in range(40) for step in chain.sample(
+        np.random.default_rng(seed), (SIZE, SIZE), (32, 32), 0.35) if step[0].name == "resize"
+    } == set(chain.kernels)
+
+
+def test_broad_mixture_draws_every_component_and_changes_tone_only_when_drr_like(
+        image: np.ndarray) -> None:
+    broad = PRESETS["broad"]
+    assert {"streaks", "jpeg", "slice-blur", "detector-blur", "quantum-noise"} <= broad.names()
+    counts: dict[str, int] = {}
+    for seed in range(400):
+        name, _ = broad.choose(np.random.default_rng(seed))
+        counts[name] = counts.get(name, 0) + 1
+    weights = {name: w for w, name, _ in broad.components}
+    for name, weight in weights.items():
+        assert abs(counts[name] / 400 - weight / sum(weights.values())) < 0.08
+    for seed in range(60):
+        names = [s["name"] for s in degrade(image, "broad", scale=2,
+                                            generator=np.random.default_rng(seed)).params]
+        if "gamma" in names or "contrast" in names or "slice-blur" in names:
+            assert names == ["slice-blur", "gamma", "resize"]  # drr-like, and only it

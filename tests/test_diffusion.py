@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 from pathlib import Path
@@ -330,3 +331,130 @@ def test_zero_start_trains_and_samples_the_first_step_without_noise() -> None:
     assert not np.array_equal(run(0), run(1))
     model.settings = replace(model.settings, zero_start=True)
     assert np.array_equal(run(0), run(1))
+
+
+def test_reference_tone_changes_both_sides_of_a_pair() -> None:
+    from cxrkit.data.images import to_uint16
+    from cxrkit.enhancer import PairData
+
+    y, x = np.mgrid[0:96, 0:96] / 30.0
+    image = to_uint16(0.5 + 0.3 * np.sin(3 * x) * np.cos(2 * y))
+    plain = PairData([image], crop=32, scale=2, preset="bicubic", margin=0)
+    toned = PairData([image], crop=32, scale=2, preset="bicubic", margin=0, reference_tone=1.0)
+    a = plain.pair(0, 32, 32, np.random.default_rng(0))
+    b = toned.pair(0, 32, 32, np.random.default_rng(0))
+    assert np.array_equal(a["hq"][0].numpy(), image[32:64, 32:64] / np.float32(65535))
+    assert (b["hq"] - a["hq"]).abs().mean() > 0.005  # the reference has the new tone
+    for item in (a, b):  # and the LQ is that reference, downsampled: the tone is on both sides
+        assert (bicubic_upsample(item["lq"][0], 2) - item["hq"][0]).abs().mean() < 0.02
+    assert (b["lq"] - a["lq"]).abs().mean() > 0.005
+    never = PairData([image], crop=32, scale=2, preset="bicubic", margin=0, reference_tone=0.0)
+    assert np.array_equal(never.pair(0, 32, 32, np.random.default_rng(0))["hq"], a["hq"])
+    with pytest.raises(InputError):
+        PairData([image], crop=32, reference_tone=1.5)
+
+
+def test_tone_anchor_removes_the_low_frequency_deviation_and_keeps_detail() -> None:
+    from cxrkit.enhancer.inference import anchor_tone
+
+    y, x = torch.meshgrid(torch.arange(128.0), torch.arange(128.0), indexing="ij")
+    up = 0.4 + 0.2 * torch.sin(x / 20)
+    detail = 0.02 * torch.sin(x * 2.5) * torch.sin(y * 2.5)  # period ~2.5 px
+    out = up + 0.06 + detail  # a global brightening plus fine detail
+    anchored = anchor_tone(out, up, 8.0, 1.0)
+    assert (anchored - up - detail).abs().mean() < 0.004  # the offset is gone, the detail kept
+    assert torch.equal(anchor_tone(out, up, 8.0, 0.0), out)
+    half = anchor_tone(out, up, 8.0, 0.5)
+    assert abs(float((half - up - detail).mean()) - 0.03) < 0.003
+
+
+def _textures(count: int, seed: int) -> list[np.ndarray]:
+    from scipy import ndimage
+
+    from cxrkit.data.images import to_uint16
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        field = ndimage.gaussian_filter(rng.standard_normal((128, 128)), rng.uniform(0.7, 2.0))
+        field = 0.5 + 0.15 * field / field.std()
+        out.append(to_uint16(np.clip(field, 0, 1)))
+    return out
+
+
+def test_tone_gate_learns_which_inputs_carry_a_tone_change_and_round_trips(
+        tmp_path: Path) -> None:
+    from scipy import ndimage
+
+    from cxrkit.enhancer import model_sha256
+    from cxrkit.enhancer.model import ToneGate
+    from cxrkit.enhancer.tone import fit_tone_gate
+
+    model = _with_live_encoder(Enhancer.new(CONTEXT, generator=torch.Generator().manual_seed(0)))
+    gated, fit = fit_tone_gate(model, _textures(6, 0), _textures(3, 1), sigma=4.0, samples=160,
+                               held_out_samples=80, seed=0)
+    assert 0.15 < fit.held_out_positive < 0.5
+    assert fit.held_out_accuracy > max(0.9, 1 - fit.held_out_positive + 0.1)  # beats the base
+    assert gated.settings.tone_anchor == 4.0 and gated.unet is model.unet
+    streaky = ndimage.gaussian_filter(_textures(1, 2)[0] / 65535.0, (3, 0.3)).astype(np.float32)
+    assert float(ToneGate.features(torch.from_numpy(streaky)[None, None])[0, 0]) < -0.5
+    model.save_pretrained(tmp_path / "plain")
+    gated.save_pretrained(tmp_path / "gated")
+    assert (tmp_path / "gated" / "context" / "tone_gate.safetensors").is_file()
+    assert model_sha256(tmp_path / "gated") != model_sha256(tmp_path / "plain")
+    loaded = Enhancer.from_pretrained(tmp_path / "gated")
+    assert loaded.tone_gate is not None and loaded.settings.tone_anchor == 4.0
+    assert torch.equal(loaded.tone_gate.linear.weight, gated.tone_gate.linear.weight)
+    lq = _textures(1, 3)[0][:64, :64] / np.float32(65535)
+    gen = functools.partial(torch.Generator().manual_seed, 0)
+    raw = enhance(loaded, lq, generator=gen(), tone_anchor=False)
+    assert np.array_equal(raw, enhance(Enhancer.from_pretrained(tmp_path / "plain"), lq,
+                                       generator=gen()))
+    loaded.tone_gate.linear.bias.data.fill_(-50.0)  # the gate sees no tone change: anchor fully
+    anchored = enhance(loaded, lq, generator=gen())
+    up = bicubic_enhance(lq, 2)
+
+    def low(a: np.ndarray) -> float:
+        return float(np.abs(ndimage.gaussian_filter(a - up, 4.0)).mean())
+
+    assert low(anchored) < 0.5 * low(raw)
+    loaded.tone_gate.linear.bias.data.fill_(50.0)  # a tone change to undo: the raw output
+    assert np.array_equal(enhance(loaded, lq, generator=gen()), raw)
+
+
+def test_detail_share_is_fitted_per_image_by_least_squares() -> None:
+    from cxrkit.enhancer.model import ToneGate
+    from cxrkit.enhancer.tone import (
+        _plain_views,
+        calibrate_detail,
+        detail_gain_db,
+        detail_terms,
+        fit_tone_gate,
+    )
+
+    # synthetic terms: where feature 0 is high the residual helps (B = C: α = 1 is exact), where
+    # it is low the residual is noise (B = 0: α = 0 is best); the head must learn the switch
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(200, 9, generator=gen)
+    helps = features[:, 0] > 0
+    terms = torch.stack([torch.full((200,), 4.0), torch.where(helps, 2.0, 0.0),
+                         torch.full((200,), 2.0)], 1).double()
+    gate = ToneGate()
+    assert abs(float(gate.share(torch.rand(1, 1, 32, 32))[0]) - 1.0) < 1e-6  # starts: all kept
+    calibrate_detail(gate, features, terms)
+    share = torch.sigmoid(gate.detail_logit(features)).detach()
+    assert float(share[helps].mean()) > 0.7 and float(share[~helps].mean()) < 0.1
+    assert detail_gain_db(share, terms) > max(detail_gain_db(torch.ones(200), terms),
+                                              detail_gain_db(torch.zeros(200), terms))
+
+    model = _with_live_encoder(Enhancer.new(CONTEXT, generator=torch.Generator().manual_seed(0)))
+    views = _plain_views(_textures(3, 4), 4, scale=2, side=128, preset="broad",
+                         reference_tone=0.3, pixel_mm=0.35, generator=np.random.default_rng(0))
+    assert len(views) == 4 and all(lq.shape == (64, 64) for _, lq in views)
+    feats, real = detail_terms(model, views, sigma=4.0)
+    assert feats.shape == (4, 9) and real.shape == (4, 3) and bool((real[:, 0] > 0).all())
+    assert abs(detail_gain_db(torch.zeros(4), real)) < 1e-9  # α = 0 is bicubic
+    gated, fit = fit_tone_gate(model, _textures(4, 0), _textures(2, 1), sigma=4.0, samples=60,
+                               held_out_samples=20, calibration_samples=3, seed=1)
+    assert {"fitted", "full", "fitted_worse_share"} <= set(fit.held_out_gain_db)
+    assert gated.tone_gate is not None and not gated.tone_gate.detail.weight.requires_grad

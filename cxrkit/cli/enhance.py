@@ -67,6 +67,11 @@ def enhance(
         help="Where the input is black (at most 0.001 over a 3x3 neighbourhood), the output is "
              "the bicubic input: blur, tone curves and resampling keep black black, and the "
              "model's faint haze there costs SSIM.")] = True,
+    tone_anchor: Annotated[bool, typer.Option(
+        "--tone-anchor/--no-tone-anchor",
+        help="With a model that has a tone gate: keep the input's tone (the output's "
+             "low-frequency deviation from the bicubic input is removed) unless the gate sees a "
+             "tone change to undo, such as a DRR's.")] = True,
     device: Device = "auto",
     seed: Seed = 0,
     fmt: Format = "tiff",
@@ -109,7 +114,7 @@ def enhance(
                                  param_hint="--overlap")
     options = {"method": method, "scale": scale, "steps": steps, "sampler": sampler,
                "tile": tile or None, "overlap": overlap, "keep_black": keep_black,
-               "device": device}
+               "tone_anchor": tone_anchor, "device": device}
     outputs = Outputs(out, format_suffix(fmt), overwrite, tool="enhance",
                       request={**options, "model": str(model) if model else None, "seed": seed})
     job = EnhanceJob(options, outputs, model=model, seed=seed)
@@ -189,7 +194,8 @@ class EnhanceJob:
                         opts["sampler"])
         out = run_enhancer(model, lq, sampler=opts["sampler"], steps=opts["steps"],
                            generator=torch.Generator().manual_seed(seed), tile=opts["tile"],
-                           overlap=opts["overlap"], keep_black=opts["keep_black"])
+                           overlap=opts["overlap"], keep_black=opts["keep_black"],
+                           tone_anchor=opts["tone_anchor"])
         return out, settings.scale, opts
 
     def _load(self) -> Any:

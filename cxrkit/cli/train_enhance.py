@@ -27,6 +27,9 @@ def train_enhance(
         "enhancer"),
     preset: Annotated[str, typer.Option(help="Degradation preset that makes the LQ of each "
                                              "pair (see cxrkit degrade --list).")] = "drr-like",
+    reference_tone: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Probability of a random tone change (gamma, contrast) on both "
+             "sides of a pair, so the model keeps an input's tone (with --preset broad).")] = 0.0,
     pairs: Annotated[bool, typer.Option(
         "--pairs", help="Inputs are records with an LQ 'path' and its HQ 'reference' "
                         "(e.g. from cxrkit degrade) instead of HQ images.")] = False,
@@ -75,6 +78,11 @@ def train_enhance(
         cxrkit train-enhance nih/images/ --steps 4000 -o my-enhancer/
         cxrkit degrade lq.png | cxrkit enhance --model my-enhancer/ | cxrkit eval --json
 
+    Fine-tune for robustness: the broad degradation mixture, tone kept on both sides:
+
+        cxrkit train-enhance nih/images/ --init my-enhancer/ --preset broad \\
+            --reference-tone 0.3 -o robust/
+
     Fine-tune an existing model with the SSIM term, validating on whole images:
 
         cxrkit train-enhance nih/images/ --init my-enhancer/ --ssim-weight 10 --val-crop 0 -o ft/
@@ -98,7 +106,8 @@ def train_enhance(
     settings = EnhancerSettings(scale=scale, block_out_channels=widths, prediction_type=prediction)
     config = training.config(str(out))
     pair_settings = PairSettings(preset=preset, crop=crop, val_fraction=val_fraction,
-                                 val_crop=val_crop, val_count=val_count, split_seed=split_seed)
+                                 val_crop=val_crop, val_count=val_count, split_seed=split_seed,
+                                 reference_tone=reference_tone)
     result = train_enhancer(
         hq, settings, config, pairs=pair_settings, ssim_weight=ssim_weight, init=init,
         sampler_steps=sampler_steps, zero_start=zero_start, add_context=context,

@@ -37,7 +37,7 @@ from cxrkit.degrade.operators import (
     Params,
     gaussian_sigma,
 )
-from cxrkit.degrade.presets import PRESETS, Chain, HighOrderPipeline
+from cxrkit.degrade.presets import PRESETS, Chain, HighOrderPipeline, Mixture, RandomChain
 from cxrkit.errors import InputError
 
 __all__ = [
@@ -111,7 +111,7 @@ class PhysicsDegrader:
             if not isinstance(values, Mapping):
                 raise InputError(f"overrides of {name!r} must be a mapping of parameter values")
 
-    def pipeline(self) -> Chain | HighOrderPipeline:
+    def pipeline(self) -> Chain | RandomChain | HighOrderPipeline | Mixture:
         """The preset, or the explicit chain when ``preset`` is None."""
         if self.preset is None:
             operators = tuple(DEGRADATIONS[name]() for name in self.overrides)

@@ -444,10 +444,55 @@ class Jpeg:
             return np.asarray(decoded.convert("L"), dtype=np.float32) / np.float32(255.0)
 
 
+@dataclass(frozen=True)
+class Streaks:
+    """Slice-like banding: an offset per band of rows plus a slow ripple along the rows.
+
+    A DRR rendered through thick CT slices, or a detector with row-wise gain errors, shows
+    horizontal bands: ``d'(r, c) = d(r, c) + n_b(r) + A·sin(2π·r/P + φ)``, where ``n_b`` is one
+    N(0, ``band_sigma``²) offset per band of ``band_rows`` rows.
+
+    Params: ``band_rows`` (integer ≥ 1), ``band_sigma`` (≥ 0), ``ripple`` (amplitude A ≥ 0),
+    ``period_rows`` (P > 0), ``phase`` (φ, radians).
+    """
+
+    name: ClassVar[str] = "streaks"
+    band_rows: tuple[int, int] = (1, 6)
+    band_sigma: Range = (0.0, 0.01)
+    ripple: Range = (0.0, 0.015)
+    period_rows: Range = (8.0, 64.0)
+
+    def sample_params(self, generator: np.random.Generator) -> Params:
+        """Draw the band height among the integers of ``band_rows``, the rest uniformly."""
+        return {"band_rows": int(generator.integers(self.band_rows[0], self.band_rows[1] + 1)),
+                "band_sigma": draw_uniform(generator, self.band_sigma),
+                "ripple": draw_uniform(generator, self.ripple),
+                "period_rows": draw_uniform(generator, self.period_rows),
+                "phase": float(generator.uniform(0.0, 2.0 * math.pi))}
+
+    def apply(
+        self, image: np.ndarray, params: Params, generator: np.random.Generator
+    ) -> np.ndarray:
+        """Add the bands (drawn from the generator) and the ripple to ``image`` ``(H, W)``."""
+        band = params.get("band_rows")
+        if not isinstance(band, int | np.integer) or isinstance(band, bool) or band < 1:
+            raise InputError(f"streaks: band_rows must be an integer ≥ 1, got {band!r}")
+        sigma = _param(params, "band_sigma", 0.0, 1.0)
+        ripple = _param(params, "ripple", 0.0, 1.0)
+        period = _param(params, "period_rows", 0.0, open_low=True)
+        phase = _param(params, "phase")
+        rows = np.arange(image.shape[0])
+        offset = ripple * np.sin(2.0 * np.pi * rows / period + phase)
+        if sigma > 0:
+            bands = generator.normal(0.0, sigma, image.shape[0] // int(band) + 1)
+            offset = offset + np.repeat(bands, int(band))[: image.shape[0]]
+        return _finish(image + offset[:, None].astype(np.float32))
+
+
 DEGRADATIONS: dict[str, type[Operator]] = {
     op.name: op
     for op in (DetectorBlur, SliceBlur, Resize, QuantumNoise, Scatter, GaussianNoise, Contrast,
-               Gamma, Quantize, Jpeg)
+               Gamma, Quantize, Jpeg, Streaks)
 }
 """Every degradation operator by name; ``DEGRADATIONS[name]()`` has the default ranges."""
 

@@ -3,7 +3,9 @@
 A preset draws the steps for one image with ``sample(generator, in_shape, out_shape, pixel_mm)``:
 a list of ``(operator, params)`` run in order by :func:`cxrkit.degrade.degrade`. The last resize
 brings the image to ``out_shape``; operators with physical lengths get the pixel pitch current at
-their place in the chain.
+their place in the chain. Four kinds: a fixed :class:`Chain`, a :class:`RandomChain` whose
+operators each run with a probability, the random :class:`HighOrderPipeline`, and a
+:class:`Mixture` that draws one of several presets per image (``broad``, for robust training).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from cxrkit.degrade.operators import (
     Resize,
     Scatter,
     SliceBlur,
+    Streaks,
     draw_choice,
     draw_uniform,
     resized_shape,
@@ -166,13 +169,111 @@ class HighOrderPipeline:
         return steps, size
 
 
-PRESETS: dict[str, Chain | HighOrderPipeline] = {
-    "bicubic": Chain("plain antialiased bicubic downsampling by the scale (the SR baseline)"),
-    "drr-like": Chain(
-        "the look of a DRR: slice blur along the body axis, flat contrast, no fine texture",
-        # Tuned on NIH ChestX-ray14 at 1024², scale 2: ≈ 23 dB PSNR / 0.90 SSIM against the source.
-        operators=(SliceBlur(slice_mm=(2.5, 5.0)), Gamma(gamma=(1.2, 1.35))),
+@dataclass(frozen=True)
+class RandomChain:
+    """Operators that each run with their own probability, around a resize of a drawn kernel.
+
+    Attributes:
+        description: one line, for listings.
+        operators: ``(probability, operator)`` applied in order at the input resolution.
+        after_resize: ``(probability, operator)`` applied in order after the resize.
+        kernels: kernels the final resize draws from (skipped when the scale is 1).
+    """
+
+    description: str
+    operators: tuple[tuple[float, Operator], ...] = ()
+    after_resize: tuple[tuple[float, Operator], ...] = ()
+    kernels: tuple[str, ...] = ("area", "bilinear", "bicubic", "lanczos")
+
+    def names(self) -> set[str]:
+        """Names of the operators this chain can run."""
+        return {op.name for _, op in (*self.operators, *self.after_resize)} | {Resize.name}
+
+    def sample(self, generator: np.random.Generator, in_shape: tuple[int, int],
+               out_shape: tuple[int, int], pixel_mm: float) -> list[Step]:
+        """Draw the steps for an ``in_shape`` image of pitch ``pixel_mm`` made ``out_shape``."""
+        steps = [_draw(op, pixel_mm, generator) for p, op in self.operators
+                 if generator.random() < p]
+        if out_shape != in_shape:
+            kernel = draw_choice(generator, self.kernels)
+            steps.append((Resize(), {"kernel": kernel, "size": list(out_shape)}))
+        out_pixel_mm = pixel_mm * in_shape[0] / out_shape[0]
+        return steps + [_draw(op, out_pixel_mm, generator) for p, op in self.after_resize
+                        if generator.random() < p]
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """One of several presets per image, drawn with the given weights.
+
+    Attributes:
+        description: one line, for listings.
+        components: ``(weight, name, preset)``; weights need not sum to 1.
+    """
+
+    description: str
+    components: tuple[tuple[float, str, Chain | RandomChain | HighOrderPipeline], ...]
+
+    def names(self) -> set[str]:
+        """Names of the operators any component can run."""
+        return set().union(*(preset.names() for _, _, preset in self.components))
+
+    def choose(self, generator: np.random.Generator) -> tuple[str, Chain | RandomChain
+                                                              | HighOrderPipeline]:
+        """Draw one component: its name and preset."""
+        weights = np.asarray([w for w, _, _ in self.components], dtype=np.float64)
+        index = int(np.searchsorted(np.cumsum(weights / weights.sum()), generator.random(),
+                                    side="right"))
+        _, name, preset = self.components[min(index, len(self.components) - 1)]
+        return name, preset
+
+    def sample(self, generator: np.random.Generator, in_shape: tuple[int, int],
+               out_shape: tuple[int, int], pixel_mm: float) -> list[Step]:
+        """Draw a component, then its steps for an ``in_shape`` image made ``out_shape``."""
+        _, preset = self.choose(generator)
+        return preset.sample(generator, in_shape, out_shape, pixel_mm)
+
+
+DRR_LIKE = Chain(
+    "the look of a DRR: slice blur along the body axis, flat contrast, no fine texture",
+    # Tuned on NIH ChestX-ray14 at 1024², scale 2: ≈ 23 dB PSNR / 0.90 SSIM against the source.
+    operators=(SliceBlur(slice_mm=(2.5, 5.0)), Gamma(gamma=(1.2, 1.35))),
+)
+
+WIDE_ROUNDS = (
+    Round(0.8, (0.6, 4.0), (0.5, 1.2), (0.1, 4.0), (0.5 / 255, 8 / 255)),
+    Round(0.6, (1.0, 5.0), (0.7, 1.1), (0.2, 4.0), (0.5 / 255, 6 / 255)),
+)
+"""Rounds of ``broad``'s high-order part: wider blur and size ranges than ``realistic``, and
+lighter noise on average (clean-ish inputs must be seen too)."""
+
+BROAD = Mixture(
+    "robust training: drr-like, a wide high-order pipeline, random single operators (blur, "
+    "noise, streaks, JPEG) and clean-ish resizes; no tone change apart from drr-like's",
+    components=(
+        (0.3, "drr-like", DRR_LIKE),
+        (0.3, "high-order", HighOrderPipeline(
+            "wide random second-order pipeline without tone change or slice blur",
+            rounds=WIDE_ROUNDS, scatter_prob=0.2, slice_blur_prob=0.0, tone_prob=0.0,
+            kernels=("area", "bilinear", "bicubic", "lanczos"))),
+        (0.25, "single", RandomChain(
+            "each operator with its probability: scatter, detector blur; after the resize "
+            "quantum or Gaussian noise, streaks, JPEG",
+            operators=((0.15, Scatter(spr=(0.1, 0.8))),
+                       (0.8, DetectorBlur(mtf50_lp_per_mm=(0.6, 4.0)))),
+            after_resize=((0.25, QuantumNoise(dose=(0.2, 4.0))),
+                          (0.25, GaussianNoise(sigma=(1 / 255, 6 / 255))),
+                          (0.3, Streaks()), (0.3, Jpeg(quality=(30, 95)))))),
+        (0.15, "clean", RandomChain(
+            "a resize with a random kernel, sometimes after a slight blur",
+            operators=((0.5, DetectorBlur(mtf50_lp_per_mm=(2.0, 6.0))),))),
     ),
+)
+"""The ``broad`` mixture (issue 23: an enhancer that never does worse than bicubic)."""
+
+PRESETS: dict[str, Chain | RandomChain | HighOrderPipeline | Mixture] = {
+    "bicubic": Chain("plain antialiased bicubic downsampling by the scale (the SR baseline)"),
+    "drr-like": DRR_LIKE,
     "low-dose": Chain(
         "quantum and electronic noise at 2-20 % of the reference dose, then detector blur",
         operators=(QuantumNoise(dose=(0.02, 0.2)), DetectorBlur(mtf50_lp_per_mm=(1.5, 2.5))),
@@ -183,6 +284,7 @@ PRESETS: dict[str, Chain | HighOrderPipeline] = {
                    DetectorBlur(mtf50_lp_per_mm=(0.8, 1.5)), Contrast(contrast=(0.7, 0.9))),
     ),
     "realistic": HighOrderPipeline("random second-order pipeline (Real-ESRGAN style, X-ray aware)"),
+    "broad": BROAD,
 }
 """Named degradations; each runs at the input resolution, then resizes to ``(H, W) // scale``."""
 

@@ -18,6 +18,19 @@ import torch
 from cxrkit.data.images import bicubic_upsample
 from cxrkit.errors import InputError
 
+REFERENCE_TONE = {"gamma": (0.7, 1.45), "contrast": (0.75, 1.1)}
+"""Ranges of :func:`retone`: gamma, then linear contrast about the mean."""
+
+
+def retone(image: np.ndarray, generator: np.random.Generator) -> np.ndarray:
+    """``image`` with a random gamma, then contrast about its mean (:data:`REFERENCE_TONE`)."""
+    from cxrkit.degrade.operators import Contrast, Gamma
+
+    for op in (Gamma(gamma=REFERENCE_TONE["gamma"]),
+               Contrast(contrast=REFERENCE_TONE["contrast"])):
+        image = op.apply(image, op.sample_params(generator), generator)
+    return image
+
 
 @dataclass(frozen=True)
 class PairData:
@@ -34,6 +47,10 @@ class PairData:
         context: side, in LQ pixels, of the view of the whole LQ image that a degradation encoder
             reads (``lq_context``); the training crop lies inside it and both come from the same
             degradation. 0: no view.
+        reference_tone: probability that a pair's HQ gets a random tone change (gamma, then
+            contrast about the mean; :data:`REFERENCE_TONE`) before it is degraded, so the change
+            is on both sides: the model learns to keep an input's tone (issue 23). 0: never (and
+            no draw, so pairs stay those of earlier runs).
     """
 
     images: Sequence[np.ndarray]
@@ -44,10 +61,13 @@ class PairData:
     lq_images: Sequence[np.ndarray] | None = None
     margin: int = 32
     context: int = 0
+    reference_tone: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.images:
             raise InputError("no training images")
+        if not 0.0 <= self.reference_tone <= 1.0:
+            raise InputError(f"reference_tone is a probability, got {self.reference_tone}")
         if self.crop % self.scale or self.margin % self.scale:
             raise InputError(f"crop {self.crop} must be a multiple of the scale {self.scale}")
 
@@ -102,15 +122,20 @@ class PairData:
             K = self.view_side
             y0, x0 = max(0, view[0] - m), max(0, view[1] - m)
             y1, x1 = min(H - H % s, view[0] + K + m), min(W - W % s, view[1] + K + m)
+        toned = None  # the HQ crop after a reference tone change
         if self.lq_images is not None:
             lq = self.lq_images[index][y0 // s : y1 // s, x0 // s : x1 // s] / np.float32(65535)
         else:
             region = hq_full[y0:y1, x0:x1].astype(np.float32) / np.float32(65535)
+            if self.reference_tone and generator.random() < self.reference_tone:
+                region = retone(region, generator)  # the reference keeps it: both sides
+                toned = region[y - y0 : y - y0 + ch, x - x0 : x - x0 + cw]
             lq = degrade(region, self.preset, scale=s, pixel_mm=self.pixel_mm,
                          generator=generator).image  # (h/s, w/s)
         up = bicubic_upsample(torch.from_numpy(np.ascontiguousarray(lq, np.float32)), s)
         oy, ox = y - y0, x - x0
-        hq = torch.from_numpy(hq_full[y : y + ch, x : x + cw].astype(np.float32) / 65535)
+        hq = torch.from_numpy(np.ascontiguousarray(toned) if toned is not None else
+                              hq_full[y : y + ch, x : x + cw].astype(np.float32) / 65535)
         out = {"hq": hq[None], "lq_up": up[None, oy : oy + ch, ox : ox + cw].contiguous(),
                "lq": torch.from_numpy(np.ascontiguousarray(
                    lq[oy // s : (oy + ch) // s, ox // s : (ox + cw) // s], np.float32))[None]}

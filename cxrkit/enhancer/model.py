@@ -19,12 +19,16 @@ A model directory (diffusers ``save_pretrained`` layout)::
     enhancer.json           cxrkit's settings (kind, scale, unshuffle, residual_scale, defaults)
     unet/                   config.json + diffusion_pytorch_model.safetensors
     scheduler/              scheduler_config.json (DDPMScheduler: schedule and prediction type)
-    context/                degradation_encoder.safetensors (only with a DegradationEncoder)
+    context/                degradation_encoder.safetensors (only with a DegradationEncoder),
+                            tone_gate.safetensors (only with a ToneGate)
     run.json                how it was trained (written by :mod:`cxrkit.train`)
 
 Optionally a :class:`DegradationEncoder` reads the whole LQ image once and adds what it infers of
 the degradation (blur width, tone curve) to the UNet's time embedding, so every tile is restored
-with the same image-wide estimate (DASR-style blind restoration).
+with the same image-wide estimate (DASR-style blind restoration). A :class:`ToneGate` that reads
+the image's directional blur decides whether the input shows a tone change to undo; where it does
+not, the output's low frequencies are anchored to the input's
+(:func:`cxrkit.enhancer.inference.enhance`).
 """
 
 from __future__ import annotations
@@ -77,6 +81,10 @@ class EnhancerSettings:
             draw (at ``t = T - 1`` the noisy input carries ``√ᾱ ≈ 5e-5`` of the image, nothing
             usable), so a one-step model is a deterministic regressor that spends no capacity on
             ignoring noise; its training used the same zero input (``--zero-start``).
+        tone_anchor: σ, in output pixels, of the Gaussian low-pass of the tone anchor: the
+            output's deviation from the bicubic input below that scale is removed unless the
+            :class:`ToneGate` sees a tone change to undo (probability > 0.5), and the rest of
+            the residual is scaled there by the gate's detail share; 0: no anchor (and no gate).
     """
 
     scale: int = 2
@@ -92,6 +100,7 @@ class EnhancerSettings:
     context_crop: int = 256
     trained_steps: int = 0
     zero_start: bool = False
+    tone_anchor: float = 0.0
     kind: str = field(default=ENHANCER_KIND)
 
     def __post_init__(self) -> None:
@@ -105,6 +114,8 @@ class EnhancerSettings:
         if self.context_channels and self.context_crop < DegradationEncoder.RECEPTIVE:
             raise InputError(f"context crop must be ≥ {DegradationEncoder.RECEPTIVE} px, "
                              f"got {self.context_crop}")
+        if self.tone_anchor < 0:
+            raise InputError(f"the tone anchor's σ must be ≥ 0, got {self.tone_anchor}")
 
     @property
     def multiple(self) -> int:
@@ -124,11 +135,22 @@ class Enhancer(UNetDenoiser):
     settings: EnhancerSettings
 
     def __init__(self, unet: nn.Module, scheduler_config: dict[str, Any],
-                 settings: EnhancerSettings, context: DegradationEncoder | None = None) -> None:
+                 settings: EnhancerSettings, context: DegradationEncoder | None = None,
+                 tone_gate: ToneGate | None = None) -> None:
         super().__init__(unet, scheduler_config, settings)
         if bool(settings.context_channels) != (context is not None):
             raise ModelError("the enhancer's settings and its degradation encoder disagree")
+        if bool(settings.tone_anchor) != (tone_gate is not None):
+            raise ModelError("the enhancer's settings and its tone gate disagree")
         self.context = context
+        self.tone_gate = tone_gate
+
+    def with_tone_gate(self, gate: ToneGate, sigma: float) -> Enhancer:
+        """This enhancer (sharing its modules) with ``gate`` and a tone anchor of σ ``sigma``
+        output pixels (see :attr:`EnhancerSettings.tone_anchor`)."""
+        settings = replace(self.settings, tone_anchor=float(sigma))
+        return Enhancer(self.unet, self.scheduler_config, settings, self.context,
+                        gate.to(self.device, self.dtype))
 
     @classmethod
     def new(cls, settings: EnhancerSettings, *, generator: torch.Generator) -> Enhancer:
@@ -166,7 +188,8 @@ class Enhancer(UNetDenoiser):
         settings = replace(self.settings, context_channels=tuple(channels), context_crop=crop)
         encoder = DegradationEncoder.new(settings.context_channels,
                                          4 * settings.block_out_channels[0], generator=generator)
-        return Enhancer(unet, self.scheduler_config, settings, encoder.to(self.device, self.dtype))
+        return Enhancer(unet, self.scheduler_config, settings, encoder.to(self.device, self.dtype),
+                        self.tone_gate)
 
     def encode(self, lq: torch.Tensor) -> torch.Tensor | None:
         """The degradation embedding ``(B, D)`` of LQ images ``(B, 1, h, w)`` in [0, 1] (None
@@ -221,6 +244,11 @@ class Enhancer(UNetDenoiser):
             save_file({k: v.detach().to(DTYPES[dtype]).contiguous()
                        for k, v in self.context.state_dict().items()},
                       out / "context" / CONTEXT_WEIGHTS, metadata={"format": "pt"})
+        if self.tone_gate is not None:  # small: kept in float32
+            (out / "context").mkdir(exist_ok=True)
+            save_file({k: v.detach().float().contiguous()
+                       for k, v in self.tone_gate.state_dict().items()},
+                      out / "context" / TONE_GATE_WEIGHTS, metadata={"format": "pt"})
         import diffusers
 
         index = {"_class_name": "CxrkitEnhancer", "_diffusers_version": diffusers.__version__,
@@ -258,7 +286,12 @@ class Enhancer(UNetDenoiser):
             load_weights(context, folder / "context" / CONTEXT_WEIGHTS,
                          what="degradation encoder")
             context = context.to(dtype)
-        model = cls(unet, dict(scheduler.config), settings, context)
+        gate = None
+        if settings.tone_anchor:
+            gate = ToneGate()
+            load_weights(gate, folder / "context" / TONE_GATE_WEIGHTS, what="tone gate")
+            gate = gate.to(dtype)
+        model = cls(unet, dict(scheduler.config), settings, context, gate)
         return model.to(device).eval().requires_grad_(False)
 
 
@@ -357,6 +390,72 @@ class DegradationEncoder(nn.Module):
 
 
 CONTEXT_WEIGHTS = "degradation_encoder.safetensors"
+TONE_GATE_WEIGHTS = "tone_gate.safetensors"
+
+
+class ToneGate(nn.Module):
+    """From an LQ image, the probability that it shows a tone change the enhancer should undo.
+
+    A DRR's flat, darkened tone (``drr-like``'s gamma) is part of what an enhancer must restore,
+    but a radiograph that is merely blurred, noisy or of another tone must keep its tone (issue
+    23). The tone itself does not tell them apart (radiographs differ in tone); how the image was
+    blurred does: a DRR is blurred along the body axis by the CT's slice thickness. The gate is a
+    logistic regression on the image's directional blur signature (:meth:`features`), fitted on
+    degradations whose labels are known (:func:`cxrkit.enhancer.tone.fit_tone_gate`).
+
+    Where the tone is kept, a second head (:meth:`share`) says how much of the model's
+    high-frequency residual to keep: on a sharp, mildly degraded input a small model's detail can
+    be worse than none, on a blurred one it is worth keeping; fitted on the same signature by
+    least squares (:func:`cxrkit.enhancer.tone.calibrate_detail`). It starts at 1 (all kept).
+    """
+
+    SCALES = 3
+    """Dyadic scales of :meth:`features` (the image, then 2×2 means of it, …)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        dim = 3 * self.SCALES
+        self.linear = nn.Linear(dim, 1)
+        self.detail = nn.Linear(dim, 1)
+        nn.init.zeros_(self.detail.weight)
+        nn.init.constant_(self.detail.bias, 20.0)  # sigmoid(20) ≈ 1: all of the detail kept
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("scale", torch.ones(dim))
+
+    @classmethod
+    def features(cls, lq: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, h, w)`` images in [0, 1] → ``(B, 3·SCALES)``: at each scale, the log of the
+        mean absolute vertical and horizontal differences and the log of their ratio."""
+        x = lq.double()
+        out = []
+        for _ in range(cls.SCALES):
+            gy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean(dim=(1, 2, 3)) + 1e-6
+            gx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean(dim=(1, 2, 3)) + 1e-6
+            out += [(gy / gx).log(), gx.log(), gy.log()]
+            if min(x.shape[-2:]) >= 4:
+                x = F.avg_pool2d(x, 2)
+        return torch.stack(out, 1).float()
+
+    def standardise(self, features: torch.Tensor) -> torch.Tensor:
+        """``(B, F)`` features, centred and scaled by the fitted statistics."""
+        return (features.float() - self.mean.float()) / self.scale.float()
+
+    def logit(self, features: torch.Tensor) -> torch.Tensor:
+        """``(B, F)`` features → ``(B,)`` logits of a tone change to undo."""
+        return self.linear.float()(self.standardise(features))[:, 0]
+
+    def detail_logit(self, features: torch.Tensor) -> torch.Tensor:
+        """``(B, F)`` features → ``(B,)`` logits of the detail share (:meth:`share`)."""
+        return self.detail.float()(self.standardise(features))[:, 0]
+
+    def share(self, lq: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, h, w)`` LQ images → ``(B,)`` shares in (0, 1) of the model's high-frequency
+        residual to keep where the tone anchor applies."""
+        return torch.sigmoid(self.detail_logit(self.features(lq)))
+
+    def forward(self, lq: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, h, w)`` LQ images → ``(B,)`` probabilities of a tone change to undo."""
+        return torch.sigmoid(self.logit(self.features(lq)))
 
 
 MODEL_PARTS = ("enhancer.json", "scheduler", "unet", "context")

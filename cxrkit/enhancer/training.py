@@ -85,6 +85,8 @@ class PairSettings:
         val_crop: side of the centred validation crop (0: whole images).
         val_count: at most this many validation images (0: all).
         val_tile: tile side used when validating (see :func:`cxrkit.enhancer.enhance`).
+        reference_tone: probability of a random tone change on both sides of a training pair
+            (:attr:`PairData.reference_tone`); validation pairs never get one.
         split_seed: seed of the patient split, of the validation pairs' degradations and of the
             validation sampling; independent of the training seed, so that a fine-tune with
             another seed keeps the same patients held out and its numbers stay comparable.
@@ -98,6 +100,7 @@ class PairSettings:
     val_count: int = 12
     val_tile: int = 512
     split_seed: int = 0
+    reference_tone: float = 0.0
 
 
 def train_enhancer(hq_paths: Sequence[str | Path], settings: EnhancerSettings,
@@ -151,6 +154,8 @@ def train_enhancer(hq_paths: Sequence[str | Path], settings: EnhancerSettings,
             raise ModelError(f"the model to start from has scale {model.settings.scale}, not "
                              f"{settings.scale}", path=str(init))
         settings = model.settings
+        if model.tone_gate is not None:  # fitted afterwards (cxrkit.enhancer.tone), kept as is
+            model.tone_gate.requires_grad_(False)
         if add_context:
             model = model.with_context(add_context, settings.context_crop, generator=generator)
             model.requires_grad_(True).train()
@@ -169,12 +174,13 @@ def train_enhancer(hq_paths: Sequence[str | Path], settings: EnhancerSettings,
     hq = load_images(hq_paths)
     lq = load_images(lq_paths) if lq_paths is not None else None
 
-    def subset(idx: list[int], crop: int) -> PairData:
+    def subset(idx: list[int], crop: int, tone: float = 0.0) -> PairData:
         return PairData([hq[i] for i in idx], crop, settings.scale, pairs.preset, pairs.pixel_mm,
                         [lq[i] for i in idx] if lq is not None else None,
-                        context=settings.context_crop if settings.context_channels else 0)
+                        context=settings.context_crop if settings.context_channels else 0,
+                        reference_tone=tone)
 
-    data = subset(train_idx, pairs.crop)
+    data = subset(train_idx, pairs.crop, pairs.reference_tone)
     val_items = subset(val_idx[: pairs.val_count or None], pairs.crop).fixed(
         pairs.val_crop, seed=pairs.split_seed) if val_idx else []
 
