@@ -36,6 +36,13 @@
 # Time on this 2-core CPU (2026-12-07, default model, batch 16 of 128-px windows, 2 threads):
 # 0.5 s per step on an idle machine, 1-2.6 s at load 4-6; synth about 45 s per gain.
 #
+# What to expect (measured 2026-12-07 on this CPU, shared with other work): not a working
+# detector yet. Stage 1's 1000 steps: held-out window AUC 0.60-0.68, whole-image validation AUC
+# 0.49, real check AUC 0.47 [0.30, 0.65] (21 "Nodule" vs 19 nodule-free radiographs); the mask
+# covers the lung fields at 0.3-0.6. Stage 2 was stopped at step 1276 of 2000 (SIGTERM, for
+# time): whole-image AUC 0.48, Dice 0.015. Many more steps (a GPU) are the next thing to try;
+# read run.json and the two check files before shipping.
+#
 # Usage (repository root): repro/train_detector.sh [WORK_DIR] [NIH_DIR] [LUNA16_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
