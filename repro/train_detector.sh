@@ -40,7 +40,7 @@
 # detector yet. Stage 1's 1000 steps: held-out window AUC 0.60-0.68, whole-image validation AUC
 # 0.49, real check AUC 0.47 [0.30, 0.65] (21 "Nodule" vs 19 nodule-free radiographs); the mask
 # covers the lung fields at 0.3-0.6. Stage 2 was stopped at step 1276 of 2000 (SIGTERM, for
-# time): whole-image AUC 0.48, Dice 0.015. Many more steps (a GPU) are the next thing to try;
+# time): whole-image AUC 0.48, Dice 0.015, real check AUC 0.45 [0.28, 0.63]. Many more steps (a GPU) are the next thing to try;
 # read run.json and the two check files before shipping.
 #
 # Usage (repository root): repro/train_detector.sh [WORK_DIR] [NIH_DIR] [LUNA16_DIR]
@@ -140,7 +140,7 @@ from cxrkit.data.nih import read_labels
 from cxrkit.detector.data import record_patient
 work, nih = Path(sys.argv[1]), Path(sys.argv[2])
 held = set(json.loads((work / "detector" / "run.json").read_text())["data"]["validation_patients"])
-for f in sorted(work.glob("synth*.jsonl")):
+for f in [*sorted(work.glob("synth*.jsonl")), work / "negatives.jsonl"]:
     for line in f.read_text().splitlines():
         if line.strip() and record_patient(json.loads(line)) in held:
             print(line)
