@@ -68,9 +68,13 @@ def train_detect(
     crop_px: Annotated[int | None, typer.Option(
         min=32, max=4096, help="Train on windows of this side cut from the model's square "
                                "(positives around their nodule, negatives in the lungs or "
-                               "anywhere): many times faster than whole images; validation "
-                               "stays on whole images. Image-level-only positives are left "
-                               "out.", show_default=False)] = None,
+                               "anywhere): a 128-px window costs 1/16 of a 512² image; "
+                               "validation stays on whole images. Image-level-only positives "
+                               "are left out.", show_default=False)] = None,
+    stem_channels: Annotated[int | None, typer.Option(
+        min=0, max=1024, help="Channels of the 3x3 convolution + GELU before the patch "
+                              "embedding (0: Swin's plain patch embedding). Default 16.",
+        show_default=False)] = None,
     val_fraction: Annotated[float, typer.Option(
         help="Share of patients held out for validation (a synth record belongs to the "
              "patient of its source radiograph).")] = 0.15,
@@ -125,6 +129,7 @@ def train_detect(
     given = {k: v for k, v in {
         "image_px": image_px, "embed_dim": embed_dim, "window": window,
         "patch_size": patch_size, "decoder_dim": decoder_dim, "presence_topk": presence_topk,
+        "stem_channels": stem_channels,
         "depths": channel_list(depths, "--depths") if depths else None,
         "num_heads": channel_list(heads, "--heads") if heads else None}.items()
         if v is not None}

@@ -15,9 +15,9 @@ one balanced, augmented sample stream.
   With ``crop``, the sample is a ``crop × crop`` window of the augmented square instead: a
   positive's window holds its nodule's centre somewhere in its middle three quarters; a
   negative's is centred, half the time, where some positive has its nodule (the lungs: hard
-  negatives), else anywhere inside the radiograph. Windows learn 16× faster than whole 512²
-  images (a nodule is a far larger share of the input) and the detector's presence, read from
-  its mask, asks the same question of a window and of a whole radiograph. Positives with an
+  negatives), else anywhere inside the radiograph. A 128-px window costs a sixteenth of a whole
+  512² image, a nodule is a far larger share of it, and the detector's presence, read from its
+  mask, asks the same question of a window and of a whole radiograph. Positives with an
   image-level label only (no mask) cannot be cut into windows and are left out.
 
 Characteristics from a synth record's ``nodule.characteristics`` (LIDC conventions, see
