@@ -57,59 +57,60 @@ class GateFit:
     held_out_gain_db: dict[str, float] = field(default_factory=dict)
 
 
+def _draw_view(images: Sequence[np.ndarray], *, scale: int, side: int, preset: str,
+               reference_tone: float, pixel_mm: float, generator: np.random.Generator,
+               ) -> tuple[np.ndarray, np.ndarray, bool]:
+    """One view: a random square of ``side`` HQ pixels of a random image (or the largest that
+    fits), given a reference tone change with probability ``reference_tone``, degraded by
+    ``preset`` at ``scale``. Returns ``(reference, LQ, whether the degradation changed the
+    tone)`` (:data:`TONE_STEPS`)."""
+    from cxrkit.degrade import degrade
+
+    image = images[int(generator.integers(len(images)))]
+    H, W = image.shape
+    k = min(side - side % scale, H - H % scale, W - W % scale)
+    y, x = int(generator.integers(0, H - k + 1)), int(generator.integers(0, W - k + 1))
+    region = image[y : y + k, x : x + k].astype(np.float32) / np.float32(65535)
+    if reference_tone and generator.random() < reference_tone:
+        region = retone(region, generator)
+    result = degrade(region, preset, scale=scale, pixel_mm=pixel_mm, generator=generator)
+    return region, result.image, any(step["name"] in TONE_STEPS for step in result.params)
+
+
 def tone_views(images: Sequence[np.ndarray], count: int, *, scale: int, side: int, preset: str,
                reference_tone: float, pixel_mm: float, generator: np.random.Generator,
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gate features and labels of ``count`` degraded views of ``images`` (uint16 ``(H, W)``).
-
-    Each view is a random square of ``side`` HQ pixels (or the largest that fits), given a
-    reference tone change with probability ``reference_tone``, degraded by ``preset`` at
-    ``scale``; its label is 1 when the degradation changed the tone (:data:`TONE_STEPS`).
+    """Gate features and labels of ``count`` degraded views of ``images`` (uint16 ``(H, W)``),
+    drawn by :func:`_draw_view`; a view's label is 1 when its degradation changed the tone.
 
     Returns:
         ``(count, F)`` float32 features (:meth:`ToneGate.features`) and ``(count,)`` labels.
     """
-    from cxrkit.degrade import degrade
-
-    s = scale
     features, labels = [], []
     for _ in range(count):
-        image = images[int(generator.integers(len(images)))]
-        H, W = image.shape
-        k = min(side - side % s, H - H % s, W - W % s)
-        y = int(generator.integers(0, H - k + 1))
-        x = int(generator.integers(0, W - k + 1))
-        region = image[y : y + k, x : x + k].astype(np.float32) / np.float32(65535)
-        if reference_tone and generator.random() < reference_tone:
-            region = retone(region, generator)
-        result = degrade(region, preset, scale=s, pixel_mm=pixel_mm, generator=generator)
-        labels.append(float(any(step["name"] in TONE_STEPS for step in result.params)))
-        lq = torch.from_numpy(np.ascontiguousarray(result.image, np.float32))[None, None]
-        features.append(ToneGate.features(lq)[0])
+        _, lq, toned = _draw_view(images, scale=scale, side=side, preset=preset,
+                                  reference_tone=reference_tone, pixel_mm=pixel_mm,
+                                  generator=generator)
+        labels.append(float(toned))
+        image = torch.from_numpy(np.ascontiguousarray(lq, np.float32))[None, None]
+        features.append(ToneGate.features(image)[0])
     return torch.stack(features), torch.tensor(labels)
 
 
 def _plain_views(images: Sequence[np.ndarray], count: int, *, scale: int, side: int, preset: str,
                  reference_tone: float, pixel_mm: float, generator: np.random.Generator,
                  ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``count`` (reference, LQ) views whose degradation has no tone change (as
+    """``count`` (reference, LQ) views whose degradation has no tone change (drawn as
     :func:`tone_views` draws them, those with a tone change skipped)."""
-    from cxrkit.degrade import degrade
-
     views: list[tuple[np.ndarray, np.ndarray]] = []
     for _ in range(100 * count):
         if len(views) == count:
             break
-        image = images[int(generator.integers(len(images)))]
-        H, W = image.shape
-        k = min(side - side % scale, H - H % scale, W - W % scale)
-        y, x = int(generator.integers(0, H - k + 1)), int(generator.integers(0, W - k + 1))
-        region = image[y : y + k, x : x + k].astype(np.float32) / np.float32(65535)
-        if reference_tone and generator.random() < reference_tone:
-            region = retone(region, generator)
-        result = degrade(region, preset, scale=scale, pixel_mm=pixel_mm, generator=generator)
-        if not any(step["name"] in TONE_STEPS for step in result.params):
-            views.append((region, result.image))
+        region, lq, toned = _draw_view(images, scale=scale, side=side, preset=preset,
+                                       reference_tone=reference_tone, pixel_mm=pixel_mm,
+                                       generator=generator)
+        if not toned:
+            views.append((region, lq))
     return views
 
 

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrkit.errors import InputError
+from cxrkit.synthdit.realism import fold_of, patch_classifier
 
 ATTRIBUTES = ("calcified", "border_irregular", "inhomogeneous")
 """The judged traits (keys of a nodule's characteristics, 1 = present)."""
@@ -78,21 +79,8 @@ def attribute_inputs(patches: torch.Tensor, masks: torch.Tensor, *,
 
 def classifier_network(generator: torch.Generator, channels: int = 2) -> nn.Module:
     """The untrained CNN (weights drawn from ``generator``): inputs ``(N, channels, c, c)``,
-    one logit per :data:`ATTRIBUTES` entry."""
-    layers: list[nn.Module] = []
-    for width in (16, 32, 64):
-        layers += [nn.Conv2d(channels, width, 3, padding=1), nn.GELU(),
-                   nn.Conv2d(width, width, 3, padding=1, stride=2), nn.GELU()]
-        channels = width
-    net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                        nn.Linear(channels, len(ATTRIBUTES)))
-    with torch.no_grad():
-        for p in net.parameters():  # seeded, independent of the global RNG
-            if p.ndim > 1:
-                p.copy_(torch.randn(p.shape, generator=generator) * (2.0 / p[0].numel()) ** 0.5)
-            else:
-                p.zero_()
-    return net
+    one logit per :data:`ATTRIBUTES` entry (:func:`~cxrkit.synthdit.realism.patch_classifier`)."""
+    return patch_classifier(generator, channels, len(ATTRIBUTES))
 
 
 def train_classifier(x: torch.Tensor, y: np.ndarray, *, steps: int = 400, batch_size: int = 32,
@@ -143,14 +131,6 @@ def predict(nets: Sequence[nn.Module], x: torch.Tensor, batch_size: int = 256) -
         xb = x[start:start + batch_size]
         out.append(torch.stack([torch.sigmoid(n(xb)) for n in nets]).mean(0))
     return torch.cat(out).numpy().astype(np.float64)
-
-
-def fold_of(groups: Sequence[Hashable], folds: int, seed: int) -> np.ndarray:
-    """The fold of each item: its group's (groups shuffled by ``seed``, dealt in turn)."""
-    names = sorted({str(g) for g in groups})
-    order = np.random.default_rng(seed).permutation(len(names))
-    fold = {names[j]: k % folds for k, j in enumerate(order)}
-    return np.array([fold[str(g)] for g in groups])
 
 
 def cross_validate(x: torch.Tensor, y: np.ndarray, groups: Sequence[Hashable], *,

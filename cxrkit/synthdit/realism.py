@@ -62,14 +62,20 @@ def nodule_contrast(patches: torch.Tensor, masks: torch.Tensor, ring: tuple[int,
     return out
 
 
-def _classifier(generator: torch.Generator) -> nn.Module:
+def patch_classifier(generator: torch.Generator, channels: int = 3, outputs: int = 1
+                     ) -> nn.Module:
+    """A small untrained CNN for patch classifiers (weights drawn from ``generator``, not the
+    global RNG): three stages of two 3×3 convolutions (the second of stride 2) at widths 16, 32,
+    64 with GELU, global average pooling, one linear to ``outputs`` logits; inputs
+    ``(N, channels, h, w)``. Used by the two-sample test here and by
+    :mod:`cxrkit.synthdit.attributes`."""
     layers: list[nn.Module] = []
-    channels = 3
     for width in (16, 32, 64):
         layers += [nn.Conv2d(channels, width, 3, padding=1), nn.GELU(),
                    nn.Conv2d(width, width, 3, padding=1, stride=2), nn.GELU()]
         channels = width
-    net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 1))
+    net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(channels, outputs))
     with torch.no_grad():
         for p in net.parameters():  # seeded initialisation independent of the global RNG
             if p.ndim > 1:
@@ -103,7 +109,8 @@ def _inputs(patches: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _fold_of(groups: Sequence[Hashable], folds: int, seed: int) -> np.ndarray:
+def fold_of(groups: Sequence[Hashable], folds: int, seed: int) -> np.ndarray:
+    """The fold of each item: its group's (groups shuffled by ``seed``, dealt in turn)."""
     names = sorted({str(g) for g in groups})
     order = np.random.default_rng(seed).permutation(len(names))
     fold = {names[j]: k % folds for k, j in enumerate(order)}
@@ -140,7 +147,7 @@ def two_sample_test(real: torch.Tensor, fake: torch.Tensor, masks: torch.Tensor,
         raise InputError("real, fake and masks must be (N, 1, h, w) with N groups")
     if not 2 <= folds <= len(set(map(str, groups))):
         raise InputError(f"{folds} folds need at least {folds} background patients")
-    fold = _fold_of(groups, folds, seed)
+    fold = fold_of(groups, folds, seed)
     n = len(real)
     x = torch.cat([_inputs(real, masks), _inputs(fake, masks)])
     y = torch.cat([torch.zeros(n), torch.ones(n)])
@@ -150,7 +157,7 @@ def two_sample_test(real: torch.Tensor, fake: torch.Tensor, masks: torch.Tensor,
         test = torch.from_numpy(fold[pair] == k)
         train_x, train_y = x[~test], y[~test]
         gen = torch.Generator().manual_seed(seed * 1000 + k)
-        net = _classifier(gen)
+        net = patch_classifier(gen)
         opt = torch.optim.Adam(net.parameters(), lr=lr)
         for _ in range(steps):
             idx = torch.randint(len(train_x), (min(batch_size, len(train_x)),), generator=gen)
