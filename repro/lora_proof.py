@@ -261,8 +261,8 @@ def interference(args: argparse.Namespace) -> dict[str, Any]:
             "cross_normalised_mean": {"a_separate": mean(sep), "b_joint_orth": mean(joint_)},
             "cross_normalised_max": {"a_separate": max(sep), "b_joint_orth": max(joint_)},
             "abs_cosine_mean": {"a_separate": mean(cos_sep), "b_joint_orth": mean(cos_joint)},
-            # the A row spaces' overlap: train-lora seeds adapter i's A with seed·1000 + i, so
-            # separately trained adapters (each i = 0) start from the same A
+            # the A row spaces' overlap (1: one subspace); before 2026-12-07's fix train-lora
+            # seeded every separately trained adapter's A alike
             "row_space_overlap_mean": {"a_separate": mean(ov_sep), "b_joint_orth": mean(ov_joint)},
             "layers_b_below_a": int(sum(j < s for s, j in zip(sep, joint_, strict=True))),
             **({"b0_joint_no_orth": {
@@ -672,9 +672,9 @@ def markdown(r: dict[str, Any]) -> str:
                   f"{c0['layers_b_below_b0']} of {r['interference'][pair]['layers']} layers."]
     sub = r["subtlety"]
     lines += ["", "interference: mean over layers of ‖ΔW₁ΔW₂ᵀ‖_F / (‖ΔW₁‖_F‖ΔW₂‖_F); A overlap: "
-              "‖Q₁ᵀQ₂‖²_F / r of the A row spaces (1 = the same subspace). train-lora seeds "
-              "adapter i's A with seed·1000 + i, so separately trained adapters share their "
-              "initial A and jointly trained ones do not: (a) → (b) mixes L_orth with that.", "",
+              "‖Q₁ᵀQ₂‖²_F / r of the A row spaces (1 = the same subspace). Each characteristic's A starts "
+              "from its own seed (train-lora's init_seed), alone or jointly; the λ = 0 joint "
+              "control separates L_orth from joint training itself.", "",
               f"Subtlety slider (shipped adapter, weight α(s)/α_train, α(s) = "
               f"{sub['alpha_map']}): nodule CNR; without adapter {sub['base_cnr_mean']:.3f}", "",
               "| s | weight | CNR mean | CNR median | contrast mean |", "|---|---|---|---|---|"]

@@ -31,6 +31,7 @@ from cxrkit.synthdit.lora_training import (
     CHARACTERISTICS,
     LabelledPatch,
     characteristic,
+    init_seed,
     train_adapters,
     train_ziplora,
 )
@@ -110,6 +111,22 @@ def test_lora_on_to_q_changes_the_output_and_a_zero_b_does_not() -> None:
     assert not torch.allclose(model(*_x()), before)
     with pytest.raises(InputError, match="targets"):
         add_trainable(model, "x", rank=4, alpha=4, targets=["adaln_modulation"], seed=0)
+
+
+def test_each_characteristic_starts_from_its_own_a() -> None:
+    """Adapters trained in separate runs must not share A at the start (a shared A makes their
+    deltas overlap by construction); the same name and seed start alike."""
+    seeds = {name: init_seed(0, name) for name in CHARACTERISTICS}
+    assert len(set(seeds.values())) == len(seeds)
+    assert init_seed(0, "calcified") == seeds["calcified"] != init_seed(1, "calcified")
+
+    def a_of(name: str) -> torch.Tensor:
+        model = _model()
+        add_trainable(model, name, rank=4, alpha=4, targets=["to_q"], seed=init_seed(0, name))
+        return next(iter(lora_modules(model).values())).lora_A[name].weight.detach()
+
+    assert torch.equal(a_of("calcified"), a_of("calcified"))
+    assert not torch.allclose(a_of("calcified"), a_of("border_irregular"))
 
 
 def _random_adapter(model: SynthDiT, rank: int, scale: float, seed: int) -> object:

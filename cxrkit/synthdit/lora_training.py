@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxrkit.data.seeds import item_seed
 from cxrkit.errors import InputError
 from cxrkit.synthdit.adapters import (
     activate,
@@ -304,6 +305,14 @@ def adapter_validator(names: Sequence[str], data: AdapterPatches, samples: int, 
     return validate
 
 
+def init_seed(seed: int, name: str) -> int:
+    """The seed of adapter ``name``'s initial A under the run's ``seed``: one per characteristic,
+    so adapters trained in separate runs start from different A (a shared A correlates their
+    updates by construction, which the interference report then measures), and an adapter
+    starts alike alone or in a joint run."""
+    return item_seed(seed, f"lora-A:{name}", bits=63)
+
+
 def train_adapters(model_dir: str | Path, patches: Sequence[LabelledPatch],
                    characteristics: Sequence[str], config: TrainConfig, *,
                    rank: int = 8, alpha: float = 8.0, targets: Sequence[str] = (
@@ -352,9 +361,9 @@ def train_adapters(model_dir: str | Path, patches: Sequence[LabelledPatch],
     folder = Path(model_dir)
     model = SynthDiT.load(folder)
     sha = backbone_sha256(folder)
-    for i, name in enumerate(names):
+    for name in names:
         add_trainable(model, name, rank=rank, alpha=alpha, targets=targets,
-                      seed=config.seed * 1000 + i)
+                      seed=init_seed(config.seed, name))
     activate(model, names)
     model.requires_grad_(False)
     for pname, p in model.named_parameters():
@@ -590,5 +599,5 @@ def train_ziplora(model: SynthDiT, first: Adapter, second: Adapter,
 
 __all__ = ["ADAPTER_KIND", "CHARACTERISTICS", "DEFAULT_ALPHA_MAP", "AdapterPatches",
            "Characteristic", "LabelledPatch", "adapter_validator", "characteristic",
-           "grouped_loss", "labelled_patches", "orth_term", "train_adapters", "train_lora",
-           "train_ziplora", "traits"]
+           "grouped_loss", "init_seed", "labelled_patches", "orth_term", "train_adapters",
+           "train_lora", "train_ziplora", "traits"]
