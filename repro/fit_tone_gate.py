@@ -10,7 +10,9 @@ residual kept where the anchor applies (least squares on views without a tone ch
 MODEL with the gate to OUT: the same UNet and encoder weights, ``enhancer.json`` with
 ``tone_anchor`` = ``--sigma``, the gate in ``context/tone_gate.safetensors``, and ``run.json``
 extended by a ``tone_gate`` record (this command, its options, the accuracies). ~2 min on one
-CPU thread.
+CPU thread. With ``--route SPECIALIST`` the written model also hands the inputs in which its gate
+sees a tone change (DRR-like ones) to that enhancer, copied whole into ``OUT/route``
+(``Enhancer.with_route``): the robust model for everything else, the specialist for its own job.
 
 Usage (repository root)::
 
@@ -55,6 +57,8 @@ def main() -> None:
     parser.add_argument("--max-images", type=int, default=60,
                         help="training images read (the first, by name)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--route", type=Path,
+                        help="an enhancer (no gate) for the inputs the gate sees a tone change in")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dtype", default="fp16", choices=("fp32", "bf16", "fp16"),
                         help="dtype of the written weights (train-enhance's default: fp16)")
@@ -72,6 +76,8 @@ def main() -> None:
         preset=args.preset, reference_tone=args.reference_tone, samples=args.samples,
         held_out_samples=args.held_out_samples, seed=args.seed,
         calibration_samples=args.calibration_samples, asymmetry=args.asymmetry)
+    if args.route is not None:
+        gated = gated.with_route(Enhancer.from_pretrained(args.route))
     tmp = args.out.with_name(args.out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     gated.save_pretrained(tmp, dtype=args.dtype)
@@ -81,8 +87,14 @@ def main() -> None:
         "preset": args.preset, "reference_tone": args.reference_tone, "seed": args.seed,
         "samples": [args.samples, args.held_out_samples],
         "calibration_samples": args.calibration_samples, "asymmetry": args.asymmetry,
-        "train_images": train_names, "fit": asdict(fit)}
+        "train_images": train_names, "fit": asdict(fit),
+        "route": None if args.route is None else {
+            "from": str(args.route), "from_model_sha256": model_sha256(args.route),
+            "what": "inputs in which the gate sees a tone change are enhanced by this model"}}
     (tmp / "run.json").write_text(json.dumps(run, indent=2) + "\n")
+    if args.route is not None:  # the specialist's own files, byte for byte (its hash, run.json)
+        shutil.rmtree(tmp / "route")
+        shutil.copytree(args.route, tmp / "route", ignore=shutil.ignore_patterns("checkpoints"))
     tmp.rename(args.out)
     print(json.dumps(run["tone_gate"]["fit"]))
 

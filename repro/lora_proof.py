@@ -672,9 +672,10 @@ def markdown(r: dict[str, Any]) -> str:
                   f"{c0['layers_b_below_b0']} of {r['interference'][pair]['layers']} layers."]
     sub = r["subtlety"]
     lines += ["", "interference: mean over layers of ‖ΔW₁ΔW₂ᵀ‖_F / (‖ΔW₁‖_F‖ΔW₂‖_F); A overlap: "
-              "‖Q₁ᵀQ₂‖²_F / r of the A row spaces (1 = the same subspace). Each characteristic's A starts "
-              "from its own seed (train-lora's init_seed), alone or jointly; the λ = 0 joint "
-              "control separates L_orth from joint training itself.", "",
+              "‖Q₁ᵀQ₂‖²_F / r of the A row spaces (1 = the same subspace). Each "
+              "characteristic's A starts from its own seed (train-lora's init_seed), alone or "
+              "jointly; the λ = 0 joint control separates L_orth from joint training itself.",
+              "",
               f"Subtlety slider (shipped adapter, weight α(s)/α_train, α(s) = "
               f"{sub['alpha_map']}): nodule CNR; without adapter {sub['base_cnr_mean']:.3f}", "",
               "| s | weight | CNR mean | CNR median | contrast mean |", "|---|---|---|---|---|"]

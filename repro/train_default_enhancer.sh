@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Retrain cxrkit's shipped default enhancer (cxrkit/models/enhancer) from scratch: the exact chain
-# of `cxrkit train-enhance` runs recorded in its run.json ("command", then "init" → "command" …),
-# with the work folders renamed. Each run starts from the previous one's model folder.
+# Retrain the shipped default enhancer's DRR-like specialist (cxrkit/models/enhancer/route, the
+# whole default until 2026-12-07) from scratch: the exact chain of `cxrkit train-enhance` runs
+# recorded in its run.json ("command", then "init" → "command" …), with the work folders renamed.
+# Each run starts from the previous one's model folder. repro/train_robust_enhancer.sh then makes
+# the default from it (a broad fine-tune, a tone gate, and this model as its route).
 #
 #   1. 2400 steps from scratch, plain v-MSE diffusion loss                       (~50 min)
 #   2. 2000 + 1200 steps with the SSIM term on the clean-image estimate            (~85 min)
@@ -15,8 +17,7 @@
 # run validates on the same 12 whole radiographs. Same machine and seeds → same weights.
 #
 # Usage (repository root): repro/train_default_enhancer.sh [WORK_DIR] [NIH_IMAGES_DIR]
-# The result is WORK_DIR/5-continue; copy it over cxrkit/models/enhancer to ship it (drop its
-# checkpoints/ folder). Runs that were tried and not shipped: a --zero-start run after run 4
+# The result is WORK_DIR/5-continue: give it to repro/train_robust_enhancer.sh as SPECIALIST. Runs that were tried and not shipped: a --zero-start run after run 4
 # (900 steps, same SSIM), run 5's last 198 steps (the validation SSIM fell slightly), and an
 # 800-step run from run 5's result with --ssim-weight 30 --lr 2e-5 --seed 5, cosine (2026-12-06:
 # validation SSIM gain +0.0473 at steps 400 and 800, below the shipped +0.0484; PSNR +13.65 dB).

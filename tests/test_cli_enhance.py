@@ -89,6 +89,24 @@ def test_black_borders_stay_black_unless_no_keep_black(tiny_model_dir: Path,
     np.testing.assert_array_equal(outs["--keep-black"][:, 36:], outs["--no-keep-black"][:, 36:])
 
 
+def test_the_record_says_what_the_tone_gate_decided(tiny_model_dir: Path,
+                                                   radiograph_path: Path,
+                                                   tmp_path: Path) -> None:
+    from cxrkit.enhancer.model import ToneGate
+
+    tiny = Enhancer.from_pretrained(tiny_model_dir)
+    gate = ToneGate()
+    gate.linear.bias.data.fill_(50.0)  # sees a tone change in every input
+    tiny.with_tone_gate(gate, 4.0).with_route(tiny).save_pretrained(tmp_path / "routed")
+    for flag, expected in (("--tone-anchor", {"tone_change": True, "route": True}),
+                           ("--no-tone-anchor", None)):
+        result = invoke("enhance", str(radiograph_path), "--model", str(tmp_path / "routed"),
+                        flag, "-o", str(tmp_path / flag))
+        assert result.exit_code == 0, result.output
+        (rec,) = records(result.stdout)
+        assert rec["enhance"]["options"].get("tone_gate") == expected
+
+
 def test_errors_exit_1_with_one_line(radiograph_path: Path, tmp_path: Path,
                                      tiny_model_dir: Path) -> None:
     result = run_cli("enhance", str(radiograph_path), "--model", str(tmp_path))  # real exit code

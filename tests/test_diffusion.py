@@ -422,6 +422,42 @@ def test_tone_gate_learns_which_inputs_carry_a_tone_change_and_round_trips(
     assert np.array_equal(enhance(loaded, lq, generator=gen()), raw)
 
 
+def test_a_tone_route_hands_tone_changed_inputs_to_its_specialist(tmp_path: Path) -> None:
+    from cxrkit.enhancer import model_sha256
+    from cxrkit.enhancer.model import ToneGate
+
+    gen = functools.partial(torch.Generator().manual_seed, 0)
+    model = _with_live_encoder(Enhancer.new(CONTEXT, generator=gen()))
+    specialist = Enhancer.new(CONTEXT, generator=torch.Generator().manual_seed(1))
+    gated = model.with_tone_gate(ToneGate(), 4.0)
+    with pytest.raises(ModelError, match="tone gate"):
+        model.with_route(specialist)
+    with pytest.raises(ModelError, match="plain enhancer"):
+        gated.with_route(gated)
+    routed = gated.with_route(specialist)
+    assert routed.settings.tone_route and routed.unet is model.unet
+    gated.save_pretrained(tmp_path / "gated")
+    routed.save_pretrained(tmp_path / "routed")
+    assert (tmp_path / "routed" / "route" / "enhancer.json").is_file()
+    assert model_sha256(tmp_path / "routed") != model_sha256(tmp_path / "gated")
+    loaded = Enhancer.from_pretrained(tmp_path / "routed")
+    assert loaded.route is not None and loaded.route.tone_gate is None
+    lq = _textures(1, 3)[0][:64, :64] / np.float32(65535)
+    by_specialist = enhance(specialist, lq, generator=gen())
+    loaded.tone_gate.linear.bias.data.fill_(50.0)  # a tone change: the specialist, whole
+    assert np.array_equal(enhance(loaded, lq, generator=gen()), by_specialist)
+    assert np.array_equal(enhance(loaded, lq, generator=gen(), tone_anchor=False),
+                          enhance(gated, lq, generator=gen(), tone_anchor=False))
+    loaded.tone_gate.linear.bias.data.fill_(-50.0)  # none: the robust model, anchored
+    gated.tone_gate.linear.bias.data.fill_(-50.0)
+    assert np.array_equal(enhance(loaded, lq, generator=gen()),
+                          enhance(gated, lq, generator=gen()))
+    broken = tmp_path / "routed" / "route" / "unet" / "diffusion_pytorch_model.safetensors"
+    broken.unlink()
+    with pytest.raises(ModelError, match="safetensors"):
+        Enhancer.from_pretrained(tmp_path / "routed")
+
+
 def test_detail_share_is_fitted_per_image_by_least_squares() -> None:
     from cxrkit.enhancer.model import ToneGate
     from cxrkit.enhancer.tone import (

@@ -69,9 +69,10 @@ def enhance(
              "model's faint haze there costs SSIM.")] = True,
     tone_anchor: Annotated[bool, typer.Option(
         "--tone-anchor/--no-tone-anchor",
-        help="With a model that has a tone gate: keep the input's tone (the output's "
-             "low-frequency deviation from the bicubic input is removed) unless the gate sees a "
-             "tone change to undo, such as a DRR's.")] = True,
+        help="With a model that has a tone gate (the default): keep the input's tone (the "
+             "output's low-frequency deviation from the bicubic input is removed) unless the gate "
+             "sees a tone change to undo, such as a DRR's; a model with a route hands such inputs "
+             "to its DRR-like specialist. --no-tone-anchor: the main model's raw output.")] = True,
     device: Device = "auto",
     seed: Seed = 0,
     fmt: Format = "tiff",
@@ -84,7 +85,10 @@ def enhance(
     A conditional diffusion model denoises the difference between the HQ image and the bicubic
     upsampling of the input, in --steps steps of --sampler, tile by tile over one shared noisy
     image; a model with a degradation encoder first reads the whole input once and conditions
-    every tile on what it infers (blur width, tone curve). Black input regions stay black
+    every tile on what it infers (blur width, tone curve). The default model's tone gate sends
+    DRR-like inputs (slice blur, DRR tone) to its DRR-like specialist and everything else to a
+    model trained on a broad mixture of degradations that keeps the input's tone (the record's
+    enhance.options.tone_gate says which). Black input regions stay black
     (--no-keep-black: the model's output everywhere). Reads display radiographs (8/16-bit
     PNG, TIFF, DICOM) or records; writes one image and one record per input. The record's
     'reference' passes through, so cxrkit eval can score the result; its 'input' names the image
@@ -196,6 +200,12 @@ class EnhanceJob:
                            generator=torch.Generator().manual_seed(seed), tile=opts["tile"],
                            overlap=opts["overlap"], keep_black=opts["keep_black"],
                            tone_anchor=opts["tone_anchor"])
+        if opts["tone_anchor"] and model.tone_gate is not None:
+            from cxrkit.enhancer.inference import tone_change
+
+            change = tone_change(model, lq)  # what the gate decided for this input
+            opts["tone_gate"] = {"tone_change": change,
+                                 "route": bool(change and model.route is not None)}
         return out, settings.scale, opts
 
     def _load(self) -> Any:

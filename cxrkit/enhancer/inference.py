@@ -33,6 +33,19 @@ def anchor_tone(out: torch.Tensor, up: torch.Tensor, sigma: float, weight: float
     return out - weight * torch.from_numpy(removed).to(out.dtype)
 
 
+def _batch(lq: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(lq, np.float32))[None, None]
+
+
+def tone_change(model: Enhancer, lq: np.ndarray) -> bool:
+    """Whether ``model``'s tone gate sees a tone change to undo in ``lq`` (probability > 0.5;
+    False without a gate)."""
+    if model.tone_gate is None:
+        return False
+    with torch.inference_mode():
+        return float(model.tone_gate(_batch(lq).to(model.device))[0]) > 0.5
+
+
 BLACK_LEVEL = 1e-3
 """Default of :func:`enhance`'s ``keep_black``: input at or below this (display range [0, 1],
 about a quarter of an 8-bit step) counts as black."""
@@ -70,7 +83,9 @@ def enhance(model: Enhancer, lq: np.ndarray, *, sampler: str | None = None,
             :meth:`~cxrkit.enhancer.model.ToneGate.share`). The decision is all or nothing: the
             gate's probabilities are sharp on the degradations it was fitted on (held-out
             accuracy 1.00) but soft (0.1-0.4) on some unseen ones, where a weighted mix would
-            let part of the DRR tone correction through. False: the raw model output.
+            let part of the DRR tone correction through. A model with a tone route
+            (``settings.tone_route``) hands an input in which the gate sees a tone change to the
+            enhancer in its ``route/`` instead, whole. False: the raw model output (no route).
 
     Returns:
         ``(h·scale, w·scale)`` float32 in [0, 1].
@@ -81,6 +96,10 @@ def enhance(model: Enhancer, lq: np.ndarray, *, sampler: str | None = None,
     settings = model.settings
     if lq.ndim != 2 or min(lq.shape) < 2:
         raise InputError(f"enhance needs an (H, W) image, got shape {lq.shape}")
+    if tone_anchor and model.route is not None and model.tone_gate is not None \
+            and tone_change(model, lq):
+        return enhance(model.route, lq, steps=steps, sampler=sampler, generator=generator,
+                       tile=tile, overlap=overlap, tile_batch=tile_batch, keep_black=keep_black)
     m = settings.multiple
     if tile is not None and (tile < m or tile % m):
         raise InputError(f"tile must be a multiple of {m}, got {tile}",
@@ -106,9 +125,8 @@ def enhance(model: Enhancer, lq: np.ndarray, *, sampler: str | None = None,
     out = up + residual[0, 0, :H, :W].cpu() / settings.residual_scale
     if tone_anchor and model.tone_gate is not None:
         with torch.inference_mode():
-            image = torch.from_numpy(np.ascontiguousarray(lq, np.float32))[None, None]
-            undo = float(model.tone_gate(image)[0]) > 0.5
-            share = float(model.tone_gate.share(image)[0])
+            share = float(model.tone_gate.share(_batch(lq).to(model.device))[0])
+        undo = tone_change(model, lq)
         out = anchor_tone(out, up, settings.tone_anchor, 0.0 if undo else 1.0, share)
     if keep_black is not None:
         black = F.max_pool2d(up[None, None], 3, stride=1, padding=1)[0, 0] <= keep_black

@@ -21,6 +21,7 @@ A model directory (diffusers ``save_pretrained`` layout)::
     scheduler/              scheduler_config.json (DDPMScheduler: schedule and prediction type)
     context/                degradation_encoder.safetensors (only with a DegradationEncoder),
                             tone_gate.safetensors (only with a ToneGate)
+    route/                  a whole enhancer folder of its own (only with ``tone_route``)
     run.json                how it was trained (written by :mod:`cxrkit.train`)
 
 Optionally a :class:`DegradationEncoder` reads the whole LQ image once and adds what it infers of
@@ -28,7 +29,9 @@ the degradation (blur width, tone curve) to the UNet's time embedding, so every 
 with the same image-wide estimate (DASR-style blind restoration). A :class:`ToneGate` that reads
 the image's directional blur decides whether the input shows a tone change to undo; where it does
 not, the output's low frequencies are anchored to the input's
-(:func:`cxrkit.enhancer.inference.enhance`).
+(:func:`cxrkit.enhancer.inference.enhance`); where it does, an enhancer with a *route* hands the
+input to the enhancer in ``route/`` (one trained for that degradation, e.g. real DRRs), so a
+model made robust to every other degradation keeps a specialist's gains on its own job.
 """
 
 from __future__ import annotations
@@ -85,6 +88,8 @@ class EnhancerSettings:
             output's deviation from the bicubic input below that scale is removed unless the
             :class:`ToneGate` sees a tone change to undo (probability > 0.5), and the rest of
             the residual is scaled there by the gate's detail share; 0: no anchor (and no gate).
+        tone_route: inputs in which the gate sees a tone change to undo are enhanced by the
+            enhancer in ``route/`` instead (as it is, no anchor); needs a tone gate.
     """
 
     scale: int = 2
@@ -101,6 +106,7 @@ class EnhancerSettings:
     trained_steps: int = 0
     zero_start: bool = False
     tone_anchor: float = 0.0
+    tone_route: bool = False
     kind: str = field(default=ENHANCER_KIND)
 
     def __post_init__(self) -> None:
@@ -116,6 +122,8 @@ class EnhancerSettings:
                              f"got {self.context_crop}")
         if self.tone_anchor < 0:
             raise InputError(f"the tone anchor's σ must be ≥ 0, got {self.tone_anchor}")
+        if self.tone_route and not self.tone_anchor:
+            raise InputError("a tone route needs a tone gate (tone_anchor > 0)")
 
     @property
     def multiple(self) -> int:
@@ -136,21 +144,41 @@ class Enhancer(UNetDenoiser):
 
     def __init__(self, unet: nn.Module, scheduler_config: dict[str, Any],
                  settings: EnhancerSettings, context: DegradationEncoder | None = None,
-                 tone_gate: ToneGate | None = None) -> None:
+                 tone_gate: ToneGate | None = None, route: Enhancer | None = None) -> None:
         super().__init__(unet, scheduler_config, settings)
         if bool(settings.context_channels) != (context is not None):
             raise ModelError("the enhancer's settings and its degradation encoder disagree")
         if bool(settings.tone_anchor) != (tone_gate is not None):
             raise ModelError("the enhancer's settings and its tone gate disagree")
+        if settings.tone_route != (route is not None):
+            raise ModelError("the enhancer's settings and its tone route disagree")
+        if route is not None and (route.route is not None or route.tone_gate is not None
+                                  or route.settings.scale != settings.scale):
+            raise ModelError("a tone route must be a plain enhancer (no gate, no route of its "
+                             "own) of the same scale")
         self.context = context
         self.tone_gate = tone_gate
+        self.route = route
 
     def with_tone_gate(self, gate: ToneGate, sigma: float) -> Enhancer:
         """This enhancer (sharing its modules) with ``gate`` and a tone anchor of σ ``sigma``
         output pixels (see :attr:`EnhancerSettings.tone_anchor`)."""
         settings = replace(self.settings, tone_anchor=float(sigma))
         return Enhancer(self.unet, self.scheduler_config, settings, self.context,
-                        gate.to(self.device, self.dtype))
+                        gate.to(self.device, self.dtype), self.route)
+
+    def with_route(self, route: Enhancer) -> Enhancer:
+        """This enhancer (sharing its modules, which must include a tone gate) handing the inputs
+        its gate sees a tone change in to ``route`` (see :attr:`EnhancerSettings.tone_route`).
+
+        Raises:
+            ModelError: no tone gate here, or ``route`` is not a plain enhancer of this scale.
+        """
+        if self.tone_gate is None:
+            raise ModelError("a tone route needs an enhancer with a tone gate")
+        settings = replace(self.settings, tone_route=True)
+        return Enhancer(self.unet, self.scheduler_config, settings, self.context,
+                        self.tone_gate, route.to(self.device, self.dtype))
 
     @classmethod
     def new(cls, settings: EnhancerSettings, *, generator: torch.Generator) -> Enhancer:
@@ -189,7 +217,7 @@ class Enhancer(UNetDenoiser):
         encoder = DegradationEncoder.new(settings.context_channels,
                                          4 * settings.block_out_channels[0], generator=generator)
         return Enhancer(unet, self.scheduler_config, settings, encoder.to(self.device, self.dtype),
-                        self.tone_gate)
+                        self.tone_gate, self.route)
 
     def encode(self, lq: torch.Tensor) -> torch.Tensor | None:
         """The degradation embedding ``(B, D)`` of LQ images ``(B, 1, h, w)`` in [0, 1] (None
@@ -249,6 +277,8 @@ class Enhancer(UNetDenoiser):
             save_file({k: v.detach().float().contiguous()
                        for k, v in self.tone_gate.state_dict().items()},
                       out / "context" / TONE_GATE_WEIGHTS, metadata={"format": "pt"})
+        if self.route is not None:
+            self.route.save_pretrained(out / "route", dtype=dtype)
         import diffusers
 
         index = {"_class_name": "CxrkitEnhancer", "_diffusers_version": diffusers.__version__,
@@ -291,7 +321,10 @@ class Enhancer(UNetDenoiser):
             gate = ToneGate()
             load_weights(gate, folder / "context" / TONE_GATE_WEIGHTS, what="tone gate")
             gate = gate.to(dtype)
-        model = cls(unet, dict(scheduler.config), settings, context, gate)
+        route = None
+        if settings.tone_route:
+            route = cls.from_pretrained(folder / "route", dtype=dtype)
+        model = cls(unet, dict(scheduler.config), settings, context, gate, route)
         return model.to(device).eval().requires_grad_(False)
 
 
@@ -464,10 +497,18 @@ MODEL_PARTS = ("enhancer.json", "scheduler", "unet", "context")
 
 def model_sha256(folder: str | Path) -> str:
     """One sha256 over everything that decides an enhancer's output: its settings, schedule,
-    UNet and degradation encoder (each part hashed with :func:`cxrkit.files.file_sha256`)."""
+    UNet, degradation encoder and tone gate (each part hashed with
+    :func:`cxrkit.files.file_sha256`), and its route's own model hash (not the route's
+    ``run.json``); a model without a route hashes as it always did."""
+    import hashlib
+
     from cxrkit.modelfiles import parts_sha256
 
-    return parts_sha256(folder, MODEL_PARTS)
+    own = parts_sha256(folder, MODEL_PARTS)
+    route = Path(folder) / "route"
+    if not route.is_dir():
+        return own
+    return hashlib.sha256(f"{own};route:{model_sha256(route)};".encode()).hexdigest()
 
 
 def read_settings(folder: Path) -> EnhancerSettings:
