@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """Do the characteristic adapters steer the synthesis DiT? (issue #21's proof)
 
-Measured (2026-12-07, the shipped synthesis DiT, this 2-core CPU shared at load 5-8, one
-thread; ``proof.json``/``proof.md`` in the work folder). Patients: 81 LUNA16 patients for the
-study adapters (635 real blend records + 1144 parametric), 79 for the classifier (1017 real
-projected nodules), none in both.
+Measured (2026-12-07, the shipped synthesis DiT and adapters, each characteristic's A from its
+own seed, this 2-core CPU, one thread; ``proof.json``/``proof.md`` in the work folder; an
+earlier run with the old shared A seeds is summarised at the end). Patients: 81 LUNA16 patients
+for the study adapters (635 real blend records + 1144 parametric), 79 for the classifier (1017
+real projected nodules), none in both.
 
 Attribute classifier, held-out AUC (out of fold, 5 folds by patient; 95 % CI over patients):
 calcified 0.59 (0.47-0.69; 68 nodules of 9 patients), border_irregular 0.66 (0.56-0.77),
@@ -16,32 +17,35 @@ are therefore weak evidence either way.
 
 Controllability, 64 nodules per run (same masks, backgrounds and noise), rate of the intended
 trait without -> study adapter (shipped adapter, which saw the classifier's patients too):
-calcified 0 % -> 0 % (0 %); border_regular 59 % -> 56 % (58 %); border_irregular 41 % -> 38 %
-(39 %); texture_homogeneous 30 % -> 33 % (27 %); texture_inhomogeneous 70 % -> 78 % (77 %).
+calcified 0 % -> 0 % (0 %); border_regular 59 % -> 58 % (58 %); border_irregular 41 % -> 39 %
+(38 %); texture_homogeneous 30 % -> 33 % (25 %); texture_inhomogeneous 70 % -> 78 % (77 %).
 Target (>= 80 % and well above the base): not met by any adapter. Classifier-free: every
-adapter but texture_homogeneous *lowers* the painted nodule's contrast (0.0174 -> 0.0106
-calcified, 0.0128 border_irregular, 0.0114 texture_inhomogeneous; display units), the inside
+adapter but texture_homogeneous *lowers* the painted nodule's contrast (0.0174 -> 0.0102
+calcified, 0.0126 border_irregular, 0.0113 texture_inhomogeneous; display units), the inside
 SD moves by < 3 %; the contact sheet shows no visible trait.
 
 Composition (both traits found): calcified pairs 0 % for every method (the judge never finds
 calcification); border_irregular + texture_homogeneous: base 19 %, (a) separate + linear 16 %,
-(b) joint with L_orth (lambda 0.01) + linear 16 %, (c) separate + DO merge 16 %: target ((b) or
-(c) above (a)) not met. Interference, mean over the 36 layers of the normalised cross term:
-(a) 0.42-0.46 -> (b) 0.001 on every pair and every layer (36/36 below) -- but the A row spaces
-overlap 0.93-0.94 in (a) and 0.01 in (b): train-lora seeds adapter i's A with seed*1000 + i, so
-separately trained adapters start from the same A. The lambda = 0 joint control
-(``--ortho-control``) separates the two: 0.077-0.096 (A overlap 0.04), so most of the drop is
-the initialisation, and L_orth takes it the rest of the way (0.08-0.10 -> 0.001, below the
-control on 36/36 layers of every pair) -- without changing which traits are painted.
+(b) joint with L_orth (lambda 0.01) + linear 17 %, (c) separate + DO merge 16 %: target ((b) or
+(c) above (a) on every pair) not met (the calcified pairs tie at 0 %). Interference, mean over
+the 36 layers of the normalised cross term: (a) 0.082-0.096 (A row-space overlap 0.04), the
+lambda = 0 joint control 0.079-0.086, (b) 0.001 (overlap 0.01), below both on 36/36 layers of
+every pair: L_orth does what it is for, without changing which traits are painted.
 
-Subtlety (shipped slider, weight alpha(s)/alpha_train = (22 + s)/25 = 0.92..1.08): nodule CNR
-0.447, 0.444, 0.441, 0.438, 0.436 for s = 1..5 (base 0.518): monotonic, but *falling*; the
-alpha map spans only +-8 % of the adapter, and the adapter's direction lowers contrast
-(weight 0, 0.5, 1, 2, 3: CNR 0.518, 0.473, 0.441, 0.380, 0.352). Target not met.
+Subtlety (shipped slider, centred alpha map 8*(s-3), alpha_train 8: weight s - 3): nodule CNR
+0.340, 0.428, 0.518, 0.586, 0.609 for s = 1..5 (contrast -0.0008 .. 0.0234): rising
+monotonically, target met (s = 3 is the base model). Weight sweep 0 / 0.5 / 1 / 2 / 3: CNR
+0.518 / 0.557 / 0.586 / 0.609 / 0.585.
 
-Cost: the 8 train-lora runs (11 with --ortho-control) 4-17 min each here (about 1 h wall under
-load; 0.7 s/step alone), classifier 5 x 400 steps about 4 min CPU, painting about 10-80 s per
-run of 64 nodules; a rerun with everything cached about 1 min.
+The earlier run (same day, shared A seeds: separately trained adapters started from one A,
+overlap 0.93-0.94): the same controllability within 1-3 points; interference (a) 0.42-0.46
+against the control's 0.08-0.10, so that gap was the initialisation; the slider on the
+source's map 22 + s (weights 0.92..1.08) gave CNR 0.447 -> 0.436, monotonic but falling (the
+adapter's direction lowered contrast: weight 0 / 1 / 3 gave 0.518 / 0.441 / 0.352).
+
+Cost: the 8 train-lora runs (11 with --ortho-control) 2-17 min each here (about 30 min to 1 h
+wall, by load; 0.7 s/step alone), classifier 5 x 400 steps about 4 min CPU, painting about
+10-80 s per run of 64 nodules; a rerun with everything cached about 1 min.
 
 Steps (each writes into ``--work`` and is skipped when its output is there, so a rerun goes on):
 

@@ -9,20 +9,25 @@
 #         lobulated/spiculated is irregular, non-solid texture is inhomogeneous);
 #      the train/validation split is by patient of the background radiograph;
 #   2. one adapter per characteristic (calcified, border_regular, border_irregular,
-#      texture_homogeneous, texture_inhomogeneous, and the subtlety slider with alpha(s) = 22 + s,
-#      alpha_train = 25 = alpha(3)), each trained alone on the positives of both sources (run.json
-#      and the file's metadata count them by source) -> the shipped adapters;
+#      texture_homogeneous, texture_inhomogeneous, and the subtlety slider), each trained alone on
+#      the positives of both sources (run.json and the file's metadata count them by source) ->
+#      the shipped adapters. The slider is centred: alpha(s) = 8*(s-3), alpha_train 8, so its
+#      weight is s - 3 (-2..2, 0 at s = 3: the base model). With the source's alpha(s) = 22 + s
+#      (alpha_train 25: weights 0.92..1.08) an adapter sees every nodule at about the same weight
+#      and learns no direction in s: 2026-12-07, held-out x0 loss 0.001322 against the base's
+#      0.001288 (worse), painted CNR 0.447 -> 0.436 for s = 1..5 (falling); centred: 0.001206,
+#      and CNR 0.340 / 0.428 / 0.518 / 0.586 / 0.609 (repro/lora_proof.py);
 #   3. the source's composition pairs trained jointly with the orthogonality penalty
 #      (calcified + border_irregular, calcified + texture_homogeneous,
 #      border_irregular + texture_homogeneous; lambda = $ORTHO) and without it (lambda = 0), for
 #      the composition study; and a ZipLoRA merge of the separately trained calcified and
 #      border_irregular adapters.
 #
-# The shipped adapters (2026-12-06) are step 2's runs at the defaults below: 200 steps of
-# batch 8 each (about 3 min per adapter on this 2-core CPU, one thread): a short run; their
-# run.json reports the held-out gain over the base model on each characteristic's windows.
-# The controllability and composition proofs of issue #21 are not made yet. STEPS=2000 trains
-# them longer.
+# The shipped adapters (2026-12-07, each characteristic's A from its own seed) are step 2's
+# runs at the defaults below: 200 steps of batch 8 each (about 2-3 min per adapter on this
+# 2-core CPU, one thread): a short run; their run.json reports the held-out gain over the base
+# model on each characteristic's windows. repro/lora_proof.py measures controllability,
+# composition and the slider. STEPS=2000 trains them longer.
 #
 # A finished step is skipped when rerun. Each run writes run.json with the held-out x0 loss and
 # masked MSE of each characteristic's patches with and without its adapter.
@@ -71,7 +76,7 @@ for c in calcified border_regular border_irregular texture_homogeneous texture_i
 done
 if ! finished "$WORK/subtlety"; then
   # shellcheck disable=SC2046
-  "${CXRKIT[@]}" train-lora "${common[@]}" -c subtlety --alpha 25 --alpha-map '22+s' \
+  "${CXRKIT[@]}" train-lora "${common[@]}" -c subtlety --alpha 8 --alpha-map '8*(s-3)' \
       $(resume "$WORK/subtlety") -o "$WORK/subtlety"
 fi
 
