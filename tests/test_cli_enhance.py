@@ -239,6 +239,31 @@ def test_train_enhance_fine_tunes_from_a_model_and_records_it(tiny_model_dir: Pa
     assert not (tmp_path / "x").exists()
 
 
+def test_fine_tuning_a_routed_model_trains_neither_its_gate_nor_its_route(
+        tiny_model_dir: Path, tmp_path: Path) -> None:
+    from cxrkit.enhancer.model import ToneGate
+
+    tiny = Enhancer.from_pretrained(tiny_model_dir)
+    gate = ToneGate()
+    gate.linear.bias.data.fill_(-50.0)  # no input is routed: only the main model trains
+    routed = tiny.with_tone_gate(gate, 4.0).with_route(tiny)
+    routed.save_pretrained(tmp_path / "routed")
+    _write_patients(tmp_path / "hq", size=64, seed=1)
+    result = invoke("train-enhance", str(tmp_path / "hq"), "--init", str(tmp_path / "routed"),
+                    "--context-channels", "4,8", "--steps", "2",
+                    "--batch-size", "2", "--crop", "32", "--lr", "1e-2", "--val-fraction", "0",
+                    "--validate-every", "0", "--checkpoint-every", "0", "-o", str(tmp_path / "t"))
+    assert result.exit_code == 0, result.output
+    tuned = Enhancer.from_pretrained(tmp_path / "t")
+    assert tuned.route is not None and tuned.tone_gate is not None
+    assert tuned.context is not None
+    for a, b in zip(tuned.route.parameters(), tiny.parameters(), strict=True):
+        assert torch.equal(a, b.half().float())  # train-enhance writes fp16 weights
+    assert torch.equal(tuned.tone_gate.linear.bias, gate.linear.bias)
+    assert not all(torch.equal(a, b) for a, b in zip(tuned.unet.parameters(),
+                                                      tiny.unet.parameters(), strict=True))
+
+
 def test_train_enhance_time_limit_stops_writes_the_model_and_exits_3(tiny_model_dir: Path,
                                                                     tmp_path: Path) -> None:
     _write_patients(tmp_path / "hq", size=64, seed=1)

@@ -154,14 +154,14 @@ def train_enhancer(hq_paths: Sequence[str | Path], settings: EnhancerSettings,
             raise ModelError(f"the model to start from has scale {model.settings.scale}, not "
                              f"{settings.scale}", path=str(init))
         settings = model.settings
-        if model.tone_gate is not None:  # fitted afterwards (cxrkit.enhancer.tone), kept as is
-            model.tone_gate.requires_grad_(False)
-        if model.route is not None:  # the specialist DRR-like inputs go to: kept as is
-            model.route.requires_grad_(False)
         if add_context:
             model = model.with_context(add_context, settings.context_crop, generator=generator)
             model.requires_grad_(True).train()
             settings = model.settings
+        if model.tone_gate is not None:  # fitted afterwards (cxrkit.enhancer.tone), kept as is
+            model.tone_gate.requires_grad_(False)
+        if model.route is not None:  # the specialist DRR-like inputs go to: kept as is
+            model.route.requires_grad_(False)
     else:
         if add_context:
             settings = replace(settings, context_channels=tuple(add_context))
