@@ -50,7 +50,9 @@ def train_lora(
     alpha_map: Annotated[str, typer.Option(
         "--alpha-map", help="Subtlety slider: alpha(s) for s = 1..5; the weight at inference "
                             "(and in training on subtlety-s nodules) is alpha(s)/--alpha. "
-                            "Numbers, s, + - * / and parentheses.")] = "22+s",
+                            "Numbers, s, + - * / and parentheses. The source's 22+s moves "
+                            "the weight by only 8 %; the shipped slider is centred, "
+                            "'8*(s-3)' with --alpha 8 (weight s-3), and rises with s.")] = "22+s",
     ziplora: Annotated[list[Path] | None, typer.Option(
         "--ziplora", help="Instead: merge two adapter files (give it twice) by ZipLoRA's "
                           "learned per-column mergers on their characteristics' nodules; "
