@@ -80,18 +80,21 @@ if [[ ! -s "$WORK/negatives.jsonl" ]]; then
       -o "$WORK/negatives/" > "$WORK/negatives.jsonl.part"
   mv "$WORK/negatives.jsonl.part" "$WORK/negatives.jsonl"
 fi
-conspicuous=()
-for gain in $GAINS; do
-  out="$WORK/synth-$gain.jsonl"
+blend() {  # blend NAME MIN_MM SEED_BASE GAIN: N_SYNTH LUNA16 nodules per background -> NAME.jsonl
+  local out="$WORK/$1.jsonl"
   if [[ ! -s "$out" ]]; then
     # shellcheck disable=SC2046
     "${CXRKIT[@]}" synth -e blend $(cat "$WORK/backgrounds.txt") --source luna16 \
-        --luna16-dir "$LUNA" --where 'diameter_mm>=6' -n "$N_SYNTH" --intensity-scale "$gain" \
-        --seed "$(awk "BEGIN{print 200 + int($gain*10 + 0.5)}")" --keep-going \
-        -o "$WORK/synth-$gain/" > "$out.part" || [[ $? -eq 3 ]]  # 3: some failed
+        --luna16-dir "$LUNA" --where "diameter_mm>=$2" -n "$N_SYNTH" --intensity-scale "$4" \
+        --seed "$(awk "BEGIN{print $3 + int($4*10 + 0.5)}")" --keep-going \
+        -o "$WORK/$1/" > "$out.part" || [[ $? -eq 3 ]]  # 3: some failed
     mv "$out.part" "$out"
   fi
-  conspicuous+=(--records "$out")
+}
+conspicuous=()
+for gain in $GAINS; do
+  blend "synth-$gain" 6 200 "$gain"
+  conspicuous+=(--records "$WORK/synth-$gain.jsonl")
 done
 if ! finished "$WORK/stage1"; then
   # shellcheck disable=SC2046
@@ -105,16 +108,8 @@ fi
 finished "$WORK/stage1" || { echo "repro/train_detector.sh: stage 1 stopped early; rerun to resume" >&2; exit 3; }
 fainter=()
 for gain in $GAINS8; do
-  out="$WORK/synth8-$gain.jsonl"
-  if [[ ! -s "$out" ]]; then
-    # shellcheck disable=SC2046
-    "${CXRKIT[@]}" synth -e blend $(cat "$WORK/backgrounds.txt") --source luna16 \
-        --luna16-dir "$LUNA" --where 'diameter_mm>=8' -n "$N_SYNTH" --intensity-scale "$gain" \
-        --seed "$(awk "BEGIN{print 100 + int($gain*10 + 0.5)}")" --keep-going \
-        -o "$WORK/synth8-$gain/" > "$out.part" || [[ $? -eq 3 ]]
-    mv "$out.part" "$out"
-  fi
-  fainter+=(--records "$out")
+  blend "synth8-$gain" 8 100 "$gain"
+  fainter+=(--records "$WORK/synth8-$gain.jsonl")
 done
 if ! finished "$WORK/detector"; then
   # shellcheck disable=SC2046

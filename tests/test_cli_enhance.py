@@ -262,6 +262,14 @@ def test_fine_tuning_a_routed_model_trains_neither_its_gate_nor_its_route(
     assert torch.equal(tuned.tone_gate.linear.bias, gate.linear.bias)
     assert not all(torch.equal(a, b) for a, b in zip(tuned.unet.parameters(),
                                                       tiny.unet.parameters(), strict=True))
+    from cxrkit.enhancer.training import fine_tune_start
+
+    start = fine_tune_start(tmp_path / "routed", 2, (4, 8),
+                            generator=torch.Generator().manual_seed(0))
+    assert start.context is not None and start.route is not None and start.tone_gate is not None
+    assert all(p.requires_grad for p in [*start.unet.parameters(), *start.context.parameters()])
+    assert not any(p.requires_grad for p in [*start.route.parameters(),
+                                             *start.tone_gate.parameters()])
 
 
 def test_train_enhance_time_limit_stops_writes_the_model_and_exits_3(tiny_model_dir: Path,

@@ -96,8 +96,8 @@ def enhance(model: Enhancer, lq: np.ndarray, *, sampler: str | None = None,
     settings = model.settings
     if lq.ndim != 2 or min(lq.shape) < 2:
         raise InputError(f"enhance needs an (H, W) image, got shape {lq.shape}")
-    if tone_anchor and model.route is not None and model.tone_gate is not None \
-            and tone_change(model, lq):
+    undo = tone_anchor and tone_change(model, lq)  # False without a gate
+    if undo and model.route is not None:
         return enhance(model.route, lq, steps=steps, sampler=sampler, generator=generator,
                        tile=tile, overlap=overlap, tile_batch=tile_batch, keep_black=keep_black)
     m = settings.multiple
@@ -126,7 +126,6 @@ def enhance(model: Enhancer, lq: np.ndarray, *, sampler: str | None = None,
     if tone_anchor and model.tone_gate is not None:
         with torch.inference_mode():
             share = float(model.tone_gate.share(_batch(lq).to(model.device))[0])
-        undo = tone_change(model, lq)
         out = anchor_tone(out, up, settings.tone_anchor, 0.0 if undo else 1.0, share)
     if keep_black is not None:
         black = F.max_pool2d(up[None, None], 3, stride=1, padding=1)[0, 0] <= keep_black

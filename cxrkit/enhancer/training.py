@@ -103,6 +103,29 @@ class PairSettings:
     reference_tone: float = 0.0
 
 
+def fine_tune_start(init: str | Path, scale: int, add_context: Sequence[int] | None, *,
+                    generator: torch.Generator) -> Enhancer:
+    """The model ``train-enhance --init`` trains: ``init`` loaded, with a new degradation
+    encoder of widths ``add_context`` when given, in training mode; its UNet and encoder
+    trainable, its tone gate (fitted afterwards, :mod:`cxrkit.enhancer.tone`) and its route
+    (the specialist DRR-like inputs go to) frozen, kept as they are.
+
+    Raises:
+        ModelError: ``init`` is not an enhancer, or not of ``scale``.
+    """
+    model = Enhancer.from_pretrained(init).requires_grad_(True).train()
+    if model.settings.scale != scale:
+        raise ModelError(f"the model to start from has scale {model.settings.scale}, not "
+                         f"{scale}", path=str(init))
+    if add_context:
+        model = model.with_context(tuple(add_context), model.settings.context_crop,
+                                   generator=generator).requires_grad_(True).train()
+    for frozen in (model.tone_gate, model.route):
+        if frozen is not None:
+            frozen.requires_grad_(False)
+    return model
+
+
 def train_enhancer(hq_paths: Sequence[str | Path], settings: EnhancerSettings,
                    config: TrainConfig, *, pairs: PairSettings | None = None,
                    lq_paths: Sequence[str | Path] | None = None, command: str = "",
@@ -149,19 +172,8 @@ def train_enhancer(hq_paths: Sequence[str | Path], settings: EnhancerSettings,
         raise InputError(f"the SSIM weight must be >= 0, got {ssim_weight}")
     generator = torch.Generator().manual_seed(config.seed)
     if init is not None:
-        model = Enhancer.from_pretrained(init).requires_grad_(True).train()
-        if model.settings.scale != settings.scale:
-            raise ModelError(f"the model to start from has scale {model.settings.scale}, not "
-                             f"{settings.scale}", path=str(init))
+        model = fine_tune_start(init, settings.scale, add_context, generator=generator)
         settings = model.settings
-        if add_context:
-            model = model.with_context(add_context, settings.context_crop, generator=generator)
-            model.requires_grad_(True).train()
-            settings = model.settings
-        if model.tone_gate is not None:  # fitted afterwards (cxrkit.enhancer.tone), kept as is
-            model.tone_gate.requires_grad_(False)
-        if model.route is not None:  # the specialist DRR-like inputs go to: kept as is
-            model.route.requires_grad_(False)
     else:
         if add_context:
             settings = replace(settings, context_channels=tuple(add_context))

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrkit.errors import InputError
-from cxrkit.synthdit.realism import fold_of, patch_classifier
+from cxrkit.synthdit.realism import fold_of, patch_classifier, random_flips
 
 ATTRIBUTES = ("calcified", "border_irregular", "inhomogeneous")
 """The judged traits (keys of a nodule's characteristics, 1 = present)."""
@@ -108,11 +108,7 @@ def train_classifier(x: torch.Tensor, y: np.ndarray, *, steps: int = 400, batch_
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     for _ in range(steps):
         idx = torch.randint(len(x), (min(batch_size, len(x)),), generator=gen)
-        xb = x[idx]
-        if torch.rand((), generator=gen) < 0.5:
-            xb = xb.flip(-1)
-        if torch.rand((), generator=gen) < 0.5:
-            xb = xb.flip(-2)
+        xb = random_flips(x[idx], gen)
         xb = torch.rot90(xb, int(torch.randint(4, (), generator=gen)), (-2, -1))
         loss = F.binary_cross_entropy_with_logits(net(xb), target[idx], pos_weight=weight,
                                                   reduction="none")

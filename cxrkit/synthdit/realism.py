@@ -109,6 +109,16 @@ def _inputs(patches: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def random_flips(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``batch`` flipped left-right, then up-down, each with probability ½ from ``generator``
+    (one draw each, in that order: the whole batch flips together)."""
+    if torch.rand((), generator=generator) < 0.5:
+        batch = batch.flip(-1)
+    if torch.rand((), generator=generator) < 0.5:
+        batch = batch.flip(-2)
+    return batch
+
+
 def fold_of(groups: Sequence[Hashable], folds: int, seed: int) -> np.ndarray:
     """The fold of each item: its group's (groups shuffled by ``seed``, dealt in turn)."""
     names = sorted({str(g) for g in groups})
@@ -161,11 +171,7 @@ def two_sample_test(real: torch.Tensor, fake: torch.Tensor, masks: torch.Tensor,
         opt = torch.optim.Adam(net.parameters(), lr=lr)
         for _ in range(steps):
             idx = torch.randint(len(train_x), (min(batch_size, len(train_x)),), generator=gen)
-            xb = train_x[idx]
-            if torch.rand((), generator=gen) < 0.5:
-                xb = xb.flip(-1)
-            if torch.rand((), generator=gen) < 0.5:
-                xb = xb.flip(-2)
+            xb = random_flips(train_x[idx], gen)
             loss = F.binary_cross_entropy_with_logits(net(xb).squeeze(1), train_y[idx])
             opt.zero_grad()
             loss.backward()
