@@ -41,6 +41,7 @@ def main() -> int:
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0, help="the training seed (the split)")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps")
+    parser.add_argument("--sampler", default=None, help="sampler name (default: the model's)")
     parser.add_argument("--classifier-steps", type=int, default=400)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--out", required=True, type=Path)
@@ -58,7 +59,10 @@ def main() -> int:
     from cxrkit.synthdit.model import WEIGHTS_NAME
     from cxrkit.synthdit.realism import (
         contact_sheet,
+        TEXTURE_DEFINITION,
         contrast_summary,
+        interior_texture,
+        seam_ratio,
         nodule_contrast,
         two_sample_test,
     )
@@ -86,6 +90,8 @@ def main() -> int:
           "radiographs", file=sys.stderr)
     cache = args.out / "patches.safetensors"  # the painted patches, reused when rerun
     model_sha = file_sha256(args.model / WEIGHTS_NAME)
+    steps = args.steps or s.default_steps
+    sampler = args.sampler or s.default_sampler
     generated = None
     if cache.is_file():
         from safetensors import safe_open
@@ -95,7 +101,8 @@ def main() -> int:
             meta = f.metadata() or {}
         stored = load_file(cache)
         if (meta.get("model_sha256") == model_sha and meta.get("groups") == json.dumps(groups)
-                and torch.equal(stored["real"], real) and torch.equal(stored["masks"], masks)):
+                and meta.get("steps") == str(steps) and meta.get("sampler", "ddim") == sampler
+                and meta.get("seed", "0") == str(args.seed) and torch.equal(stored["real"], real) and torch.equal(stored["masks"], masks)):
             generated = stored["generated"]
             print("synth_realism: painted patches from the cache", file=sys.stderr)
     if generated is None:
@@ -103,7 +110,7 @@ def main() -> int:
         gen = torch.Generator().manual_seed(args.seed)
         for start in range(0, len(real), 32):
             fake.append(inpaint_patches(model, real[start:start + 32], masks[start:start + 32],
-                                        steps=args.steps, generator=gen))
+                                        steps=steps, sampler=sampler, generator=gen))
             print(f"synth_realism: painted {min(start + 32, len(real))}/{len(real)}",
                   file=sys.stderr)
         generated = torch.cat(fake)
@@ -113,7 +120,7 @@ def main() -> int:
         save_file({"real": real.contiguous(), "masks": masks.contiguous(),
                    "generated": generated.contiguous()}, str(cache),
                   metadata={"model_sha256": model_sha, "groups": json.dumps(groups),
-                            "steps": str(args.steps or s.default_steps)})
+                            "steps": str(steps), "sampler": sampler, "seed": str(args.seed)})
     blurred = blur_fill(real, masks)
     test = {"folds": args.folds, "steps": args.classifier_steps, "seed": args.seed}
     print("synth_realism: classifier two-sample tests", file=sys.stderr)
@@ -123,11 +130,19 @@ def main() -> int:
         "records": {"path": str(args.records), "sha256": file_sha256(args.records)},
         "eval_records": [{"path": str(p), "sha256": file_sha256(p)} for p in args.eval_records],
         "held_out_patients": len(held_out), "nodules": len(chosen),
-        "sampler_steps": args.steps or s.default_steps,
+        "sampler_steps": steps, "sampler": sampler,
         "classifier_generated_vs_real": two_sample_test(real, generated, masks, groups, **test),
         "classifier_blur_fill_vs_real": two_sample_test(real, blurred, masks, groups, **test),
         "contrast": contrast_summary(real_contrast, nodule_contrast(generated, masks)),
         "contrast_blur_fill": contrast_summary(real_contrast, nodule_contrast(blurred, masks)),
+        "texture": {**contrast_summary(interior_texture(real, masks),
+                                       interior_texture(generated, masks)),
+                    "definition": TEXTURE_DEFINITION},
+        "token_seams": {"real": seam_ratio(real, masks, s.patch_size),
+                        "generated": seam_ratio(generated, masks, s.patch_size),
+                        "definition": "inside the masks, the mean step between neighbouring "
+                                      "pixels across the token grid's boundaries over the "
+                                      "mean step within tokens; 1 = no grid"},
     }
     args.out.mkdir(parents=True, exist_ok=True)
     contact_sheet([("real", real), ("generated", generated), ("blur-fill", blurred)], masks,
@@ -141,7 +156,11 @@ def main() -> int:
     print(f"synth_realism: generated vs real: accuracy {c['accuracy']:.3f} AUC {c['auc']:.3f}; "
           f"blur-fill vs real: accuracy {b['accuracy']:.3f} AUC {b['auc']:.3f}; contrast median "
           f"real {result['contrast']['real']['q50']:.4f} generated "
-          f"{result['contrast']['generated']['q50']:.4f}", file=sys.stderr)
+          f"{result['contrast']['generated']['q50']:.4f}; interior texture median real "
+          f"{result['texture']['real']['q50']:.3f} generated "
+          f"{result['texture']['generated']['q50']:.3f}; token seams real "
+          f"{result['token_seams']['real']:.2f} generated "
+          f"{result['token_seams']['generated']:.2f}", file=sys.stderr)
     return 0
 
 

@@ -71,3 +71,25 @@ def test_contact_sheet_writes_a_png(tmp_path) -> None:
     contact_sheet([("real", real), ("again", real)], masks, tmp_path / "s.png", count=3, scale=2)
     with Image.open(tmp_path / "s.png") as im:
         assert im.size == (3 * (16 * 2 + 4), 3 * (16 * 2 + 4))
+
+
+def test_interior_texture_and_token_seams() -> None:
+    from cxrkit.synthdit.realism import interior_texture, seam_ratio
+
+    g = torch.Generator().manual_seed(0)
+    grain = 0.5 + 0.05 * torch.randn(8, 1, 32, 32, generator=g)
+    masks = torch.zeros_like(grain)
+    masks[..., 8:24, 8:24] = 1
+    ratio = interior_texture(grain, masks)
+    assert np.all(np.abs(ratio - 1) < 0.25)  # the same grain inside and out
+    smooth = torch.where(masks > 0, torch.full_like(grain, 0.5), grain)
+    assert np.all(interior_texture(smooth, masks) < 0.5)  # grain from the rim only
+    assert abs(seam_ratio(grain, masks, 4) - 1) < 0.1
+    # each 4x4 block one value plus a little grain: steps across block boundaries dominate
+    blocks = torch.randn(8, 1, 8, 8, generator=g).repeat_interleave(4, -1).repeat_interleave(4, -2)
+    tiled = torch.where(masks > 0, 0.5 + 0.05 * blocks + 0.005 * torch.randn(
+        grain.shape, generator=g), grain)
+    assert seam_ratio(tiled, masks, 4) > 3
+    assert np.isnan(seam_ratio(grain, torch.zeros_like(masks), 4))
+    with pytest.raises(InputError):
+        seam_ratio(grain, masks, 1)

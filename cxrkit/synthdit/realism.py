@@ -4,6 +4,11 @@ source had radiologists, who judged 80 % of its synthetic nodules real).
 
 - :func:`nodule_contrast`: mean inside the nodule's support minus the mean of a ring of
   surrounding pixels, per patch (the nodule-minus-surroundings contrast);
+- :func:`interior_texture`: the fine texture's SD inside the nodule over the SD outside it, per
+  patch (a painted interior smoother than the radiograph's grain shows here first);
+- :func:`seam_ratio`: inside the masks, the mean step between neighbouring pixels across the
+  boundaries of a token grid over the mean step within tokens (1: no grid; a transformer that
+  writes each ``p × p`` block from one token shows > 1);
 - :func:`two_sample_test`: a classifier two-sample test (Lopez-Paz & Oquab 2017,
   https://arxiv.org/abs/1610.06545): a small CNN learns to tell generated from real patches in
   k folds split by background patient, and its out-of-fold accuracy and AUC are reported; near
@@ -34,6 +39,9 @@ CLASSIFIER_DEFINITION = (
     "generated from real nodule patches; k folds split by background patient (a real patch and "
     "its generated twin are always in the same fold); accuracy at p = 0.5 and AUC of the "
     "out-of-fold probabilities, AUC CI by bootstrap over pairs; 0.5 = indistinguishable")
+TEXTURE_DEFINITION = (
+    "texture = SD of the fine texture (patch minus its 1 px Gaussian blur) inside the mask's "
+    "support over its SD outside it, per patch at the model's pitch; 1 = the radiograph's grain")
 CONTRAST_DEFINITION = (
     "contrast = mean inside the mask's support minus mean of the ring 2-6 px outside it, display "
     "units [0, 1] at the model's pitch")
@@ -60,6 +68,63 @@ def nodule_contrast(patches: torch.Tensor, masks: torch.Tensor, ring: tuple[int,
         if inside[i].any() and around[i].any():
             out[i] = float(patches[i][inside[i]].mean() - patches[i][around[i]].mean())
     return out
+
+
+def interior_texture(patches: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
+    """Fine-texture SD inside each patch's mask support over the SD outside it.
+
+    Args:
+        patches: ``(B, 1, h, w)`` display pixels.
+        masks: ``(B, 1, h, w)`` binary or soft masks (support ``> MASK_FLOOR``).
+
+    Returns:
+        ``(B,)`` float64 ratios (NaN where either side is empty or flat).
+    """
+    from scipy import ndimage
+
+    inside = support(masks)
+    out = np.full(len(patches), np.nan)
+    for i in range(len(patches)):
+        image = patches[i, 0].double().numpy()
+        fine = image - ndimage.gaussian_filter(image, 1.0, mode="nearest")
+        where = inside[i, 0].numpy()
+        if where.sum() > 1 and (~where).sum() > 1:
+            outside = fine[~where].std()
+            if outside > 0:
+                out[i] = float(fine[where].std() / outside)
+    return out
+
+
+def seam_ratio(patches: torch.Tensor, masks: torch.Tensor, period: int) -> float:
+    """Mean absolute step between horizontal and vertical neighbours inside the masks' support
+    where the pair straddles a boundary of a ``period``-pixel grid (from pixel 0), over the
+    mean step of the other pairs; NaN where either set is empty.
+
+    Args:
+        patches: ``(B, 1, h, w)`` display pixels.
+        masks: ``(B, 1, h, w)`` binary or soft masks.
+        period: the grid's period in pixels (the model's ``patch_size``), ≥ 2.
+    """
+    if period < 2:
+        raise InputError(f"period must be at least 2, got {period}")
+    inside = support(masks)[:, 0]
+    x = patches[:, 0].double()
+    at_sum = within_sum = 0.0
+    at_n = within_n = 0
+    for axis in (-1, -2):
+        n = x.shape[axis]
+        step = (x.narrow(axis, 1, n - 1) - x.narrow(axis, 0, n - 1)).abs()
+        both = inside.narrow(axis, 1, n - 1) & inside.narrow(axis, 0, n - 1)
+        boundary = torch.arange(1, n) % period == 0
+        boundary = boundary.view(-1, 1) if axis == -2 else boundary.view(1, -1)
+        at, within = both & boundary, both & ~boundary
+        at_sum += float(step[at].sum())
+        at_n += int(at.sum())
+        within_sum += float(step[within].sum())
+        within_n += int(within.sum())
+    if not at_n or not within_n or not within_sum:
+        return float("nan")
+    return (at_sum / at_n) / (within_sum / within_n)
 
 
 def patch_classifier(generator: torch.Generator, channels: int = 3, outputs: int = 1
