@@ -58,12 +58,12 @@ def main() -> int:
     from cxrkit.synthdit.inference import inpaint_patches
     from cxrkit.synthdit.model import WEIGHTS_NAME
     from cxrkit.synthdit.realism import (
-        contact_sheet,
         TEXTURE_DEFINITION,
+        contact_sheet,
         contrast_summary,
         interior_texture,
-        seam_ratio,
         nodule_contrast,
+        seam_ratio,
         two_sample_test,
     )
     from cxrkit.synthdit.training import blur_fill
@@ -102,7 +102,8 @@ def main() -> int:
         stored = load_file(cache)
         if (meta.get("model_sha256") == model_sha and meta.get("groups") == json.dumps(groups)
                 and meta.get("steps") == str(steps) and meta.get("sampler", "ddim") == sampler
-                and meta.get("seed", "0") == str(args.seed) and torch.equal(stored["real"], real) and torch.equal(stored["masks"], masks)):
+                and meta.get("seed", "0") == str(args.seed)
+                and torch.equal(stored["real"], real) and torch.equal(stored["masks"], masks)):
             generated = stored["generated"]
             print("synth_realism: painted patches from the cache", file=sys.stderr)
     if generated is None:
