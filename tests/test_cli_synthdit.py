@@ -108,6 +108,19 @@ def test_sizes_beyond_the_window_are_drawn_again(model_dir: Path, cxr: Path,  # 
     assert [r["nodule"]["characteristics"]["diameter_mm"] for r in again] == sizes
 
 
+def test_train_synth_v_prediction(chest_pngs: list[Path], tmp_path: Path) -> None:
+    result = run_cli("train-synth", "--images", str(chest_pngs[0].parent), *TINY, *FAST,
+                     "--prediction", "v", "--steps", "2", "-o", str(tmp_path / "v"))
+    assert result.returncode == 0, result.stderr.decode()
+    run = json.loads((tmp_path / "v" / "run.json").read_text())
+    assert run["synth_dit"]["prediction"] == "v"
+    assert run["loss"]["timestep_weighting"] == "v"  # the default follows the prediction
+    assert json.loads((tmp_path / "v" / "config.json").read_text())["prediction"] == "v"
+    bad = run_cli("train-synth", "--images", str(chest_pngs[0].parent), "--prediction", "eps",
+                  "-o", str(tmp_path / "e"))
+    assert bad.returncode == 2 and b"prediction" in bad.stderr and not (tmp_path / "e").exists()
+
+
 def test_finetune_from_synth_records(model_dir: Path, cxr: Path,  # noqa: F811
                                      tmp_path: Path) -> None:
     blend = run_cli("synth", "-e", "blend", str(cxr), "--pixel-mm", "1", "--diameter-mm", "6:9",
@@ -141,6 +154,18 @@ def test_finetune_from_synth_records(model_dir: Path, cxr: Path,  # noqa: F811
                   str(tmp_path / "blend.jsonl"), "--init", str(model_dir), "--width", "64",
                   "-o", str(tmp_path / "x"))
     assert bad.returncode == 2 and b"--width" in bad.stderr
+    # the loss's weighting over timesteps is an option (recorded)
+    weighted = run_cli("train-synth", "--stage", "finetune", "--records",
+                       str(tmp_path / "blend.jsonl"), "--init", str(model_dir), *FAST,
+                       "--loss-weighting", "v", "--steps", "2", "-o", str(tmp_path / "w"))
+    assert weighted.returncode == 0, weighted.stderr.decode()
+    run = json.loads((tmp_path / "w" / "run.json").read_text())
+    assert run["loss"]["timestep_weighting"] == "v" and run["loss"]["v_weight_cap"] == 100
+    assert run["synth_dit"]["prediction"] == "x0"
+    unknown = run_cli("train-synth", "--stage", "finetune", "--records",
+                      str(tmp_path / "blend.jsonl"), "--init", str(model_dir),
+                      "--loss-weighting", "eps", "-o", str(tmp_path / "z"))
+    assert unknown.returncode == 2 and b"--loss-weighting" in unknown.stderr
 
 
 def test_diffusion_engine_usage_errors(cxr: Path, tmp_path: Path) -> None:  # noqa: F811

@@ -242,3 +242,53 @@ def test_random_masks_are_nodule_like() -> None:
     sample = data.sample(np.random.default_rng(1))
     assert sample["patch"].shape == sample["mask"].shape == (1, 32, 32)
     assert torch.isnan(sample["attributes"]).all()
+
+
+def test_timestep_weightings() -> None:
+    from cxrkit.diffusion import train_alphas_cumprod
+    from cxrkit.synthdit.training import V_WEIGHT_CAP, timestep_weights
+
+    alphas = train_alphas_cumprod(TINY.scheduler_config())
+    assert torch.equal(timestep_weights(alphas, "x0"), torch.ones_like(alphas))
+    v = timestep_weights(alphas, "v")
+    assert v.mean().item() == pytest.approx(1, rel=1e-5)
+    assert bool((v[1:] <= v[:-1]).all())  # low noise weighs most
+    assert v[0] / v[-1] > 50 and v.max() / v.min() <= V_WEIGHT_CAP
+    with pytest.raises(InputError, match="weighting"):
+        timestep_weights(alphas, "eps")
+    model = _perturbed(SynthDiT.new(TINY, generator=torch.Generator().manual_seed(4)))
+    patches, masks = _patches(2, False)
+    batch = {"patch": patches, "mask": masks}
+
+    def loss(weighting: str) -> float:
+        gens = [torch.Generator().manual_seed(i) for i in range(2)]
+        return float(synth_loss(model, batch, gens, weighting=weighting))
+
+    assert loss("x0") == float(synth_loss(model, batch, [torch.Generator().manual_seed(i)
+                                                         for i in range(2)]))
+    assert loss("v") != loss("x0")
+
+
+def test_v_prediction_returns_x0_through_the_skip() -> None:
+    from dataclasses import replace
+
+    from cxrkit.diffusion import train_alphas_cumprod
+
+    settings = replace(TINY, prediction="v")
+    model = _perturbed(SynthDiT.new(settings, generator=torch.Generator().manual_seed(5)))
+    fresh = SynthDiT.new(settings, generator=torch.Generator().manual_seed(5)).eval()
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    ctx, mask = torch.zeros_like(x), torch.ones_like(x)
+    t = torch.tensor([0, 999])
+    # a fresh network predicts v = 0: the model returns sqrt(alpha_bar) x_t, x_t at t = 0
+    alphas = train_alphas_cumprod(settings.scheduler_config())
+    out = fresh(x, ctx, mask, t)
+    assert torch.allclose(out[0], alphas[0].sqrt() * x[0]) and out[1].abs().max() < 0.05
+    # x0 = sqrt(a) x_t - sqrt(1 - a) v for a trained-looking network too
+    plain = SynthDiT.new(TINY, generator=torch.Generator().manual_seed(5))
+    plain.load_state_dict(model.state_dict())
+    v = plain.eval()(x, ctx, mask, t)
+    a = alphas[t].view(2, 1, 1, 1)
+    assert torch.allclose(model(x, ctx, mask, t), a.sqrt() * x - (1 - a).sqrt() * v, atol=1e-6)
+    with pytest.raises(InputError, match="prediction"):
+        SynthDiTSettings(prediction="eps")

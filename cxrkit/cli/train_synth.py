@@ -12,7 +12,7 @@ from cxrkit.cli._options import command_line, finish_training, read_record_files
 from cxrkit.cli.train_munit import domain_paths
 
 STAGES = ("pretrain", "finetune")
-ARCHITECTURE = ("patch_px", "pixel_mm", "patch_size", "width", "depth", "heads")
+ARCHITECTURE = ("patch_px", "pixel_mm", "patch_size", "width", "depth", "heads", "prediction")
 
 
 @TRAINING.use("training", helps={
@@ -49,6 +49,17 @@ def train_synth(
         min=1, max=64, help="Transformer blocks. Default 6.", show_default=False)] = None,
     heads: Annotated[int | None, typer.Option(
         min=1, max=64, help="Attention heads. Default 3.", show_default=False)] = None,
+    prediction: Annotated[str | None, typer.Option(
+        "--prediction", help="What the network predicts: x0 (the clean patch) or v (x0 comes "
+                             "from v and the noisy input, a skip connection that keeps the "
+                             "radiograph's grain at low noise). The model returns x0 either "
+                             "way. Default x0.", show_default=False)] = None,
+    loss_weighting: Annotated[str | None, typer.Option(
+        "--loss-weighting", help="Weighting of the x0 loss over timesteps: x0 (all alike) or v "
+                                 "(1/(1-alpha_bar), capped: the x0 error seen as a v error, "
+                                 "which trains the low noise levels where the radiograph's "
+                                 "grain is drawn). Default: as the model's --prediction.",
+        show_default=False)] = None,
     val_fraction: Annotated[float, typer.Option(
         help="Share of patients held out for validation (pretrain: of the radiographs; "
              "finetune: of the background radiographs).")] = 0.1,
@@ -62,7 +73,10 @@ def train_synth(
     x0 prediction) learns to paint inside a mask from the patch's context: its input is the
     noisy patch, the patch with the mask area blanked, and the mask (binary, or soft: a
     nodule's projected thickness over its maximum). The loss is the x0 error, weighted 1 on
-    the mask grown by 2 px and 0.1 elsewhere.
+    the mask grown by 2 px and 0.1 elsewhere, and over timesteps by --loss-weighting.
+    --prediction v makes the network predict v and return x0 through a skip from the noisy
+    input, so the radiograph's grain survives at low noise (an x0-predicting model repaints
+    even a clean input in smooth token-sized blocks).
 
     Two stages, as in the source: --stage pretrain on random crops of real radiographs with
     random nodule-like masks (lobulated ellipses of 3-30 mm, half soft, half binary), so the
@@ -91,11 +105,17 @@ def train_synth(
     if stage not in STAGES:
         raise typer.BadParameter(f"use one of {', '.join(STAGES)}", param_hint="--stage")
     given = {k: v for k, v in zip(ARCHITECTURE, (patch_px, pixel_mm, patch_size, width, depth,
-                                                 heads), strict=True) if v is not None}
+                                                 heads, prediction), strict=True)
+             if v is not None}
     if init is not None and given:
         raise typer.BadParameter(f"--init keeps its model's architecture; drop "
                                  f"{', '.join('--' + k.replace('_', '-') for k in given)}",
                                  param_hint="--init")
+    from cxrkit.synthdit.training import LOSS_WEIGHTINGS
+
+    if loss_weighting is not None and loss_weighting not in LOSS_WEIGHTINGS:
+        raise typer.BadParameter(f"use one of {', '.join(LOSS_WEIGHTINGS)}",
+                                 param_hint="--loss-weighting")
     if not 0 <= val_fraction < 1:
         raise typer.BadParameter("must be in [0, 1)", param_hint="--val-fraction")
     paths: list[str] = []
@@ -115,7 +135,8 @@ def train_synth(
         recs = read_record_files(records)
     settings = _settings(SynthDiTSettings, given)
     result = train(stage, settings, training.config(str(out)), images=paths, records=recs,
-                   init=init, held_out=HeldOut(fraction=val_fraction, samples=val_samples),
+                   init=init, loss_weighting=loss_weighting,
+                   held_out=HeldOut(fraction=val_fraction, samples=val_samples),
                    command=command_line(),
                    on_log=training_progress("train-synth"))
     finish_training(result, out, "train-synth")
