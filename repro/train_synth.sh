@@ -21,6 +21,10 @@
 # --resume latest. Times on this 2-core CPU (OMP_NUM_THREADS=2, 4.2 M parameters): about 1 s per
 # step at batch 16 when the machine is otherwise idle (stage 1 ≈ 55 min, stage 2 ≈ 15 min).
 #
+# The session-12 variants (not shipped; README has their realism): PREDICTION=v with
+# STEPS1=2000 STOP1=2000 (and WEIGHTING=x0 for the x0-weighted loss; the default follows the
+# prediction) in a WORK_DIR of their own.
+#
 # Usage (repository root): repro/train_synth.sh [WORK_DIR] [NIH_IMAGES_DIR] [LUNA16_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +34,8 @@ LUNA="${3:-../shared/data/luna16-nodules}"
 STEPS1="${STEPS1:-4000}"
 STOP1="${STOP1:-3266}"
 STEPS2="${STEPS2:-800}"
+PREDICTION="${PREDICTION:-x0}"
+weighting=(); [[ -n ${WEIGHTING:-} ]] && weighting=(--loss-weighting "$WEIGHTING")
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 PYTHON=(python)
 [[ -x .venv/bin/python ]] && PYTHON=(.venv/bin/python)
@@ -47,7 +53,8 @@ if ! finished "$WORK/stage1" "$STOP1"; then
   # shellcheck disable=SC2046
   "${CXRKIT[@]}" train-synth --stage pretrain --images "$NIH" --steps "$STEPS1" \
       --stop-at-step "$STOP1" --lr 3e-4 --warmup-steps 200 --ema 0.999 --checkpoint-every 250 \
-      --validate-every 250 "${common[@]}" $(resume "$WORK/stage1") -o "$WORK/stage1" \
+      --validate-every 250 --prediction "$PREDICTION" "${weighting[@]}" "${common[@]}" \
+      $(resume "$WORK/stage1") -o "$WORK/stage1" \
       || finished "$WORK/stage1" "$STOP1"  # a --stop-at-step run ends with exit 3 by design
 fi
 if [[ ! -s "$WORK/blend.jsonl" ]]; then
@@ -59,7 +66,8 @@ if ! finished "$WORK/stage2"; then
   # shellcheck disable=SC2046
   "${CXRKIT[@]}" train-synth --stage finetune --records "$WORK/blend.jsonl" \
       --init "$WORK/stage1" --steps "$STEPS2" --lr 1e-4 --warmup-steps 50 --ema 0.99 \
-      --checkpoint-every 200 --validate-every 200 "${common[@]}" $(resume "$WORK/stage2") \
+      --checkpoint-every 200 --validate-every 200 "${weighting[@]}" "${common[@]}" \
+      $(resume "$WORK/stage2") \
       -o "$WORK/stage2"
 fi
 if [[ ! -s "$WORK/realism/realism.json" ]]; then
