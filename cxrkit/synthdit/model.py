@@ -39,14 +39,14 @@ so at low noise the output is the input plus a small correction. Tokens here are
 16-dimensional (4 × 4 × 1), far from JiT's 768. Either way :meth:`SynthDiT.forward` returns x₀
 and the diffusers schedulers sample it with ``prediction_type="sample"``.
 
-Measured (session 12, nodule windows of held-out patients, ``repro/synth_realism.py``): the
-shipped ``x0`` model, given its own clean patch (t = 0), returns interiors with a masked MSE of
-6e-4 and steps between neighbouring pixels across the 4-px token boundaries 4.7× those within
-tokens: it repaints in smooth blocks (token seams 4.9× in its samples against 1.0 in real
-patches, whatever the sampler), which a classifier sees. A ``v`` model trained the same way
-returns the clean patch (MSE 1e-5, seams 1.1×), but at middle noise levels it still draws
-blocks, and its samples have seams of 2.7–2.9× and too much fine texture (1.3× the
-radiograph's, against 0.93× for ``x0``).
+Measured (session 12, 240 nodule windows of held-out patients, ``repro/synth_realism.py``):
+the shipped ``x0`` model, given its own clean patch (t = 0), returns the mask's interior with a
+masked MSE of 4.7e-4 and steps between neighbouring pixels across the 4-px token boundaries
+4.3× those within tokens: it repaints in smooth blocks (its samples' seams 5.3× with DDIM 10,
+4.9× with DDPM 10, against 1.0× in real patches; no sampler or step count changes it), which a
+classifier sees. A ``v`` model trained the same way returns the clean patch (MSE 1e-5, seams
+1.1×), but at middle noise levels it still draws blocks: its samples' seams are 2.6× and their
+fine texture 1.24× the radiograph's (``x0``: 0.93×).
 
 **Pixel pitch and patch size.** Default: 64 × 64 px at 0.75 mm per pixel, a 48 mm field. A
 30 mm nodule is 40 px across with 12 px (9 mm) of context on each side; a 3 mm nodule is 4 px,

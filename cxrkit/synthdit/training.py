@@ -14,10 +14,11 @@ almost nothing on the lowest noise levels, where the error left is the radiograp
 ``v`` weighs each sample by ``1/(1−ᾱ_t) = SNR + 1`` (the x₀ error seen as a v error: JiT's
 x-prediction with a v-loss, Li & He 2025, https://arxiv.org/abs/2511.13720), capped at
 :data:`V_WEIGHT_CAP` and divided by its mean over the schedule so the loss keeps the x₀ loss's
-scale. The default follows the model's ``prediction``. Measured (session 12): the v weighting
-alone, fine-tuning an x₀-predicting model 800 steps, lowered its error on a clean input
-(t = 0) from 4.7e-4 to 3.5e-4 but left its token seams (4.5×); the skip of ``prediction="v"``
-is what keeps the grain (:mod:`cxrkit.synthdit.model`).
+scale. The default follows the model's ``prediction``. Measured (session 12): fine-tuning an
+x₀-predicting model 800 steps with the v weighting (and a small convolutional refiner after
+the unpatchify, since removed) lowered its error on a clean input (t = 0) from 4.7e-4 to 3.5e-4
+but left its token seams at 4.1×; the skip of ``prediction="v"`` is what returns a clean input
+(:mod:`cxrkit.synthdit.model`).
 """
 
 from __future__ import annotations
