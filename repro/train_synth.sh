@@ -22,8 +22,8 @@
 # step at batch 16 when the machine is otherwise idle (stage 1 ≈ 55 min, stage 2 ≈ 15 min).
 #
 # The session-12 variants (not shipped; README has their realism): PREDICTION=v with
-# STEPS1=2000 STOP1=2000 (and WEIGHTING=x0 for the x0-weighted loss; the default follows the
-# prediction) in a WORK_DIR of their own.
+# STEPS1=2000 STOP1=2000 (and WEIGHTING=v for the v-weighted loss; the default is x0) in a
+# WORK_DIR of their own.
 #
 # Usage (repository root): repro/train_synth.sh [WORK_DIR] [NIH_IMAGES_DIR] [LUNA16_DIR]
 set -euo pipefail

@@ -114,7 +114,7 @@ def test_train_synth_v_prediction(chest_pngs: list[Path], tmp_path: Path) -> Non
     assert result.returncode == 0, result.stderr.decode()
     run = json.loads((tmp_path / "v" / "run.json").read_text())
     assert run["synth_dit"]["prediction"] == "v"
-    assert run["loss"]["timestep_weighting"] == "v"  # the default follows the prediction
+    assert run["loss"]["timestep_weighting"] == "x0"  # the default, whatever the prediction
     assert json.loads((tmp_path / "v" / "config.json").read_text())["prediction"] == "v"
     bad = run_cli("train-synth", "--images", str(chest_pngs[0].parent), "--prediction", "eps",
                   "-o", str(tmp_path / "e"))

@@ -46,19 +46,23 @@ def smooth_images(count: int, size: int, seed: int) -> list[np.ndarray]:
     return out
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[SynthDiT, dict, list[float]]:
+def _train_tiny(settings: SynthDiTSettings, out: Path) -> tuple[SynthDiT, dict, list[float]]:
     """A tiny model trained 500 steps on smooth images (about 10 s on one core), its held-out
     metrics and its losses."""
     data = RadiographPatches(smooth_images(8, 80, 0), 32, 1.0, diameter_mm=(6, 16))
     held = RadiographPatches(smooth_images(4, 80, 1), 32, 1.0, diameter_mm=(6, 16))
-    config = TrainConfig(output_dir=str(tmp_path_factory.mktemp("dit")), steps=500,
-                         batch_size=8, lr=1e-3, warmup_steps=10, ema_decay=0,
-                         checkpoint_every=0, validate_every=0, device="cpu")
-    model = SynthDiT.new(TINY, generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(output_dir=str(out), steps=500, batch_size=8, lr=1e-3, warmup_steps=10,
+                         ema_decay=0, checkpoint_every=0, validate_every=0, device="cpu")
+    model = SynthDiT.new(settings, generator=torch.Generator().manual_seed(0))
     result = train(model, synth_loss, data, config,
                    validate=validator(held, HeldOut(samples=16), 0))
     return result.model.eval(), result.metrics, result.losses
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[SynthDiT, dict, list[float]]:
+    """The tiny x0-predicting model, trained (:func:`_train_tiny`)."""
+    return _train_tiny(TINY, tmp_path_factory.mktemp("dit"))
 
 
 def test_layout_names_zero_init_and_non_square() -> None:
@@ -109,7 +113,20 @@ def _perturbed(model: SynthDiT) -> SynthDiT:
 
 
 def test_loss_falls_and_beats_mean_fill(trained: tuple[SynthDiT, dict, list[float]]) -> None:
-    _, metrics, losses = trained
+    _check_learned(*trained[1:])
+
+
+def test_a_v_predicting_model_learns_too(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    model, metrics, losses = _train_tiny(replace(TINY, prediction="v"), tmp_path)
+    _check_learned(metrics, losses)
+    patches, masks = _patches(2, True)
+    out = inpaint_patches(model, patches, masks, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out[masks <= 0.02], patches[masks <= 0.02])
+
+
+def _check_learned(metrics: dict, losses: list[float]) -> None:
     assert np.mean(losses[-20:]) < 0.2 * np.mean(losses[:5])
     # held-out patches: the one-step estimate beats filling the mask with its surroundings' mean
     assert metrics["mse_1step"] < metrics["mse_mean_fill"]

@@ -54,12 +54,11 @@ def train_synth(
                              "from v and the noisy input, a skip connection that keeps the "
                              "radiograph's grain at low noise). The model returns x0 either "
                              "way. Default x0.", show_default=False)] = None,
-    loss_weighting: Annotated[str | None, typer.Option(
+    loss_weighting: Annotated[str, typer.Option(
         "--loss-weighting", help="Weighting of the x0 loss over timesteps: x0 (all alike) or v "
                                  "(1/(1-alpha_bar), capped: the x0 error seen as a v error, "
-                                 "which trains the low noise levels where the radiograph's "
-                                 "grain is drawn). Default: as the model's --prediction.",
-        show_default=False)] = None,
+                                 "weighing the low noise levels most; it trained worse one-step "
+                                 "estimates, also with --prediction v).")] = "x0",
     val_fraction: Annotated[float, typer.Option(
         help="Share of patients held out for validation (pretrain: of the radiographs; "
              "finetune: of the background radiographs).")] = 0.1,
@@ -113,7 +112,7 @@ def train_synth(
                                  param_hint="--init")
     from cxrkit.synthdit.training import LOSS_WEIGHTINGS
 
-    if loss_weighting is not None and loss_weighting not in LOSS_WEIGHTINGS:
+    if loss_weighting not in LOSS_WEIGHTINGS:
         raise typer.BadParameter(f"use one of {', '.join(LOSS_WEIGHTINGS)}",
                                  param_hint="--loss-weighting")
     if not 0 <= val_fraction < 1:

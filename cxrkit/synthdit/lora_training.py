@@ -479,15 +479,13 @@ def train_lora(model_dir: str | Path, records: Sequence[dict[str, Any]],
 def _noisy(model: SynthDiT, batch: dict[str, torch.Tensor],
            generators: Sequence[torch.Generator]) -> tuple[torch.Tensor, ...]:
     """The model inputs ``(x_t, context, mask, t)`` of :func:`synth_loss` for ``batch``."""
-    from cxrkit.diffusion import train_alphas_cumprod
-
     s = model.settings
     x0 = 2 * batch["patch"] - 1
     mask = batch["mask"]
     t = torch.stack([torch.randint(0, s.num_train_timesteps, (), generator=g)
                      for g in generators])
     noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in generators])
-    alphas = train_alphas_cumprod(s.scheduler_config())[t].view(-1, 1, 1, 1)
+    alphas = model.alphas_cumprod()[t].view(-1, 1, 1, 1)
     x_t = alphas.sqrt() * x0 + (1 - alphas).sqrt() * noise
     context = torch.where(support(mask), torch.zeros_like(x0), x0)
     return x_t, context, mask, t

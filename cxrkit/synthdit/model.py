@@ -253,7 +253,7 @@ class SynthDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
         SynthDiTSettings(patch_px, pixel_mm, patch_size, hidden_size, depth, num_heads,
                          mlp_ratio, num_train_timesteps, default_steps, default_sampler, kind,
                          prediction)
-        self._alphas: torch.Tensor | None = None  # ᾱ of the schedule (v-prediction), lazily
+        self._alphas: torch.Tensor | None = None  # ᾱ of the schedule, computed once
         D, p = hidden_size, patch_size
         self.patch_embed = nn.Conv2d(3, D, kernel_size=p, stride=p)
         self.time_embed = nn.Sequential(nn.Linear(256, D), nn.SiLU(), nn.Linear(D, D))
@@ -328,13 +328,14 @@ class SynthDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
         x = x.view(B, H // p, W // p, p, p).permute(0, 1, 3, 2, 4).reshape(B, 1, H, W)
         x = x.float()
         if self.config.prediction == "v":
-            alphas = self._schedule().to(x.device)[t.reshape(-1).expand(B).long()]
+            alphas = self.alphas_cumprod().to(x.device)[t.reshape(-1).expand(B).long()]
             alphas = alphas.view(B, 1, 1, 1)
             x = alphas.sqrt() * x_t.float() - (1 - alphas).sqrt() * x
         return x
 
-    def _schedule(self) -> torch.Tensor:
-        """ᾱ_t of the training schedule, ``(T,)`` float32 on the CPU (computed once)."""
+    def alphas_cumprod(self) -> torch.Tensor:
+        """ᾱ_t of the training schedule, ``(T,)`` float32 on the CPU (computed once; the
+        training losses and the v parameterisation read it)."""
         if self._alphas is None:
             from cxrkit.diffusion import train_alphas_cumprod
 
